@@ -1,0 +1,522 @@
+/* ir.h -- ptir, the graph IR every part of ptc reads and writes.
+ *
+ * One header for the whole IR library: context and diagnostics, arena,
+ * types, mesh and sharding, attributes, modules, functions, ops, the builder,
+ * the verifier, the printer and the parser.
+ *
+ * Invariants (checked by ptc_verify_module):
+ *  - A module owns everything in it through its arena (names, attributes,
+ *    operand arrays) and a few growable vectors; ptc_module_destroy frees all
+ *    of it at once.  Nothing in a module is freed one by one.
+ *  - Values are referred to by small integer ids local to their function.
+ *    A value is a function argument, an op result, or a read of a module
+ *    parameter (one such value per parameter used in the function).
+ *  - A function is one ordered list of ops in SSA form: every operand is
+ *    defined before its use; the last op is `return`.
+ *  - Types are static (dtype + shape) and carry the *global* shape; an
+ *    optional sharding says how the global tensor is split over the mesh.
+ *  - Every op carries the source location it came from; passes copy it.
+ *
+ * Errors: library functions report through ptc_error() on the module's
+ * context and return a status (0 ok, -1 failed) or NULL.  Only tools/ decide
+ * exit codes.  Internal bugs abort through PTC_ASSERT with file:line.
+ */
+#ifndef PTC_IR_H
+#define PTC_IR_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#define PTC_VERSION_STRING "0.1.0"
+
+/* ======================================================================
+ * util.c -- assertions, arena, checked arithmetic
+ * ====================================================================== */
+
+#define PTC_ASSERT(c)                                                       \
+  do {                                                                      \
+    if (!(c)) ptc_fatal(__FILE__, __LINE__, "assertion failed: %s", #c);   \
+  } while (0)
+#define PTC_UNREACHABLE() ptc_fatal(__FILE__, __LINE__, "unreachable")
+#define PTC_ARRAY_LEN(a) ((int)(sizeof(a) / sizeof((a)[0])))
+
+/* Prints "ptc: internal error at FILE:LINE: ..." and aborts. */
+_Noreturn void ptc_fatal(const char *file, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* malloc/realloc/calloc that abort on exhaustion (an internal failure). */
+void *ptc_xmalloc(size_t n);
+void *ptc_xcalloc(size_t n, size_t size);
+void *ptc_xrealloc(void *p, size_t n);
+
+/* Bump allocator; memory is released all at once by ptc_arena_fini. */
+typedef struct ptc_arena_chunk ptc_arena_chunk;
+typedef struct ptc_arena {
+  ptc_arena_chunk *head;
+  size_t bytes; /* total handed out, for --report */
+} ptc_arena;
+
+void ptc_arena_init(ptc_arena *a);
+void ptc_arena_fini(ptc_arena *a);
+/* Zeroed memory, 16-byte aligned, valid until ptc_arena_fini. */
+void *ptc_arena_alloc(ptc_arena *a, size_t n);
+char *ptc_arena_strndup(ptc_arena *a, const char *s, size_t n);
+char *ptc_arena_strdup(ptc_arena *a, const char *s);
+char *ptc_arena_printf(ptc_arena *a, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Overflow-checked int64 arithmetic: return false on overflow. */
+bool ptc_mul_ovf(int64_t a, int64_t b, int64_t *out);
+bool ptc_add_ovf(int64_t a, int64_t b, int64_t *out);
+
+/* Growable byte buffer (heap), used by the printer and diagnostics. */
+typedef struct ptc_buf {
+  char *data;
+  size_t len, cap;
+} ptc_buf;
+void ptc_buf_init(ptc_buf *b);
+void ptc_buf_fini(ptc_buf *b);
+void ptc_buf_put(ptc_buf *b, const char *s, size_t n);
+void ptc_buf_puts(ptc_buf *b, const char *s);
+void ptc_buf_printf(ptc_buf *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* Shortest decimal that reads back to exactly `v` and is never spelt like an
+ * integer ("1.0", "1e-05", "inf", "-inf", "nan"). */
+void ptc_buf_put_double(ptc_buf *b, double v);
+
+/* ======================================================================
+ * diag.c -- context, source buffers, diagnostics
+ * ====================================================================== */
+
+/* A source position.  `file` is interned in the context (pointer equality
+ * means same file); line and col are 1-based; file == NULL means unknown. */
+typedef struct ptc_loc {
+  const char *file;
+  int32_t line, col;
+} ptc_loc;
+
+typedef enum ptc_severity {
+  PTC_SEV_ERROR,
+  PTC_SEV_WARNING,
+  PTC_SEV_NOTE,
+} ptc_severity;
+
+/* The context outlives every module made in it.  It holds interned strings,
+ * source buffers (to show the offending line under a diagnostic), the
+ * diagnostic stream and the error count.  Not thread-safe. */
+typedef struct ptc_ctx ptc_ctx;
+
+ptc_ctx *ptc_ctx_create(void); /* caller owns; ptc_ctx_destroy */
+void ptc_ctx_destroy(ptc_ctx *ctx);
+/* Where diagnostics go (default stderr). */
+void ptc_ctx_set_diag_stream(ptc_ctx *ctx, FILE *f);
+/* Diagnostics can also be captured instead of printed (tests, fuzzers):
+ * with capture on they are appended to an internal buffer. */
+void ptc_ctx_set_diag_capture(ptc_ctx *ctx, bool on);
+const char *ptc_ctx_diag_text(const ptc_ctx *ctx); /* owned by ctx */
+int ptc_ctx_error_count(const ptc_ctx *ctx);
+void ptc_ctx_reset_errors(ptc_ctx *ctx);
+
+/* Interned copy of s[0..n), owned by ctx; equal strings give equal pointers. */
+const char *ptc_intern(ptc_ctx *ctx, const char *s, size_t n);
+const char *ptc_intern_cstr(ptc_ctx *ctx, const char *s);
+
+/* Registers a source buffer under `name` (copied) so diagnostics can quote
+ * its lines; returns the interned name.  A location in a file never
+ * registered is quoted by reading that file on demand, when it exists. */
+const char *ptc_ctx_add_source(ptc_ctx *ctx, const char *name,
+                               const char *text, size_t len);
+
+/* "file:line:col: error: msg" + the source line + a caret under col.
+ * Long lines are trimmed around the caret.  Unknown locations print
+ * "ptc: error: msg". */
+void ptc_diag(ptc_ctx *ctx, ptc_severity sev, ptc_loc loc, const char *fmt,
+              ...) __attribute__((format(printf, 4, 5)));
+void ptc_vdiag(ptc_ctx *ctx, ptc_severity sev, ptc_loc loc, const char *fmt,
+               va_list ap);
+#define ptc_error(ctx, loc, ...) ptc_diag((ctx), PTC_SEV_ERROR, (loc), __VA_ARGS__)
+#define ptc_warning(ctx, loc, ...) ptc_diag((ctx), PTC_SEV_WARNING, (loc), __VA_ARGS__)
+#define ptc_note(ctx, loc, ...) ptc_diag((ctx), PTC_SEV_NOTE, (loc), __VA_ARGS__)
+
+extern const ptc_loc ptc_loc_unknown;
+
+/* Reads a whole file into a NUL-terminated heap buffer (caller frees).
+ * Reports a diagnostic naming the file on failure and returns NULL. */
+char *ptc_read_file(ptc_ctx *ctx, const char *path, size_t *len_out);
+
+/* Checks that text is something a parser should look at: not binary (no NUL,
+ * valid UTF-8).  Reports at the first bad byte and returns -1. */
+int ptc_check_text(ptc_ctx *ctx, const char *name, const char *text,
+                   size_t len);
+
+/* ======================================================================
+ * types.c -- dtypes, shapes, mesh, sharding
+ * ====================================================================== */
+
+typedef enum ptc_dtype {
+  PTC_DTYPE_F32,
+  PTC_DTYPE_F64,
+  PTC_DTYPE_BF16,
+  PTC_DTYPE_F16,
+  PTC_DTYPE_I64,
+  PTC_DTYPE_I32,
+  PTC_DTYPE_I8,
+  PTC_DTYPE_BOOL,
+  PTC_DTYPE_COUNT
+} ptc_dtype;
+
+const char *ptc_dtype_name(ptc_dtype t);              /* "f32" */
+int ptc_dtype_from_name(const char *s, size_t n);     /* -1 if unknown */
+int ptc_dtype_size(ptc_dtype t);                      /* bytes */
+bool ptc_dtype_is_float(ptc_dtype t);
+
+#define PTC_MAX_RANK 8
+/* Upper bound on any tensor's element count: keeps byte counts in int64. */
+#define PTC_MAX_ELEMENTS (INT64_C(1) << 50)
+
+typedef struct ptc_type {
+  ptc_dtype dtype;
+  int32_t rank; /* 0 = scalar */
+  int64_t dims[PTC_MAX_RANK];
+} ptc_type;
+
+int64_t ptc_type_numel(const ptc_type *t);
+int64_t ptc_type_bytes(const ptc_type *t);
+bool ptc_type_eq(const ptc_type *a, const ptc_type *b);
+void ptc_type_print(ptc_buf *b, const ptc_type *t); /* "f32[8,1024]" */
+
+/* Mesh: named axes in canonical order pp, dp, tp (only those given). */
+#define PTC_MAX_MESH_AXES 4
+typedef struct ptc_mesh {
+  int32_t naxes; /* 0: one device, no mesh */
+  struct {
+    char name[8];
+    int64_t size;
+  } axes[PTC_MAX_MESH_AXES];
+} ptc_mesh;
+
+/* Parses "8", "2x4", "2x2x2", "pp=2,dp=2,tp=2".  On failure writes a
+ * message (what is wrong and what is accepted) to err and returns -1. */
+int ptc_mesh_parse(const char *s, ptc_mesh *out, char *err, size_t errlen);
+int ptc_mesh_axis(const ptc_mesh *m, const char *name, size_t n); /* -1 */
+int64_t ptc_mesh_size(const ptc_mesh *m); /* product; 1 without mesh */
+void ptc_mesh_print(ptc_buf *b, const ptc_mesh *m); /* "mesh<dp=2, tp=4>" */
+
+/* Sharding of a value over the mesh, GSPMD style.  dim_axes[d] is a bitmask
+ * of mesh axes dimension d is split over (major axis = lower mesh index);
+ * 0 means replicated.  partial is a bitmask of axes over which the value is
+ * a partial sum.  Text: "shard<dp,_,(dp,tp)> partial<tp>". */
+typedef struct ptc_sharding {
+  bool present;
+  uint8_t dim_axes[PTC_MAX_RANK];
+  uint8_t partial;
+} ptc_sharding;
+
+void ptc_sharding_print(ptc_buf *b, const ptc_sharding *s, int32_t rank,
+                        const ptc_mesh *m); /* nothing when !present */
+bool ptc_sharding_eq(const ptc_sharding *a, const ptc_sharding *b,
+                     int32_t rank);
+
+/* ======================================================================
+ * Attributes
+ * ====================================================================== */
+
+typedef enum ptc_attr_kind {
+  PTC_ATTR_INT,   /* 3 */
+  PTC_ATTR_FLOAT, /* 1e-05, 2.0 */
+  PTC_ATTR_BOOL,  /* true */
+  PTC_ATTR_STR,   /* "text" */
+  PTC_ATTR_SYM,   /* tp, sum (a bare identifier) */
+  PTC_ATTR_INTS,  /* [0, 2, 1, 3] */
+  PTC_ATTR_DTYPE, /* bf16 */
+} ptc_attr_kind;
+
+typedef struct ptc_attr {
+  const char *name; /* interned */
+  ptc_attr_kind kind;
+  union {
+    int64_t i;
+    double f;
+    bool b;
+    const char *s; /* STR and SYM; arena */
+    struct {
+      int32_t n;
+      int64_t *v; /* arena */
+    } ints;
+    ptc_dtype dtype;
+  } u;
+} ptc_attr;
+
+/* Attribute lists on ops are kept sorted by name (so text order does not
+ * matter and printing is canonical). */
+
+/* ======================================================================
+ * Op table (ops.def) and ops.c: verifier / shape rule / cost per op
+ * ====================================================================== */
+
+typedef enum ptc_opcode {
+#define PTC_OP(E, n, mi, ma, no, fl, at) PTC_OP_##E,
+#include "ops.def"
+#undef PTC_OP
+  PTC_OP_COUNT
+} ptc_opcode;
+
+enum {
+  PTC_OPF_PURE = 1u << 0,        /* no side effects: CSE/DCE may touch it */
+  PTC_OPF_ELEMENTWISE = 1u << 1, /* element-wise with broadcasting */
+  PTC_OPF_COLLECTIVE = 1u << 2,  /* communicates over the mesh */
+  PTC_OPF_SIDE_EFFECT = 1u << 3, /* never removed */
+  PTC_OPF_TERMINATOR = 1u << 4,  /* must be last */
+  PTC_OPF_TYPE_GIVEN = 1u << 5,  /* result type is stated, not inferred */
+};
+
+typedef struct ptc_opinfo {
+  const char *name;
+  int32_t min_in, max_in; /* max_in -1: variadic */
+  int32_t nout;
+  uint32_t flags;
+  const char *attrs; /* schema, see ops.def */
+} ptc_opinfo;
+
+const ptc_opinfo *ptc_opinfo_get(ptc_opcode op);
+int ptc_opcode_from_name(const char *s, size_t n); /* -1 if unknown */
+
+/* ======================================================================
+ * Module, params, functions, values, ops
+ * ====================================================================== */
+
+typedef enum ptc_init_kind {
+  PTC_INIT_NONE,   /* no init given (e.g. loaded from a checkpoint) */
+  PTC_INIT_ZEROS,  /* init zeros */
+  PTC_INIT_ONES,   /* init ones */
+  PTC_INIT_NORMAL, /* init normal(std) */
+  PTC_INIT_SCALED, /* init scaled(std, depth): normal(std / sqrt(2*depth)) */
+} ptc_init_kind;
+
+typedef struct ptc_init {
+  ptc_init_kind kind;
+  double std;
+  int64_t depth;
+} ptc_init;
+
+typedef struct ptc_param {
+  const char *name; /* arena, unique in module, e.g. "h0.attn.qkv.w" */
+  ptc_type type;
+  ptc_sharding shard;
+  ptc_init init;
+  ptc_loc loc;
+} ptc_param;
+
+typedef enum ptc_value_kind {
+  PTC_VALUE_ARG,   /* def = argument index */
+  PTC_VALUE_OP,    /* def = op index, res = result index */
+  PTC_VALUE_PARAM, /* def = param index in the module */
+} ptc_value_kind;
+
+typedef struct ptc_value {
+  ptc_type type;
+  ptc_sharding shard;
+  ptc_value_kind kind;
+  int32_t def, res;
+  const char *name; /* arena; NULL: printed as %N (numbered in order) */
+} ptc_value;
+
+typedef struct ptc_op {
+  ptc_opcode code;
+  int32_t nin, nout;
+  int32_t *in;  /* value ids, arena */
+  int32_t *out; /* value ids, arena */
+  int32_t nattr;
+  ptc_attr *attrs; /* arena, sorted by name */
+  ptc_loc loc;
+} ptc_op;
+
+typedef struct ptc_module ptc_module;
+
+typedef struct ptc_func {
+  ptc_module *mod;
+  const char *name; /* arena */
+  ptc_loc loc;
+  int32_t nargs;
+  int32_t *args; /* value ids of arguments (heap) */
+  int32_t nresults;
+  ptc_type *result_types; /* heap: the signature's "-> ..." */
+  ptc_sharding *result_shards;
+  /* ops in program order (heap vector; indices change on insert/erase) */
+  ptc_op *ops;
+  int32_t nops, cap_ops;
+  /* value table (heap vector; ids are stable) */
+  ptc_value *values;
+  int32_t nvalues, cap_values;
+  /* param index -> value id of its read in this function, or -1 (heap) */
+  int32_t *param_value;
+  int32_t cap_param_value;
+} ptc_func;
+
+struct ptc_module {
+  ptc_ctx *ctx;
+  ptc_arena arena;
+  const char *name; /* arena */
+  ptc_loc loc;
+  ptc_mesh mesh;
+  int32_t nattr; /* module attributes, sorted by name */
+  ptc_attr *attrs;
+  ptc_param *params; /* heap vector */
+  int32_t nparams, cap_params;
+  ptc_func **funcs; /* heap vector of heap funcs */
+  int32_t nfuncs, cap_funcs;
+};
+
+/* ---- module.c ---------------------------------------------------------- */
+
+/* Caller owns the module; destroy frees everything it holds. */
+ptc_module *ptc_module_create(ptc_ctx *ctx, const char *name);
+void ptc_module_destroy(ptc_module *m);
+
+/* Adds a parameter; returns its index, or -1 (duplicate name: reported). */
+int32_t ptc_module_add_param(ptc_module *m, const char *name,
+                             const ptc_type *type, ptc_init init, ptc_loc loc);
+int32_t ptc_module_find_param(const ptc_module *m, const char *name); /* -1 */
+/* Total element count of all parameters (global, i.e. unsharded). */
+int64_t ptc_module_param_count(const ptc_module *m);
+
+/* Sets (or replaces) a module attribute; the attr is copied into the arena. */
+void ptc_module_set_attr(ptc_module *m, const ptc_attr *a);
+const ptc_attr *ptc_module_get_attr(const ptc_module *m, const char *name);
+
+/* Functions are owned by the module. */
+ptc_func *ptc_module_add_func(ptc_module *m, const char *name, ptc_loc loc);
+ptc_func *ptc_module_find_func(const ptc_module *m, const char *name);
+
+/* Deep copy (same ctx); caller owns the result. */
+ptc_module *ptc_module_clone(const ptc_module *m);
+
+/* ---- func.c ------------------------------------------------------------ */
+
+/* Adds a function argument; returns its value id. name may be NULL. */
+int32_t ptc_func_add_arg(ptc_func *f, const char *name, const ptc_type *type,
+                         const ptc_sharding *shard);
+/* Declares one result type of the function signature. */
+void ptc_func_add_result(ptc_func *f, const ptc_type *type,
+                         const ptc_sharding *shard);
+/* Value id that reads module param p in this function (made on first use). */
+int32_t ptc_func_param_value(ptc_func *f, int32_t p);
+
+static inline ptc_value *ptc_func_value(ptc_func *f, int32_t id) {
+  return &f->values[id];
+}
+
+/* Builds an op and appends it (ptc_build) or inserts it before op index
+ * `pos` (ptc_build_at).  The result types and shardings are computed by the
+ * op's shape rule; for PTC_OPF_TYPE_GIVEN ops `given` must supply them, and
+ * for others `given` (may be NULL) is checked against what the rule infers.
+ * Attributes are copied and sorted.  On error (bad arity, attribute, shapes)
+ * reports at `loc` and returns -1 and the function is unchanged; otherwise
+ * returns the new op's index.  Result value ids: f->ops[idx].out. */
+typedef struct ptc_build_args {
+  ptc_opcode code;
+  int32_t nin;
+  const int32_t *in;
+  int32_t nattr;
+  const ptc_attr *attrs;
+  int32_t ngiven;
+  const ptc_type *given;         /* may be NULL */
+  const ptc_sharding *given_shard; /* may be NULL: shardings inferred/none */
+  ptc_loc loc;
+} ptc_build_args;
+
+int32_t ptc_build(ptc_func *f, const ptc_build_args *a);
+int32_t ptc_build_at(ptc_func *f, int32_t pos, const ptc_build_args *a);
+
+/* Convenience: result value id of a single-result op build, or -1. */
+int32_t ptc_build1(ptc_func *f, ptc_opcode code, const int32_t *in,
+                   int32_t nin, const ptc_attr *attrs, int32_t nattr,
+                   ptc_loc loc);
+
+/* Replaces every use of value `from` with `to` in ops at index >= start. */
+void ptc_func_replace_uses(ptc_func *f, int32_t from, int32_t to,
+                           int32_t start);
+/* Removes ops for which keep[i] is false (compacts; fixes value defs). */
+void ptc_func_erase_ops(ptc_func *f, const bool *keep);
+/* Recomputes value->def/res for op results after ops moved. */
+void ptc_func_reindex(ptc_func *f);
+
+/* Attribute access on ops (NULL when absent). */
+const ptc_attr *ptc_op_attr(const ptc_op *op, const char *name);
+int64_t ptc_op_attr_int(const ptc_op *op, const char *name, int64_t dflt);
+double ptc_op_attr_float(const ptc_op *op, const char *name, double dflt);
+bool ptc_op_attr_bool(const ptc_op *op, const char *name, bool dflt);
+
+/* Attribute constructors (name interned by the caller's ctx, or any string
+ * that outlives the build call: builders copy). */
+ptc_attr ptc_attr_int(const char *name, int64_t v);
+ptc_attr ptc_attr_float(const char *name, double v);
+ptc_attr ptc_attr_bool(const char *name, bool v);
+ptc_attr ptc_attr_sym(const char *name, const char *s);
+ptc_attr ptc_attr_str(const char *name, const char *s);
+ptc_attr ptc_attr_ints(const char *name, const int64_t *v, int32_t n);
+ptc_attr ptc_attr_dtype(const char *name, ptc_dtype t);
+bool ptc_attr_eq(const ptc_attr *a, const ptc_attr *b);
+
+/* ---- ops.c: shape rules, verifier, cost -------------------------------- */
+
+/* What a shape rule sees.  Rules read inputs/attrs and write out types and
+ * shardings; on error they call ptc_error at loc and return -1. */
+typedef struct ptc_infer {
+  ptc_ctx *ctx;
+  const ptc_module *mod;
+  ptc_opcode code;
+  ptc_loc loc;
+  int32_t nin;
+  const ptc_type *in;          /* [nin] */
+  const ptc_sharding *in_shard; /* [nin] */
+  int32_t nattr;
+  const ptc_attr *attrs;
+  int32_t nout;
+  ptc_type *out;            /* [nout]; for TYPE_GIVEN ops: pre-filled */
+  ptc_sharding *out_shard;  /* [nout]; pre-filled with given or absent */
+} ptc_infer;
+
+/* Runs the op's shape rule (arity and attributes were checked by the builder).
+ * Returns 0 or -1 (reported). */
+int ptc_op_infer(ptc_infer *inf);
+
+typedef struct ptc_cost {
+  double flops; /* floating-point operations (multiply-add = 2) */
+  double bytes; /* bytes read + written, unfused */
+} ptc_cost;
+
+/* Cost of one op of f (global, i.e. for the whole unsharded tensor). */
+ptc_cost ptc_op_cost(const ptc_func *f, const ptc_op *op);
+
+/* ---- verify.c ---------------------------------------------------------- */
+
+/* Checks every invariant of the module; reports the first broken one with
+ * the op's location and returns -1, else 0. */
+int ptc_verify_module(ptc_module *m);
+int ptc_verify_func(ptc_func *f);
+
+/* ======================================================================
+ * print.c / parse.c -- the textual form (.ptir)
+ * ====================================================================== */
+
+/* Appends the module's canonical text.  print(parse(print(m))) == print(m). */
+void ptc_print_module(ptc_buf *b, const ptc_module *m);
+/* Writes to a FILE (returns -1 on write error). */
+int ptc_write_module(FILE *f, const ptc_module *m);
+
+/* Parses .ptir text; `name` is the file name for diagnostics.  Returns a
+ * module the caller owns, or NULL after reporting the first error with
+ * file:line:col.  The text need not be NUL-terminated. */
+ptc_module *ptc_parse_module(ptc_ctx *ctx, const char *name, const char *text,
+                             size_t len);
+
+/* ======================================================================
+ * dot.c -- Graphviz
+ * ====================================================================== */
+void ptc_print_dot(ptc_buf *b, const ptc_module *m);
+
+#endif /* PTC_IR_H */

@@ -1,0 +1,25 @@
+# lit configuration for ptc's IR, frontend, pass and diagnostic tests.
+# Parameters (given by CTest, see CMakeLists.txt):
+#   ptc         path of the ptc driver under test (ptc or ptc-san)
+#   filecheck   path of FileCheck
+#   ptc_source  the source tree (for %models)
+import os
+import lit.formats
+
+config.name = "ptc"
+config.test_format = lit.formats.ShTest(execute_external=True)
+config.suffixes = [".ptg", ".ptir", ".test"]
+config.excludes = ["Inputs"]
+config.test_source_root = os.path.dirname(__file__)
+
+ptc = lit_config.params.get("ptc", "ptc")
+filecheck = lit_config.params.get("filecheck", "FileCheck")
+src = lit_config.params.get("ptc_source",
+                            os.path.dirname(os.path.dirname(config.test_source_root)))
+
+config.substitutions.append(("%ptc", ptc))
+config.substitutions.append(("%models", os.path.join(src, "models")))
+config.substitutions.append(("FileCheck", filecheck))
+config.substitutions.append(("not ", os.path.join(config.test_source_root, "not") + " "))
+config.environment["ASAN_OPTIONS"] = "detect_leaks=1:exitcode=86"
+config.environment["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1:exitcode=87"
