@@ -515,6 +515,32 @@ ptc_module *ptc_parse_module(ptc_ctx *ctx, const char *name, const char *text,
                              size_t len);
 
 /* ======================================================================
+ * eval.c -- the reference evaluator (double precision, global view)
+ * ====================================================================== */
+
+/* A host tensor for the evaluator: every dtype is held as double. */
+typedef struct ptc_tensor {
+  ptc_type type;
+  double *data; /* heap, numel(type) elements */
+} ptc_tensor;
+
+ptc_tensor ptc_tensor_new(const ptc_type *t); /* zeroed; ptc_tensor_free */
+void ptc_tensor_free(ptc_tensor *t);
+/* Fills with values uniform in [lo, hi) from a counter-based generator keyed
+ * by (seed, element index); integers are floored, floats rounded to the
+ * dtype. */
+void ptc_tensor_fill_random(ptc_tensor *t, uint64_t seed, double lo, double hi);
+
+/* Runs f on `args` (f->nargs tensors) and `params` (one per module param,
+ * indexed like m->params; only those f reads are touched).  On success
+ * fills results[0..nresults) with tensors the caller frees and returns 0;
+ * a runtime error (an index out of range) is reported at the op and -1
+ * returned.  Collectives are the identity (they change layout, not value);
+ * send/recv are refused. */
+int ptc_eval_func(ptc_func *f, const ptc_tensor *args, const ptc_tensor *params,
+                  ptc_tensor *results);
+
+/* ======================================================================
  * dot.c -- Graphviz
  * ====================================================================== */
 void ptc_print_dot(ptc_buf *b, const ptc_module *m);
