@@ -160,12 +160,12 @@ static ptc_func *func_clone(ptc_module *dst, const ptc_func *f) {
   PTC_ASSERT(g);
   g->nargs = f->nargs;
   g->args = ptc_xmalloc((size_t)(f->nargs + 1) * sizeof *g->args);
-  memcpy(g->args, f->args, (size_t)f->nargs * sizeof *g->args);
+  if (f->nargs) memcpy(g->args, f->args, (size_t)f->nargs * sizeof *g->args);
   g->nresults = f->nresults;
   g->result_types = ptc_xmalloc((size_t)(f->nresults + 1) * sizeof *g->result_types);
   g->result_shards = ptc_xmalloc((size_t)(f->nresults + 1) * sizeof *g->result_shards);
-  memcpy(g->result_types, f->result_types, (size_t)f->nresults * sizeof *g->result_types);
-  memcpy(g->result_shards, f->result_shards, (size_t)f->nresults * sizeof *g->result_shards);
+  if (f->nresults) memcpy(g->result_types, f->result_types, (size_t)f->nresults * sizeof *g->result_types);
+  if (f->nresults) memcpy(g->result_shards, f->result_shards, (size_t)f->nresults * sizeof *g->result_shards);
   g->nvalues = g->cap_values = f->nvalues;
   g->values = ptc_xmalloc((size_t)(f->nvalues + 1) * sizeof *g->values);
   for (int32_t i = 0; i < f->nvalues; i++) {
@@ -188,7 +188,8 @@ static ptc_func *func_clone(ptc_module *dst, const ptc_func *f) {
   }
   g->cap_param_value = f->cap_param_value;
   g->param_value = ptc_xmalloc((size_t)(f->cap_param_value + 1) * sizeof(int32_t));
-  memcpy(g->param_value, f->param_value, (size_t)f->cap_param_value * sizeof(int32_t));
+  if (f->cap_param_value)
+    memcpy(g->param_value, f->param_value, (size_t)f->cap_param_value * sizeof(int32_t));
   return g;
 }
 

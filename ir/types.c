@@ -118,8 +118,11 @@ int ptc_mesh_parse(const char *s, ptc_mesh *out, char *err, size_t errlen) {
         return -1;
       }
       if (!parse_size(&p, &v[n])) {
-        snprintf(err, errlen, "expected a size at offset %d of '%s'; "
-                 "expected e.g. 8, 2x4 or 2x2x2", (int)(p - s), s);
+        if (isdigit((unsigned char)*p))
+          snprintf(err, errlen, "size at offset %d of '%s' is too large", (int)(p - s), s);
+        else
+          snprintf(err, errlen, "expected a size at offset %d of '%s'; "
+                   "expected e.g. 8, 2x4 or 2x2x2", (int)(p - s), s);
         return -1;
       }
       n++;
@@ -159,7 +162,8 @@ int ptc_mesh_parse(const char *s, ptc_mesh *out, char *err, size_t errlen) {
       }
       p++;
       if (!parse_size(&p, &sizes[ax])) {
-        snprintf(err, errlen, "expected a size after '%s=' in '%s'", canon_axes[ax], s);
+        snprintf(err, errlen, isdigit((unsigned char)*p) ? "size after '%s=' in '%s' is too large"
+                 : "expected a size after '%s=' in '%s'", canon_axes[ax], s);
         return -1;
       }
       given[ax] = true;

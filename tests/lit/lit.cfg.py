@@ -11,6 +11,9 @@ config.test_format = lit.formats.ShTest(execute_external=True)
 config.suffixes = [".ptg", ".ptir", ".test"]
 config.excludes = ["Inputs"]
 config.test_source_root = os.path.dirname(__file__)
+# Temporary files go to the build tree (given by CTest), not the sources.
+if lit_config.params.get("exec_root"):
+    config.test_exec_root = lit_config.params["exec_root"]
 
 ptc = lit_config.params.get("ptc", "ptc")
 filecheck = lit_config.params.get("filecheck", "FileCheck")

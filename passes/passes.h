@@ -1,0 +1,158 @@
+/* passes.h -- the pass manager: passes as data, pipelines as strings.
+ *
+ * A pass is a row of data (ptc_pass_info): a name, a one-line summary, the
+ * options it takes and a run function.  Every pass is listed once, in
+ * passes/registry.c, next to the default pipeline string.  A pipeline is
+ * text in MLIR's syntax, `canonicalize{max-iterations=4},cse,dce`, parsed
+ * into a ptc_pipeline and run over one module by ptc_pipeline_run, which also
+ * does the instrumentation (IR dumps before/after passes, --dump-ir files,
+ * verification after each pass, timing).
+ *
+ * Invariants:
+ *  - A pass takes a verified module and leaves a verified module, or returns
+ *    -1 after reporting through ptc_error on the module's context.
+ *  - A pass sets *changed to true when it changed the module (it may be left
+ *    false only when the printed IR is identical before and after).
+ *  - Passes keep no state between runs: everything they need is in the
+ *    module and in their options.
+ *
+ * Ownership: ptc_pipeline_parse returns a pipeline the caller owns
+ * (ptc_pipeline_destroy); ptc_pass_info rows are static and never freed.
+ */
+#ifndef PTC_PASSES_H
+#define PTC_PASSES_H
+
+#include "ir/ir.h"
+
+/* ---- options ----------------------------------------------------------- */
+
+typedef enum ptc_pass_opt_kind {
+  PTC_PASS_OPT_INT,  /* an integer in [min, max] */
+  PTC_PASS_OPT_BOOL, /* true/false/1/0; a bare `name` means true */
+} ptc_pass_opt_kind;
+
+/* One option a pass accepts, e.g. canonicalize's max-iterations. */
+typedef struct ptc_pass_opt_spec {
+  const char *name; /* spelling in the pipeline, e.g. "max-iterations" */
+  ptc_pass_opt_kind kind;
+  int64_t dflt; /* default value (bool: 0 or 1) */
+  int64_t min, max; /* accepted range for INT options */
+  const char *help; /* one line */
+} ptc_pass_opt_spec;
+
+#define PTC_PASS_MAX_OPTS 8
+
+/* The option values one pass instance runs with: every option of its spec,
+ * in spec order, defaulted where the pipeline did not set it. */
+typedef struct ptc_pass_opts {
+  const struct ptc_pass_info *pass;
+  int64_t value[PTC_PASS_MAX_OPTS];
+  bool given[PTC_PASS_MAX_OPTS];
+} ptc_pass_opts;
+
+/* Value of option `name` of the pass.  Asking for an option the pass does
+ * not declare is an internal bug (aborts). */
+int64_t ptc_pass_opt_int(const ptc_pass_opts *o, const char *name);
+bool ptc_pass_opt_bool(const ptc_pass_opts *o, const char *name);
+
+/* ---- passes ------------------------------------------------------------ */
+
+/* Runs the pass over m.  Returns 0, or -1 after reporting an error. */
+typedef int (*ptc_pass_fn)(ptc_module *m, const ptc_pass_opts *o,
+                           bool *changed);
+
+typedef struct ptc_pass_info {
+  const char *name;    /* as written in pipelines: "canonicalize" */
+  const char *summary; /* one line for --help */
+  const ptc_pass_opt_spec *opts;
+  int32_t nopts; /* <= PTC_PASS_MAX_OPTS */
+  ptc_pass_fn run;
+} ptc_pass_info;
+
+/* The passes, each defined in passes/<name>.c. */
+extern const ptc_pass_info ptc_pass_canonicalize;
+extern const ptc_pass_info ptc_pass_cse;
+extern const ptc_pass_info ptc_pass_dce;
+
+/* Helpers passes share.  dce.c: removes the pure ops of f whose results
+ * nothing uses (one reverse sweep); returns how many it removed. */
+int32_t ptc_dce_func(ptc_func *f);
+
+/* ---- registry.c --------------------------------------------------------- */
+
+/* Every registered pass, in the order --help lists them. */
+const ptc_pass_info *const *ptc_pass_registry(int32_t *n);
+/* The pass named s[0..n), or NULL. */
+const ptc_pass_info *ptc_pass_find(const char *s, size_t n);
+/* The pipeline ptc runs on .ptg input when --pass-pipeline is not given. */
+const char *ptc_default_pipeline(void);
+/* Appends "canonicalize, cse, dce" (the registered names) to b. */
+void ptc_pass_list_names(ptc_buf *b);
+
+/* ---- manager.c: pipelines ------------------------------------------------ */
+
+typedef struct ptc_pipeline_entry {
+  const ptc_pass_info *pass;
+  ptc_pass_opts opts;
+} ptc_pipeline_entry;
+
+typedef struct ptc_pipeline {
+  int32_t n;
+  ptc_pipeline_entry *entries; /* heap */
+} ptc_pipeline;
+
+/* Parses a pipeline (grammar in manager.c).  `text` is registered as the
+ * source "<command line>" so errors point into it with a caret.  Returns a
+ * pipeline the caller owns, or NULL after reporting. */
+ptc_pipeline *ptc_pipeline_parse(ptc_ctx *ctx, const char *text);
+void ptc_pipeline_destroy(ptc_pipeline *p);
+/* Appends the canonical text of p (options only where given). */
+void ptc_pipeline_print(ptc_buf *b, const ptc_pipeline *p);
+
+/* Checks a comma-separated list of pass names (the value of option
+ * `option`, e.g. "--print-ir-after"); reports an unknown name with a caret
+ * and the list of known passes.  Returns 0 or -1. */
+int ptc_pass_names_check(ptc_ctx *ctx, const char *option, const char *names);
+
+/* ---- manager.c: running ---------------------------------------------------- */
+
+/* Instrumentation, with MLIR's meanings.  Initialise with
+ * ptc_pm_config_init, then set fields. */
+typedef struct ptc_pm_config {
+  bool print_before_all;
+  bool print_after_all;
+  const char *print_before; /* comma-separated pass names, or NULL */
+  const char *print_after;  /* comma-separated pass names, or NULL */
+  /* Print after a pass only when it changed the printed IR.  Alone it means
+   * "after every pass that changed something"; with print_after_all or
+   * print_after it filters those. */
+  bool print_after_change;
+  bool print_after_failure; /* print the IR after a pass (or its verify) fails */
+  const char *dump_dir;     /* write 00-input.ptir, NN-<pass>.ptir; or NULL */
+  bool verify_each;         /* verify after every pass (default true) */
+  bool time_passes;         /* print an execution-time report */
+  FILE *dump_stream;        /* IR dumps; NULL means stderr */
+  FILE *timing_stream;      /* the time report; NULL means stderr */
+} ptc_pm_config;
+
+void ptc_pm_config_init(ptc_pm_config *c);
+
+/* Runs every pass of p over m in order, with c's instrumentation (c may be
+ * NULL: defaults).  Stops at the first failure: a pass error, a verifier
+ * failure after a pass (reported naming the pass), or a failed dump write.
+ * Returns 0 or -1 (reported). */
+int ptc_pipeline_run(ptc_module *m, const ptc_pipeline *p,
+                     const ptc_pm_config *c);
+
+/* ---- manager.c: files ----------------------------------------------------- */
+
+/* Writes data to path atomically (path.tmp, then rename), so a failure never
+ * leaves a half-written file; on failure removes the temporary, reports an
+ * error naming the path and the system's reason, and returns -1. */
+int ptc_write_file_atomic(ptc_ctx *ctx, const char *path, const char *data,
+                          size_t len);
+/* Creates directory `path` and missing parents (an existing directory is
+ * fine).  Reports and returns -1 on failure. */
+int ptc_make_dirs(ptc_ctx *ctx, const char *path);
+
+#endif /* PTC_PASSES_H */

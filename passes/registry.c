@@ -1,0 +1,41 @@
+/* registry.c -- the one list of passes and the default pipeline.
+ *
+ * Adding a pass: write passes/<name>.c defining `const ptc_pass_info
+ * ptc_pass_<name>`, declare it in passes.h, and add one line below.  The
+ * list is also the order in which `ptc --help` shows passes.
+ */
+#include "passes/passes.h"
+
+#include <string.h>
+
+static const ptc_pass_info *const registry[] = {
+    &ptc_pass_canonicalize, /* shape re-inference, algebraic simplification */
+    &ptc_pass_cse,          /* common-subexpression elimination */
+    &ptc_pass_dce,          /* dead-code elimination */
+};
+
+/* What `ptc model.ptg` runs when --pass-pipeline is not given.  Later stages
+ * (autodiff, optimizer, shard, ...) are appended here as they land. */
+static const char default_pipeline[] = "canonicalize,cse,dce";
+
+const ptc_pass_info *const *ptc_pass_registry(int32_t *n) {
+  *n = PTC_ARRAY_LEN(registry);
+  return registry;
+}
+
+const ptc_pass_info *ptc_pass_find(const char *s, size_t n) {
+  for (int32_t i = 0; i < PTC_ARRAY_LEN(registry); i++) {
+    const char *name = registry[i]->name;
+    if (strlen(name) == n && memcmp(name, s, n) == 0) return registry[i];
+  }
+  return NULL;
+}
+
+const char *ptc_default_pipeline(void) { return default_pipeline; }
+
+void ptc_pass_list_names(ptc_buf *b) {
+  for (int32_t i = 0; i < PTC_ARRAY_LEN(registry); i++) {
+    if (i) ptc_buf_puts(b, ", ");
+    ptc_buf_puts(b, registry[i]->name);
+  }
+}

@@ -1,0 +1,662 @@
+/* ptc.c -- the compiler driver: read a model, run a pass pipeline, emit.
+ *
+ *   ptc FILE.ptg|FILE.ptir [options]
+ *
+ * The driver owns the command line and the exit status, and nothing else:
+ * reading, compiling, passes and printing are library calls.  Exit status:
+ * 0 success; 1 a user error (bad input, a bad option value, a failed pass);
+ * 2 a usage error (unknown option, missing argument).  Internal bugs abort
+ * through ptc_fatal.  Output files are written atomically, so an error never
+ * leaves a half-written -o file behind.  See docs/driver.md.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "frontend/frontend.h"
+#include "ir/ir.h"
+#include "passes/passes.h"
+
+enum { EXIT_USER = 1, EXIT_USAGE = 2 };
+
+/* ---- the option table ------------------------------------------------------ */
+
+typedef enum opt_id {
+  O_HELP,
+  O_VERSION,
+  O_LANG,
+  O_OUT,
+  O_EMIT,
+  O_SET,
+  O_BATCH,
+  O_SEQ,
+  O_MESH,
+  O_PIPELINE,
+  O_PRINT_BEFORE_ALL,
+  O_PRINT_AFTER_ALL,
+  O_PRINT_BEFORE,
+  O_PRINT_AFTER,
+  O_PRINT_AFTER_CHANGE,
+  O_PRINT_AFTER_FAILURE,
+  O_DUMP_IR,
+  O_VERIFY_EACH,
+  O_NO_VERIFY_EACH,
+  O_TIME_PASSES,
+  O_REPORT,
+} opt_id;
+
+typedef enum arg_kind {
+  ARG_NONE,     /* a flag: --report */
+  ARG_REQUIRED, /* --mesh 2x4 or --mesh=2x4 */
+  ARG_BOOL,     /* --verify-each or --verify-each=false */
+} arg_kind;
+
+typedef struct option {
+  const char *name; /* long name without "--" */
+  char short_name;  /* or 0 */
+  arg_kind arg;
+  opt_id id;
+  const char *metavar;
+  const char *help;
+  const char *section; /* starts a new section of --help when non-NULL */
+} option;
+
+static const option options[] = {
+    {"lang", 'x', ARG_REQUIRED, O_LANG, "ptg|ptir",
+     "input language (default: from the extension, .ptg or .ptir)", "Input"},
+    {"set", 0, ARG_REQUIRED, O_SET, "K=V[,K=V...]",
+     "override constants of a .ptg model (repeatable)", NULL},
+    {"batch", 0, ARG_REQUIRED, O_BATCH, "N", "same as --set batch=N", NULL},
+    {"seq", 0, ARG_REQUIRED, O_SEQ, "T", "same as --set seq=T", NULL},
+    {"mesh", 0, ARG_REQUIRED, O_MESH, "SHAPE",
+     "device mesh: 8 (dp), 2x4 (dp x tp), 2x2x2 (pp x dp x tp) or "
+     "pp=2,dp=2,tp=2 (default: one device)",
+     NULL},
+    {"pass-pipeline", 0, ARG_REQUIRED, O_PIPELINE, "P",
+     "passes to run, e.g. 'canonicalize{max-iterations=4},cse,dce' "
+     "(default: the default pipeline for .ptg, no passes for .ptir)",
+     "Compilation"},
+    {"verify-each", 0, ARG_BOOL, O_VERIFY_EACH, "[=true|false]",
+     "verify the IR after every pass (default true)", NULL},
+    {"no-verify-each", 0, ARG_NONE, O_NO_VERIFY_EACH, NULL,
+     "same as --verify-each=false", NULL},
+    {"emit", 0, ARG_REQUIRED, O_EMIT, "ir|dot",
+     "what to write: the IR (.ptir text) or a Graphviz graph (default ir)",
+     "Output"},
+    {"output", 'o', ARG_REQUIRED, O_OUT, "OUT",
+     "write to OUT instead of standard output ('-' is standard output); "
+     "plan directories come with the code generator: for now OUT gets the IR",
+     NULL},
+    {"report", 0, ARG_NONE, O_REPORT, NULL,
+     "print a summary: mesh, parameters, ops by kind, forward FLOPs", NULL},
+    {"print-ir-before-all", 0, ARG_NONE, O_PRINT_BEFORE_ALL, NULL,
+     "print the IR to stderr before every pass", "Debugging"},
+    {"print-ir-after-all", 0, ARG_NONE, O_PRINT_AFTER_ALL, NULL,
+     "print the IR to stderr after every pass", NULL},
+    {"print-ir-before", 0, ARG_REQUIRED, O_PRINT_BEFORE, "NAME[,NAME]",
+     "print the IR before the named passes", NULL},
+    {"print-ir-after", 0, ARG_REQUIRED, O_PRINT_AFTER, "NAME[,NAME]",
+     "print the IR after the named passes", NULL},
+    {"print-ir-after-change", 0, ARG_NONE, O_PRINT_AFTER_CHANGE, NULL,
+     "print after a pass only if it changed the IR (alone: after every pass "
+     "that changed it)",
+     NULL},
+    {"print-ir-after-failure", 0, ARG_NONE, O_PRINT_AFTER_FAILURE, NULL,
+     "print the IR after a pass that fails", NULL},
+    {"dump-ir", 0, ARG_REQUIRED, O_DUMP_IR, "DIR",
+     "write DIR/00-input.ptir and DIR/NN-<pass>.ptir after each pass", NULL},
+    {"time-passes", 0, ARG_NONE, O_TIME_PASSES, NULL,
+     "print the wall time of each pass to stderr", NULL},
+    {"help", 'h', ARG_NONE, O_HELP, NULL, "print this help and exit", "Other"},
+    {"version", 0, ARG_NONE, O_VERSION, NULL, "print the version and exit",
+     NULL},
+};
+
+/* ---- what the command line asked for ---------------------------------------- */
+
+typedef enum lang { LANG_AUTO, LANG_PTG, LANG_PTIR } lang;
+typedef enum emit_kind { EMIT_IR, EMIT_DOT } emit_kind;
+
+typedef struct driver {
+  ptc_ctx *ctx;
+  const char *input;
+  lang lang;
+  ptc_define *defines; /* heap */
+  int32_t ndefines;
+  char **owned; /* heap strings the defines point into (--batch, --seq) */
+  int32_t nowned;
+  const char *mesh_text;
+  const char *pipeline_text; /* NULL: the default for the input language */
+  const char *emit_text;
+  emit_kind emit;
+  bool emit_given;
+  const char *out_path;
+  bool report;
+  bool help, version;
+  ptc_pm_config pm;
+} driver;
+
+static void driver_fini(driver *d) {
+  for (int32_t i = 0; i < d->nowned; i++) free(d->owned[i]);
+  free(d->owned);
+  free(d->defines);
+}
+
+/* ---- help ----------------------------------------------------------------- */
+
+/* Prints "  LHS  help" with the help wrapped at 80 columns under column 32. */
+static void help_row(FILE *f, const char *lhs, const char *help) {
+  enum { COL = 32, WIDTH = 80 };
+  int n = fprintf(f, "  %s", lhs);
+  if (n + 2 > COL) {
+    fputc('\n', f);
+    n = 0;
+  }
+  const char *p = help;
+  bool first = true;
+  while (*p) {
+    /* the longest run of words that fits in WIDTH - COL columns */
+    size_t len = strlen(p), take = len;
+    if (len > WIDTH - COL) {
+      take = WIDTH - COL;
+      while (take > 0 && p[take] != ' ') take--;
+      if (take == 0) take = WIDTH - COL;
+    }
+    fprintf(f, "%*s%.*s\n", first ? COL - n : COL, "", (int)take, p);
+    first = false;
+    p += take;
+    while (*p == ' ') p++;
+  }
+}
+
+static void print_help(FILE *f) {
+  fprintf(f,
+          "usage: ptc FILE.ptg|FILE.ptir [options]\n"
+          "\n"
+          "Compiles a model (.ptg) or reads ptir (.ptir), runs a pass pipeline\n"
+          "over it, and writes the result.  Options take values as --opt=V or\n"
+          "--opt V; boolean options take =true or =false.\n");
+  for (int i = 0; i < PTC_ARRAY_LEN(options); i++) {
+    const option *o = &options[i];
+    if (o->section) fprintf(f, "\n%s:\n", o->section);
+    char lhs[80];
+    int n = 0;
+    if (o->short_name)
+      n = snprintf(lhs, sizeof lhs, "-%c, --%s", o->short_name, o->name);
+    else
+      n = snprintf(lhs, sizeof lhs, "    --%s", o->name);
+    if (o->metavar && n > 0 && (size_t)n < sizeof lhs)
+      snprintf(lhs + n, sizeof lhs - (size_t)n, o->arg == ARG_BOOL ? "%s" : " %s",
+               o->metavar);
+    help_row(f, lhs, o->help);
+  }
+  int32_t np;
+  const ptc_pass_info *const *passes = ptc_pass_registry(&np);
+  fprintf(f, "\nPasses (for --pass-pipeline; default pipeline: %s):\n",
+          ptc_default_pipeline());
+  for (int32_t i = 0; i < np; i++) {
+    help_row(f, passes[i]->name, passes[i]->summary);
+    for (int32_t k = 0; k < passes[i]->nopts; k++) {
+      const ptc_pass_opt_spec *s = &passes[i]->opts[k];
+      char lhs[80], help[512];
+      if (s->kind == PTC_PASS_OPT_INT) {
+        snprintf(lhs, sizeof lhs, "  %s=N", s->name);
+        snprintf(help, sizeof help, "%s (default %lld)", s->help, (long long)s->dflt);
+      } else {
+        snprintf(lhs, sizeof lhs, "  %s=true|false", s->name);
+        snprintf(help, sizeof help, "%s (default %s)", s->help,
+                 s->dflt ? "true" : "false");
+      }
+      help_row(f, lhs, help);
+    }
+  }
+  fprintf(f,
+          "\nExit status: 0 success, 1 an error in the input or an option "
+          "value,\n2 a malformed command line.\n");
+}
+
+/* ---- argument parsing ------------------------------------------------------- */
+
+static size_t edit_distance(const char *a, const char *b) {
+  size_t na = strlen(a), nb = strlen(b);
+  if (na > 64 || nb > 64) return 99;
+  size_t row[65];
+  for (size_t j = 0; j <= nb; j++) row[j] = j;
+  for (size_t i = 1; i <= na; i++) {
+    size_t diag = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= nb; j++) {
+      size_t up = row[j];
+      size_t best = diag + (a[i - 1] != b[j - 1]);
+      if (row[j] + 1 < best) best = row[j] + 1;
+      if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
+      row[j] = best;
+      diag = up;
+    }
+  }
+  return row[nb];
+}
+
+static int usage_error(driver *d, const char *fmt, const char *arg) {
+  ptc_buf b;
+  ptc_buf_init(&b);
+  ptc_buf_printf(&b, fmt, arg);
+  ptc_error(d->ctx, ptc_loc_unknown, "%s; see 'ptc --help'", b.data);
+  ptc_buf_fini(&b);
+  return EXIT_USAGE;
+}
+
+static int unknown_option(driver *d, const char *arg, size_t namelen) {
+  char name[128];
+  size_t n = namelen < sizeof name - 1 ? namelen : sizeof name - 1;
+  memcpy(name, arg, n);
+  name[n] = '\0';
+  const char *best = NULL;
+  size_t best_d = 3; /* suggest only close misspellings */
+  for (int i = 0; i < PTC_ARRAY_LEN(options); i++) {
+    size_t dist = edit_distance(name[1] == '-' ? name + 2 : name + 1, options[i].name);
+    if (dist < best_d) {
+      best_d = dist;
+      best = options[i].name;
+    }
+  }
+  if (best)
+    ptc_error(d->ctx, ptc_loc_unknown,
+              "unknown option '%s' (did you mean '--%s'?); see 'ptc --help'", name,
+              best);
+  else
+    ptc_error(d->ctx, ptc_loc_unknown, "unknown option '%s'; see 'ptc --help'", name);
+  return EXIT_USAGE;
+}
+
+static void add_defines(driver *d, const char *text, int *status) {
+  if (ptc_defines_parse(d->ctx, text, &d->defines, &d->ndefines) != 0)
+    *status = EXIT_USER;
+}
+
+/* Applies one option with its value (NULL for flags). */
+static int apply_option(driver *d, const option *o, const char *val) {
+  int status = 0;
+  switch (o->id) {
+  case O_HELP: d->help = true; break;
+  case O_VERSION: d->version = true; break;
+  case O_LANG:
+    if (strcmp(val, "ptg") == 0) d->lang = LANG_PTG;
+    else if (strcmp(val, "ptir") == 0) d->lang = LANG_PTIR;
+    else {
+      ptc_error(d->ctx, ptc_loc_unknown,
+                "-x '%s': unknown language; use -x ptg or -x ptir", val);
+      return EXIT_USER;
+    }
+    break;
+  case O_OUT:
+    if (!*val) {
+      ptc_error(d->ctx, ptc_loc_unknown, "-o needs a file name ('-' for standard output)");
+      return EXIT_USER;
+    }
+    d->out_path = val;
+    break;
+  case O_EMIT:
+    d->emit_given = true;
+    d->emit_text = val;
+    if (strcmp(val, "ir") == 0) d->emit = EMIT_IR;
+    else if (strcmp(val, "dot") == 0) d->emit = EMIT_DOT;
+    else {
+      ptc_error(d->ctx, ptc_loc_unknown, "--emit '%s': use --emit=ir or --emit=dot",
+                val);
+      return EXIT_USER;
+    }
+    break;
+  case O_SET: add_defines(d, val, &status); break;
+  case O_BATCH:
+  case O_SEQ: {
+    const char *k = o->id == O_BATCH ? "batch=" : "seq=";
+    size_t n = strlen(k) + strlen(val) + 1;
+    char *s = ptc_xmalloc(n);
+    snprintf(s, n, "%s%s", k, val);
+    d->owned = ptc_xrealloc(d->owned, (size_t)(d->nowned + 1) * sizeof *d->owned);
+    d->owned[d->nowned++] = s;
+    add_defines(d, s, &status);
+    break;
+  }
+  case O_MESH: d->mesh_text = val; break;
+  case O_PIPELINE: d->pipeline_text = val; break;
+  case O_PRINT_BEFORE_ALL: d->pm.print_before_all = true; break;
+  case O_PRINT_AFTER_ALL: d->pm.print_after_all = true; break;
+  case O_PRINT_BEFORE:
+    if (ptc_pass_names_check(d->ctx, "--print-ir-before", val) != 0) return EXIT_USER;
+    d->pm.print_before = val;
+    break;
+  case O_PRINT_AFTER:
+    if (ptc_pass_names_check(d->ctx, "--print-ir-after", val) != 0) return EXIT_USER;
+    d->pm.print_after = val;
+    break;
+  case O_PRINT_AFTER_CHANGE: d->pm.print_after_change = true; break;
+  case O_PRINT_AFTER_FAILURE: d->pm.print_after_failure = true; break;
+  case O_DUMP_IR:
+    if (!*val) {
+      ptc_error(d->ctx, ptc_loc_unknown, "--dump-ir needs a directory name");
+      return EXIT_USER;
+    }
+    d->pm.dump_dir = val;
+    break;
+  case O_VERIFY_EACH:
+    if (!val || strcmp(val, "true") == 0 || strcmp(val, "1") == 0) {
+      d->pm.verify_each = true;
+    } else if (strcmp(val, "false") == 0 || strcmp(val, "0") == 0) {
+      d->pm.verify_each = false;
+    } else {
+      ptc_error(d->ctx, ptc_loc_unknown,
+                "--verify-each='%s': use --verify-each=true or =false", val);
+      return EXIT_USER;
+    }
+    break;
+  case O_NO_VERIFY_EACH: d->pm.verify_each = false; break;
+  case O_TIME_PASSES: d->pm.time_passes = true; break;
+  case O_REPORT: d->report = true; break;
+  }
+  return status;
+}
+
+/* Parses argv into d.  Returns 0, EXIT_USER or EXIT_USAGE (reported).
+ * Every option is applied in order, so later ones win. */
+static int parse_args(driver *d, int argc, char **argv) {
+  bool only_files = false;
+  for (int i = 1; i < argc; i++) {
+    const char *arg = argv[i];
+    if (only_files || arg[0] != '-' || strcmp(arg, "-") == 0) {
+      if (d->input)
+        return usage_error(d, "more than one input file ('%s')", arg);
+      d->input = arg;
+      continue;
+    }
+    if (strcmp(arg, "--") == 0) {
+      only_files = true;
+      continue;
+    }
+    const option *o = NULL;
+    const char *val = NULL;
+    bool has_val = false;
+    if (arg[1] == '-') {
+      const char *name = arg + 2;
+      const char *eq = strchr(name, '=');
+      size_t n = eq ? (size_t)(eq - name) : strlen(name);
+      for (int k = 0; k < PTC_ARRAY_LEN(options) && !o; k++)
+        if (strlen(options[k].name) == n && memcmp(options[k].name, name, n) == 0)
+          o = &options[k];
+      if (!o) return unknown_option(d, arg, (size_t)(eq ? eq - arg : (ptrdiff_t)strlen(arg)));
+      if (eq) {
+        val = eq + 1;
+        has_val = true;
+      }
+    } else {
+      for (int k = 0; k < PTC_ARRAY_LEN(options) && !o; k++)
+        if (options[k].short_name && options[k].short_name == arg[1]) o = &options[k];
+      if (!o) return unknown_option(d, arg, strlen(arg));
+      if (arg[2]) {
+        if (o->arg != ARG_REQUIRED) return unknown_option(d, arg, strlen(arg));
+        val = arg + 2; /* -xptir, -oOUT */
+        has_val = true;
+      }
+    }
+    if (o->arg == ARG_NONE && has_val) {
+      char what[96];
+      snprintf(what, sizeof what, "--%s", o->name);
+      return usage_error(d, "option '%s' takes no value", what);
+    }
+    if (o->arg == ARG_REQUIRED && !has_val) {
+      if (i + 1 >= argc) {
+        char what[96];
+        snprintf(what, sizeof what, "%s", arg);
+        return usage_error(d, "option '%s' needs a value", what);
+      }
+      val = argv[++i];
+    }
+    int st = apply_option(d, o, val);
+    if (st) return st;
+  }
+  return 0;
+}
+
+/* ---- steps ------------------------------------------------------------------ */
+
+static bool ends_with(const char *s, const char *suffix) {
+  size_t n = strlen(s), k = strlen(suffix);
+  return n >= k && strcmp(s + n - k, suffix) == 0;
+}
+
+/* Standard input, for `ptc -x ptir -` in a pipe. */
+static char *read_stdin(ptc_ctx *ctx, size_t *len_out) {
+  ptc_buf b;
+  ptc_buf_init(&b);
+  char chunk[65536];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof chunk, stdin)) > 0) ptc_buf_put(&b, chunk, n);
+  if (ferror(stdin)) {
+    ptc_error(ctx, ptc_loc_unknown, "cannot read standard input");
+    ptc_buf_fini(&b);
+    return NULL;
+  }
+  if (!b.data) ptc_buf_put(&b, "", 0);
+  *len_out = b.len;
+  return b.data;
+}
+
+static ptc_module *load_module(driver *d) {
+  size_t len = 0;
+  bool is_stdin = strcmp(d->input, "-") == 0;
+  const char *name = is_stdin ? "<stdin>" : d->input;
+  char *text = is_stdin ? read_stdin(d->ctx, &len) : ptc_read_file(d->ctx, d->input, &len);
+  if (!text) return NULL;
+  ptc_module *m;
+  if (d->lang == LANG_PTG) {
+    m = ptc_frontend_compile(d->ctx, name, text, len, d->defines, d->ndefines);
+  } else {
+    m = ptc_parse_module(d->ctx, name, text, len);
+  }
+  free(text);
+  return m;
+}
+
+/* --mesh: the frontend's module gets it; a ptir module must agree with the
+ * mesh its shardings were written for. */
+static int apply_mesh(driver *d, ptc_module *m, const ptc_mesh *mesh) {
+  if (!d->mesh_text) return 0;
+  if (d->lang == LANG_PTIR && m->mesh.naxes > 0) {
+    bool same = m->mesh.naxes == mesh->naxes;
+    for (int i = 0; same && i < mesh->naxes; i++)
+      same = strcmp(m->mesh.axes[i].name, mesh->axes[i].name) == 0 &&
+             m->mesh.axes[i].size == mesh->axes[i].size;
+    if (!same) {
+      ptc_buf b;
+      ptc_buf_init(&b);
+      ptc_mesh_print(&b, &m->mesh);
+      ptc_error(d->ctx, ptc_loc_unknown,
+                "--mesh '%s': the input already has %s and its shardings refer to "
+                "it; drop --mesh or edit the module's mesh",
+                d->mesh_text, b.data);
+      ptc_buf_fini(&b);
+      return -1;
+    }
+  }
+  m->mesh = *mesh;
+  return 0;
+}
+
+static int cmp_count_desc(const void *a, const void *b) {
+  const int64_t *x = a, *y = b; /* {count, opcode} pairs */
+  if (x[0] != y[0]) return x[0] < y[0] ? 1 : -1;
+  return x[1] < y[1] ? -1 : x[1] > y[1];
+}
+
+static void human_bytes(ptc_buf *b, double v) {
+  static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int u = 0;
+  while (v >= 1024.0 && u < PTC_ARRAY_LEN(units) - 1) {
+    v /= 1024.0;
+    u++;
+  }
+  ptc_buf_printf(b, u ? "%.1f %s" : "%.0f %s", v, units[u]);
+}
+
+static void human_flops(ptc_buf *b, double v) {
+  static const char *const units[] = {"", "k", "M", "G", "T", "P", "E"};
+  int u = 0;
+  while (v >= 1000.0 && u < PTC_ARRAY_LEN(units) - 1) {
+    v /= 1000.0;
+    u++;
+  }
+  ptc_buf_printf(b, "%.3g %sFLOP", v, units[u]);
+}
+
+/* The --report summary.  `parameters: N` is a plain integer so scripts can
+ * read it. */
+static void write_report(ptc_buf *b, const ptc_module *m) {
+  ptc_buf_printf(b, "module: @%s\n", m->name);
+  if (m->mesh.naxes) {
+    ptc_buf_puts(b, "mesh: ");
+    ptc_mesh_print(b, &m->mesh);
+    ptc_buf_printf(b, " (%lld devices)\n", (long long)ptc_mesh_size(&m->mesh));
+  } else {
+    ptc_buf_puts(b, "mesh: none (1 device)\n");
+  }
+  int64_t bytes = 0;
+  for (int32_t i = 0; i < m->nparams; i++) bytes += ptc_type_bytes(&m->params[i].type);
+  ptc_buf_printf(b, "param tensors: %d\n", m->nparams);
+  ptc_buf_printf(b, "parameters: %lld\n", (long long)ptc_module_param_count(m));
+  ptc_buf_printf(b, "parameter bytes: %lld (", (long long)bytes);
+  human_bytes(b, (double)bytes);
+  ptc_buf_puts(b, ")\n");
+  ptc_buf_printf(b, "functions: %d\n", m->nfuncs);
+  int64_t counts[PTC_OP_COUNT][2];
+  for (int k = 0; k < PTC_OP_COUNT; k++) {
+    counts[k][0] = 0;
+    counts[k][1] = k;
+  }
+  int64_t total_ops = 0;
+  for (int32_t i = 0; i < m->nfuncs; i++) {
+    const ptc_func *f = m->funcs[i];
+    ptc_buf_printf(b, "  @%s: %d args, %d results, %d ops\n", f->name, f->nargs,
+                   f->nresults, f->nops);
+    for (int32_t k = 0; k < f->nops; k++) counts[f->ops[k].code][0]++;
+    total_ops += f->nops;
+  }
+  qsort(counts, PTC_OP_COUNT, sizeof counts[0], cmp_count_desc);
+  ptc_buf_printf(b, "ops by kind: %lld in all\n", (long long)total_ops);
+  for (int k = 0; k < PTC_OP_COUNT && counts[k][0] > 0; k++)
+    ptc_buf_printf(b, "  %-16s %lld\n",
+                   ptc_opinfo_get((ptc_opcode)counts[k][1])->name,
+                   (long long)counts[k][0]);
+  const ptc_func *fwd = ptc_module_find_func(m, "forward");
+  if (fwd) {
+    double flops = 0;
+    for (int32_t k = 0; k < fwd->nops; k++) flops += ptc_op_cost(fwd, &fwd->ops[k]).flops;
+    ptc_buf_printf(b, "forward flops: %.0f (", flops);
+    human_flops(b, flops);
+    ptc_buf_puts(b, " per step, whole mesh)\n");
+  } else {
+    ptc_buf_puts(b, "forward flops: n/a (no @forward function)\n");
+  }
+}
+
+static int write_stdout(ptc_ctx *ctx, const ptc_buf *b) {
+  if (b->len && fwrite(b->data, 1, b->len, stdout) != b->len) goto fail;
+  if (fflush(stdout) != 0) goto fail;
+  return 0;
+fail:
+  ptc_error(ctx, ptc_loc_unknown, "cannot write to standard output");
+  return -1;
+}
+
+/* The whole compilation, after the command line is understood. */
+static int run(driver *d) {
+  ptc_mesh mesh;
+  memset(&mesh, 0, sizeof mesh);
+  if (d->mesh_text) {
+    char err[256];
+    if (ptc_mesh_parse(d->mesh_text, &mesh, err, sizeof err) != 0) {
+      ptc_error(d->ctx, ptc_loc_unknown, "--mesh '%s': %s", d->mesh_text, err);
+      return EXIT_USER;
+    }
+  }
+  if (d->lang == LANG_AUTO) {
+    if (ends_with(d->input, ".ptg")) d->lang = LANG_PTG;
+    else if (ends_with(d->input, ".ptir")) d->lang = LANG_PTIR;
+    else if (strcmp(d->input, "-") == 0) {
+      ptc_error(d->ctx, ptc_loc_unknown,
+                "reading standard input needs the language: -x ptg or -x ptir");
+      return EXIT_USER;
+    } else {
+      ptc_error(d->ctx, ptc_loc_unknown,
+                "cannot tell the language of '%s' from its name; use -x ptg or "
+                "-x ptir", d->input);
+      return EXIT_USER;
+    }
+  }
+  if (d->lang == LANG_PTIR && d->ndefines > 0) {
+    ptc_error(d->ctx, ptc_loc_unknown,
+              "--set, --batch and --seq set constants of a .ptg model; '%s' is "
+              "ptir", d->input);
+    return EXIT_USER;
+  }
+  const char *ptext = d->pipeline_text;
+  if (!ptext) ptext = d->lang == LANG_PTG ? ptc_default_pipeline() : "";
+  ptc_pipeline *pipe = ptc_pipeline_parse(d->ctx, ptext);
+  if (!pipe) return EXIT_USER;
+
+  int status = EXIT_USER;
+  ptc_buf out;
+  ptc_buf_init(&out);
+  ptc_module *m = load_module(d);
+  if (!m) goto done;
+  if (apply_mesh(d, m, &mesh) != 0) goto done;
+  /* The input must be valid before any pass sees it (a pass may assume it). */
+  if (ptc_verify_module(m) != 0) goto done;
+  if (ptc_pipeline_run(m, pipe, &d->pm) != 0) goto done;
+
+  /* Output: the emitted form goes to -o or stdout; --report and --dump-ir
+   * are outputs of their own, so with them stdout gets the IR only when
+   * --emit asks for it. */
+  bool emit = d->out_path || d->emit_given || !(d->report || d->pm.dump_dir);
+  if (emit) {
+    if (d->emit == EMIT_DOT) ptc_print_dot(&out, m);
+    else ptc_print_module(&out, m);
+    bool to_stdout = !d->out_path || strcmp(d->out_path, "-") == 0;
+    if (to_stdout ? write_stdout(d->ctx, &out) != 0
+                  : ptc_write_file_atomic(d->ctx, d->out_path,
+                                          out.len ? out.data : "", out.len) != 0)
+      goto done;
+  }
+  if (d->report) {
+    out.len = 0;
+    write_report(&out, m);
+    if (write_stdout(d->ctx, &out) != 0) goto done;
+  }
+  status = 0;
+done:
+  ptc_buf_fini(&out);
+  ptc_module_destroy(m);
+  ptc_pipeline_destroy(pipe);
+  return status;
+}
+
+int main(int argc, char **argv) {
+  driver d;
+  memset(&d, 0, sizeof d);
+  d.ctx = ptc_ctx_create();
+  ptc_pm_config_init(&d.pm);
+  int status = parse_args(&d, argc, argv);
+  if (status == 0) {
+    if (d.help) {
+      print_help(stdout);
+    } else if (d.version) {
+      printf("ptc %s\n", PTC_VERSION_STRING);
+    } else if (!d.input) {
+      status = usage_error(&d, "no input file%s", "");
+    } else {
+      status = run(&d);
+    }
+  }
+  driver_fini(&d);
+  ptc_ctx_destroy(d.ctx);
+  return status;
+}
