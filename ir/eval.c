@@ -366,16 +366,51 @@ static int eval_op(ev *e, const ptc_op *op) {
     ptc_error(e->ctx, op->loc, "%s cannot be evaluated by the reference evaluator: "
               "it crosses pipeline stages", ptc_opinfo_get(op->code)->name);
     return -1;
+  case PTC_OP_ASSIGN: break; /* committed when the function returns */
+  case PTC_OP_ADAMW: {
+    double b1 = ptc_op_attr_float(op, "beta1", 0.9), b2 = ptc_op_attr_float(op, "beta2", 0.999);
+    double eps = ptc_op_attr_float(op, "eps", 1e-8), wd = ptc_op_attr_float(op, "weight_decay", 0);
+    const double *g = b, *m = e->data[op->in[2]], *v = e->data[op->in[3]];
+    double lr = e->data[op->in[4]][0], t = e->data[op->in[5]][0];
+    double *p1 = o, *m1 = e->data[op->out[1]] = alloc_data(at),
+           *v1 = e->data[op->out[2]] = alloc_data(at);
+    double c1 = 1 - pow(b1, t), c2 = 1 - pow(b2, t);
+    for (int64_t i = 0; i < n; i++) {
+      m1[i] = b1 * m[i] + (1 - b1) * g[i];
+      v1[i] = b2 * v[i] + (1 - b2) * g[i] * g[i];
+      double p = a[i] * (1 - lr * wd);
+      p1[i] = p - lr * (m1[i] / c1) / (sqrt(v1[i] / c2) + eps);
+    }
+    break;
+  }
+  case PTC_OP_SGD: {
+    double mom = ptc_op_attr_float(op, "momentum", 0), wd = ptc_op_attr_float(op, "weight_decay", 0);
+    bool nest = ptc_op_attr_bool(op, "nesterov", false);
+    const double *g = b, *buf = e->data[op->in[2]];
+    double lr = e->data[op->in[3]][0];
+    double *p1 = o, *buf1 = e->data[op->out[1]] = alloc_data(at);
+    for (int64_t i = 0; i < n; i++) {
+      double d = g[i] + wd * a[i];
+      buf1[i] = mom * buf[i] + d;
+      p1[i] = a[i] - lr * (nest ? d + mom * buf1[i] : buf1[i]);
+    }
+    break;
+  }
   case PTC_OP_RETURN: break;
   case PTC_OP_COUNT: PTC_UNREACHABLE();
   }
-  /* store at the result's precision */
-  if (ot && ot->dtype != PTC_DTYPE_F64)
-    for (int64_t i = 0; i < n; i++) o[i] = round_to(ot->dtype, o[i]);
+  /* store at the results' precision */
+  for (int32_t r = 0; r < op->nout; r++) {
+    const ptc_type *rt = T(e, op->out[r]);
+    double *rd = e->data[op->out[r]];
+    int64_t rn = ptc_type_numel(rt);
+    if (rt->dtype != PTC_DTYPE_F64)
+      for (int64_t i = 0; i < rn; i++) rd[i] = round_to(rt->dtype, rd[i]);
+  }
   return 0;
 }
 
-int ptc_eval_func(ptc_func *f, const ptc_tensor *args, const ptc_tensor *params,
+int ptc_eval_func(ptc_func *f, const ptc_tensor *args, ptc_tensor *params,
                   ptc_tensor *results) {
   ev e = {f, f->mod->ctx, ptc_xcalloc((size_t)f->nvalues + 1, sizeof(double *))};
   int rc = -1;
@@ -394,6 +429,13 @@ int ptc_eval_func(ptc_func *f, const ptc_tensor *args, const ptc_tensor *params,
   }
   for (int32_t i = 0; i < f->nops; i++)
     if (eval_op(&e, &f->ops[i]) < 0) goto out;
+  /* assigns commit at exit: every read above saw the entry values */
+  for (int32_t i = 0; i < f->nops; i++) {
+    const ptc_op *op = &f->ops[i];
+    if (op->code != PTC_OP_ASSIGN) continue;
+    ptc_tensor *dst = &params[f->values[op->in[0]].def];
+    memcpy(dst->data, e.data[op->in[1]], (size_t)ptc_type_numel(&dst->type) * sizeof(double));
+  }
   const ptc_op *ret = &f->ops[f->nops - 1];
   for (int32_t i = 0; i < ret->nin; i++) {
     results[i].type = *T(&e, ret->in[i]);

@@ -272,6 +272,14 @@ int ptc__op_check(ptc_func *f, const ptc_build_args *a, const ptc_attr *attrs,
     in_t[i] = f->values[a->in[i]].type;
     in_s[i] = f->values[a->in[i]].shard;
   }
+  if (a->code == PTC_OP_ASSIGN && f->values[a->in[0]].kind != PTC_VALUE_PARAM) {
+    ptc_error(ctx, a->loc, "assign: operand 0 must be a variable (@name)");
+    if (in_t != in_t_small) {
+      free(in_t);
+      free(in_s);
+    }
+    return -1;
+  }
   memset(out_t, 0, 8 * sizeof *out_t);
   memset(out_s, 0, 8 * sizeof *out_s);
   int rc = 0;

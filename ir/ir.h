@@ -532,12 +532,13 @@ void ptc_tensor_free(ptc_tensor *t);
 void ptc_tensor_fill_random(ptc_tensor *t, uint64_t seed, double lo, double hi);
 
 /* Runs f on `args` (f->nargs tensors) and `params` (one per module param,
- * indexed like m->params; only those f reads are touched).  On success
+ * indexed like m->params; only those f reads or assigns are touched; an
+ * `assign` overwrites its variable's tensor when f returns).  On success
  * fills results[0..nresults) with tensors the caller frees and returns 0;
  * a runtime error (an index out of range) is reported at the op and -1
  * returned.  Collectives are the identity (they change layout, not value);
  * send/recv are refused. */
-int ptc_eval_func(ptc_func *f, const ptc_tensor *args, const ptc_tensor *params,
+int ptc_eval_func(ptc_func *f, const ptc_tensor *args, ptc_tensor *params,
                   ptc_tensor *results);
 
 /* ======================================================================

@@ -9,6 +9,7 @@
  * Attributes are already checked against the op's schema (func.c) when a
  * rule runs: required ones are present and of the right kind.
  */
+#include <math.h>
 #include <string.h>
 
 #include "ir.h"
@@ -137,7 +138,9 @@ static int set_shard(ptc_infer *inf, int r, const ptc_sharding *s) {
 
 static int infer_constant(ptc_infer *inf) {
   const ptc_attr *v = attr(inf, "value");
-  if (!ptc_dtype_is_float(inf->out[0].dtype) && v->u.f != (double)(int64_t)v->u.f)
+  double f = v->u.f;
+  if (!ptc_dtype_is_float(inf->out[0].dtype) &&
+      !(isfinite(f) && f > -9.2e18 && f < 9.2e18 && f == (double)(int64_t)f))
     return fail(inf, "value %g is not representable in %s", v->u.f,
                 ptc_dtype_name(inf->out[0].dtype));
   return 0;
@@ -542,6 +545,59 @@ static int check_peer(ptc_infer *inf) {
 static int infer_send(ptc_infer *inf) { return check_peer(inf); }
 static int infer_recv(ptc_infer *inf) { return check_peer(inf); }
 
+/* ---- training state ------------------------------------------------------ */
+
+/* The variable operand being a param/state read is checked in func.c (the
+ * rule sees only types). */
+static int infer_assign(ptc_infer *inf) {
+  if (!ptc_type_eq(&inf->in[0], &inf->in[1]))
+    return fail(inf, "the new value %s does not have the variable's type %s",
+                ty(&inf->in[1]).s, ty(&inf->in[0]).s);
+  return 0;
+}
+
+static int need_scalar_f32(const ptc_infer *inf, int i, const char *what) {
+  if (inf->in[i].rank == 0 && inf->in[i].dtype == PTC_DTYPE_F32) return 0;
+  return fail(inf, "%s (operand %d) must be f32[], got %s", what, i, ty(&inf->in[i]).s);
+}
+
+/* The state tensors match the parameter's shape; the gradient may be of a
+ * lower precision dtype than the fp32 master weight. */
+static int need_param_shaped(const ptc_infer *inf, int i, const char *what) {
+  const ptc_type *p = &inf->in[0], *t = &inf->in[i];
+  bool ok = t->rank == p->rank && ptc_dtype_is_float(t->dtype);
+  for (int32_t d = 0; ok && d < p->rank; d++) ok = t->dims[d] == p->dims[d];
+  if (ok) return 0;
+  return fail(inf, "%s %s must have the shape of the parameter %s", what, ty(t).s,
+              ty(p).s);
+}
+
+static int infer_adamw(ptc_infer *inf) {
+  if (need_float(inf, 0) || need_param_shaped(inf, 1, "the gradient") ||
+      need_param_shaped(inf, 2, "the first moment") ||
+      need_param_shaped(inf, 3, "the second moment") ||
+      need_scalar_f32(inf, 4, "the learning rate") || need_scalar_f32(inf, 5, "the step"))
+    return -1;
+  for (int r = 0; r < 3; r++) inf->out[r] = inf->in[r == 0 ? 0 : r + 1];
+  for (int r = 0; r < 3; r++)
+    if (inf->in_shard[r == 0 ? 0 : r + 1].present &&
+        set_shard(inf, r, &inf->in_shard[r == 0 ? 0 : r + 1]))
+      return -1;
+  return 0;
+}
+
+static int infer_sgd(ptc_infer *inf) {
+  if (need_float(inf, 0) || need_param_shaped(inf, 1, "the gradient") ||
+      need_param_shaped(inf, 2, "the momentum buffer") ||
+      need_scalar_f32(inf, 3, "the learning rate"))
+    return -1;
+  inf->out[0] = inf->in[0];
+  inf->out[1] = inf->in[2];
+  if (inf->in_shard[0].present && set_shard(inf, 0, &inf->in_shard[0])) return -1;
+  if (inf->in_shard[2].present && set_shard(inf, 1, &inf->in_shard[2])) return -1;
+  return 0;
+}
+
 /* return: checked against the function signature by the verifier. */
 static int infer_return(ptc_infer *inf) { return 0; }
 
@@ -614,6 +670,9 @@ static double flops_per_out(const cost_in *c) { return out_numel(c); }
 #define flops_send flops_zero
 #define flops_recv flops_zero
 #define flops_return flops_zero
+#define flops_assign flops_zero
+static double flops_adamw(const cost_in *c) { return 12 * (double)ptc_type_numel(in_type(c, 0)); }
+static double flops_sgd(const cost_in *c) { return 4 * (double)ptc_type_numel(in_type(c, 0)); }
 
 static double flops_sigmoid(const cost_in *c) { return 4 * out_numel(c); }
 static double flops_gelu(const cost_in *c) { return 8 * out_numel(c); }

@@ -7,7 +7,51 @@
 
 #include "internal.h"
 
+/* A set of strings (open addressing), to keep name checks linear. */
+typedef struct name_set {
+  const char **slots;
+  size_t n, cap;
+} name_set;
+
+static uint64_t name_hash(const char *s) {
+  uint64_t h = 1469598103934665603ull;
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+  return h;
+}
+
+/* Adds s; returns false if it was already there. */
+static bool name_set_add(name_set *ns, const char *s) {
+  if ((ns->n + 1) * 2 > ns->cap) {
+    size_t cap = ns->cap ? ns->cap * 2 : 64;
+    const char **slots = ptc_xcalloc(cap, sizeof *slots);
+    for (size_t i = 0; i < ns->cap; i++) {
+      if (!ns->slots[i]) continue;
+      size_t j = name_hash(ns->slots[i]) & (cap - 1);
+      while (slots[j]) j = (j + 1) & (cap - 1);
+      slots[j] = ns->slots[i];
+    }
+    free(ns->slots);
+    ns->slots = slots;
+    ns->cap = cap;
+  }
+  size_t j = name_hash(s) & (ns->cap - 1);
+  for (; ns->slots[j]; j = (j + 1) & (ns->cap - 1))
+    if (strcmp(ns->slots[j], s) == 0) return false;
+  ns->slots[j] = s;
+  ns->n++;
+  return true;
+}
+
+static int verify_params_each(ptc_module *m, name_set *ns);
+
 static int verify_params(ptc_module *m) {
+  name_set ns = {0};
+  int rc = verify_params_each(m, &ns);
+  free(ns.slots);
+  return rc;
+}
+
+static int verify_params_each(ptc_module *m, name_set *ns) {
   for (int32_t i = 0; i < m->nparams; i++) {
     const ptc_param *p = &m->params[i];
     char what[300];
@@ -18,11 +62,9 @@ static int verify_params(ptc_module *m) {
       ptc_error(m->ctx, p->loc, "%s cannot be a partial sum", what);
       return -1;
     }
-    for (int32_t j = 0; j < i; j++) {
-      if (strcmp(m->params[j].name, p->name) == 0) {
-        ptc_error(m->ctx, p->loc, "parameter '%s' is defined twice", p->name);
-        return -1;
-      }
+    if (!name_set_add(ns, p->name)) {
+      ptc_error(m->ctx, p->loc, "parameter '%s' is defined twice", p->name);
+      return -1;
     }
     switch (p->init.kind) {
     case PTC_INIT_NONE:
@@ -163,6 +205,19 @@ int ptc_verify_func(ptc_func *f) {
     for (int32_t r = 0; r < op->nout; r++) defined[op->out[r]] = 1;
   }
 
+  /* each variable is assigned at most once */
+  for (int32_t i = 0; i < f->nops; i++) {
+    if (f->ops[i].code != PTC_OP_ASSIGN) continue;
+    for (int32_t j = 0; j < i; j++) {
+      if (f->ops[j].code == PTC_OP_ASSIGN && f->ops[j].in[0] == f->ops[i].in[0]) {
+        ptc_error(ctx, f->ops[i].loc, "assign: %s is assigned twice in '@%s'",
+                  value_label(f, f->ops[i].in[0], lbl, sizeof lbl), f->name);
+        ptc_note(ctx, f->ops[j].loc, "the first assign is here");
+        goto out;
+      }
+    }
+  }
+
   /* return matches the signature */
   ptc_op *ret = &f->ops[f->nops - 1];
   if (ret->nin != f->nresults) {
@@ -180,8 +235,10 @@ int ptc_verify_func(ptc_func *f) {
       ptc_buf_init(&a);
       ptc_buf_init(&b);
       ptc_type_print(&a, &v->type);
+      if (v->shard.present) ptc_buf_puts(&a, " ");
       ptc_sharding_print(&a, &v->shard, v->type.rank, &m->mesh);
       ptc_type_print(&b, &f->result_types[i]);
+      if (f->result_shards[i].present) ptc_buf_puts(&b, " ");
       ptc_sharding_print(&b, &f->result_shards[i], v->type.rank, &m->mesh);
       ptc_error(ctx, ret->loc, "'return' operand %d is %s but '@%s' declares %s", i,
                 a.data, f->name, b.data);
@@ -192,16 +249,18 @@ int ptc_verify_func(ptc_func *f) {
   }
 
   /* value names are unique within the function */
-  for (int32_t i = 0; i < f->nvalues; i++) {
-    const char *n = f->values[i].name;
-    if (!n || f->values[i].kind == PTC_VALUE_PARAM) continue;
-    for (int32_t j = 0; j < i; j++) {
-      if (f->values[j].name && f->values[j].kind != PTC_VALUE_PARAM &&
-          strcmp(f->values[j].name, n) == 0) {
+  {
+    name_set ns = {0};
+    for (int32_t i = 0; i < f->nvalues; i++) {
+      const char *n = f->values[i].name;
+      if (!n || f->values[i].kind == PTC_VALUE_PARAM) continue;
+      if (!name_set_add(&ns, n)) {
         ptc_error(ctx, f->loc, "function '@%s' has two values named %%%s", f->name, n);
+        free(ns.slots);
         goto out;
       }
     }
+    free(ns.slots);
   }
   rc = 0;
 out:
