@@ -302,8 +302,11 @@ typedef struct ptc_init {
   int64_t depth;
 } ptc_init;
 
+/* A module variable: a trainable parameter ("param" in text) or training
+ * state that is not trained, such as optimizer moments ("state"). */
 typedef struct ptc_param {
   const char *name; /* arena, unique in module, e.g. "h0.attn.qkv.w" */
+  bool trainable;   /* set by ptc_module_add_param; false for state */
   ptc_type type;
   ptc_sharding shard;
   ptc_init init;
@@ -376,11 +379,12 @@ struct ptc_module {
 ptc_module *ptc_module_create(ptc_ctx *ctx, const char *name);
 void ptc_module_destroy(ptc_module *m);
 
-/* Adds a parameter; returns its index, or -1 (duplicate name: reported). */
+/* Adds a trainable parameter (set ->trainable = false after for state);
+ * returns its index, or -1 (duplicate name: reported). */
 int32_t ptc_module_add_param(ptc_module *m, const char *name,
                              const ptc_type *type, ptc_init init, ptc_loc loc);
 int32_t ptc_module_find_param(const ptc_module *m, const char *name); /* -1 */
-/* Total element count of all parameters (global, i.e. unsharded). */
+/* Total element count of all trainable parameters (global, unsharded). */
 int64_t ptc_module_param_count(const ptc_module *m);
 
 /* Sets (or replaces) a module attribute; the attr is copied into the arena. */

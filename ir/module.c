@@ -55,6 +55,7 @@ int32_t ptc_module_add_param(ptc_module *m, const char *name,
   ptc_param *p = &m->params[m->nparams];
   memset(p, 0, sizeof *p);
   p->name = ptc_arena_strdup(&m->arena, name);
+  p->trainable = true;
   p->type = *type;
   p->init = init;
   p->loc = loc;
@@ -63,7 +64,8 @@ int32_t ptc_module_add_param(ptc_module *m, const char *name,
 
 int64_t ptc_module_param_count(const ptc_module *m) {
   int64_t n = 0;
-  for (int32_t i = 0; i < m->nparams; i++) n += ptc_type_numel(&m->params[i].type);
+  for (int32_t i = 0; i < m->nparams; i++)
+    if (m->params[i].trainable) n += ptc_type_numel(&m->params[i].type);
   return n;
 }
 
@@ -203,6 +205,7 @@ ptc_module *ptc_module_clone(const ptc_module *m) {
     int32_t k = ptc_module_add_param(d, p->name, &p->type, p->init, p->loc);
     PTC_ASSERT(k == i);
     d->params[k].shard = p->shard;
+    d->params[k].trainable = p->trainable;
   }
   for (int32_t i = 0; i < m->nfuncs; i++) func_clone(d, m->funcs[i]);
   return d;

@@ -23,7 +23,7 @@
  *   module   := 'module' '@'NAME [mesh] ['attributes' attrdict]
  *               '{' param* func* '}'
  *   mesh     := 'mesh' '<' AXIS '=' INT (',' AXIS '=' INT)* '>'
- *   param    := 'param' '@'NAME ':' type [sharding] ['init' init] [loc]
+ *   param    := ('param' | 'state') '@'NAME ':' type [sharding] ['init' init] [loc]
  *   init     := 'zeros' | 'ones' | 'normal' '(' FLOAT ')'
  *             | 'scaled' '(' FLOAT ',' INT ')'
  *   func     := 'func' '@'NAME '(' [arg (',' arg)*] ')' ['->' results] [loc]
@@ -1065,9 +1065,10 @@ static bool parse_init(parser *p, ptc_init *in) {
   return ok(p);
 }
 
-/* param := 'param' '@'NAME ':' type [sharding] ['init' init] [loc] */
+/* param := ('param' | 'state') '@'NAME ':' type [sharding] ['init' init] [loc] */
 static bool parse_param(parser *p) {
-  next(p); /* 'param' */
+  bool trainable = is_kw(&p->tok, "param");
+  next(p); /* 'param' or 'state' */
   if (!ok(p)) return false;
   if (p->tok.kind != T_ATNAME) {
     expected(p, "'@name' after 'param'");
@@ -1105,6 +1106,7 @@ static bool parse_param(parser *p) {
     return false;
   }
   p->m->params[idx].shard = shard;
+  p->m->params[idx].trainable = trainable;
   push_loc(&p->param_locs, &p->nparam_locs, &p->cap_param_locs, loc);
   smap_put(&p->params, name.s, name.n, idx, name.line, name.col);
   return true;
@@ -1430,12 +1432,12 @@ static bool parse_module(parser *p) {
     for (int32_t i = 0; i < p->nattr; i++) ptc_module_set_attr(p->m, &p->attrs[i]);
   }
   if (!expect(p, T_LBRACE, "'{' to open the module body")) return false;
-  while (ok(p) && is_kw(&p->tok, "param"))
+  while (ok(p) && (is_kw(&p->tok, "param") || is_kw(&p->tok, "state")))
     if (!parse_param(p)) return false;
   while (ok(p) && is_kw(&p->tok, "func"))
     if (!parse_func(p)) return false;
   if (!ok(p)) return false;
-  if (is_kw(&p->tok, "param")) {
+  if (is_kw(&p->tok, "param") || is_kw(&p->tok, "state")) {
     PERR_TOK(p, "params come before the first func");
     return false;
   }

@@ -336,7 +336,7 @@ static void put_func(ptc_buf *b, const ptc_func *f) {
 }
 
 static void put_param(ptc_buf *b, const ptc_module *m, const ptc_param *p) {
-  ptc_buf_printf(b, "  param @%s : ", p->name);
+  ptc_buf_printf(b, "  %s @%s : ", p->trainable ? "param" : "state", p->name);
   put_rtype(b, &p->type, &p->shard, &m->mesh);
   put_init(b, &p->init);
   put_loc(b, p->loc);

@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -37,11 +38,50 @@ bool ptc_pass_opt_bool(const ptc_pass_opts *o, const char *name) {
   return o->value[i] != 0;
 }
 
+double ptc_pass_opt_float(const ptc_pass_opts *o, const char *name) {
+  int i = opt_index(o, name);
+  PTC_ASSERT(o->pass->opts[i].kind == PTC_PASS_OPT_FLOAT);
+  return o->fvalue[i];
+}
+
+int ptc_pass_opt_choice(const ptc_pass_opts *o, const char *name) {
+  int i = opt_index(o, name);
+  PTC_ASSERT(o->pass->opts[i].kind == PTC_PASS_OPT_CHOICE);
+  return (int)o->value[i];
+}
+
+const char *ptc_pass_choice_word(const char *choices, int n, char *buf, size_t len) {
+  const char *p = choices;
+  for (int k = 0; k < n && p; k++) {
+    p = strchr(p, '|');
+    if (p) p++;
+  }
+  if (!p) p = "";
+  size_t w = strcspn(p, "|");
+  snprintf(buf, len, "%.*s", (int)w, p);
+  return buf;
+}
+
+/* Index of word val[0..n) in choices, or -1. */
+static int choice_index(const char *choices, const char *val, size_t n) {
+  int k = 0;
+  for (const char *p = choices; *p; k++) {
+    size_t w = strcspn(p, "|");
+    if (w == n && memcmp(p, val, n) == 0) return k;
+    p += w;
+    if (*p == '|') p++;
+  }
+  return -1;
+}
+
 static void opts_init(ptc_pass_opts *o, const ptc_pass_info *pass) {
   memset(o, 0, sizeof *o);
   PTC_ASSERT(pass->nopts >= 0 && pass->nopts <= PTC_PASS_MAX_OPTS);
   o->pass = pass;
-  for (int32_t i = 0; i < pass->nopts; i++) o->value[i] = pass->opts[i].dflt;
+  for (int32_t i = 0; i < pass->nopts; i++) {
+    o->value[i] = pass->opts[i].dflt;
+    o->fvalue[i] = pass->opts[i].fdflt;
+  }
 }
 
 /* ======================================================================
@@ -187,6 +227,33 @@ static int pp_option(pp_state *s, ptc_pipeline_entry *e) {
                   (long long)spec->max, (int)vlen, val);
         return -1;
       }
+    } else if (spec->kind == PTC_PASS_OPT_FLOAT) {
+      char num[64];
+      char *end = NULL;
+      double f = 0;
+      bool good = vlen > 0 && vlen < sizeof num;
+      if (good) {
+        memcpy(num, val, vlen);
+        num[vlen] = 0;
+        f = strtod(num, &end);
+        good = *end == 0 && isfinite(f) && f >= spec->fmin && f <= spec->fmax;
+      }
+      if (!good) {
+        ptc_error(s->ctx, pp_loc(s, vstart),
+                  "option '%s' of pass '%s' expects a number in [%g, %g], got '%.*s'",
+                  spec->name, pass->name, spec->fmin, spec->fmax, (int)vlen, val);
+        return -1;
+      }
+      e->opts.fvalue[idx] = f;
+    } else if (spec->kind == PTC_PASS_OPT_CHOICE) {
+      int k = choice_index(spec->choices, val, vlen);
+      if (k < 0) {
+        ptc_error(s->ctx, pp_loc(s, vstart),
+                  "option '%s' of pass '%s' is one of %s, got '%.*s'", spec->name,
+                  pass->name, spec->choices, (int)vlen, val);
+        return -1;
+      }
+      v = k;
     } else if (!parse_bool(val, vlen, &v)) {
       ptc_error(s->ctx, pp_loc(s, vstart),
                 "option '%s' of pass '%s' expects true or false, got '%.*s'",
@@ -301,8 +368,16 @@ void ptc_pipeline_print(ptc_buf *b, const ptc_pipeline *p) {
       ptc_buf_puts(b, any ? " " : "{");
       any = true;
       const ptc_pass_opt_spec *spec = &e->pass->opts[k];
+      char word[64];
       if (spec->kind == PTC_PASS_OPT_BOOL)
         ptc_buf_printf(b, "%s=%s", spec->name, e->opts.value[k] ? "true" : "false");
+      else if (spec->kind == PTC_PASS_OPT_FLOAT) {
+        ptc_buf_printf(b, "%s=", spec->name);
+        ptc_buf_put_double(b, e->opts.fvalue[k]);
+      } else if (spec->kind == PTC_PASS_OPT_CHOICE)
+        ptc_buf_printf(b, "%s=%s", spec->name,
+                       ptc_pass_choice_word(spec->choices, (int)e->opts.value[k], word,
+                                            sizeof word));
       else
         ptc_buf_printf(b, "%s=%lld", spec->name, (long long)e->opts.value[k]);
     }

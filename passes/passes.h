@@ -27,8 +27,10 @@
 /* ---- options ----------------------------------------------------------- */
 
 typedef enum ptc_pass_opt_kind {
-  PTC_PASS_OPT_INT,  /* an integer in [min, max] */
-  PTC_PASS_OPT_BOOL, /* true/false/1/0; a bare `name` means true */
+  PTC_PASS_OPT_INT,    /* an integer in [min, max] */
+  PTC_PASS_OPT_BOOL,   /* true/false/1/0; a bare `name` means true */
+  PTC_PASS_OPT_FLOAT,  /* a finite number in [fmin, fmax] */
+  PTC_PASS_OPT_CHOICE, /* one word of `choices` ("adamw|sgd"); value = its index */
 } ptc_pass_opt_kind;
 
 /* One option a pass accepts, e.g. canonicalize's max-iterations. */
@@ -38,15 +40,18 @@ typedef struct ptc_pass_opt_spec {
   int64_t dflt; /* default value (bool: 0 or 1) */
   int64_t min, max; /* accepted range for INT options */
   const char *help; /* one line */
+  double fdflt, fmin, fmax; /* FLOAT options: default and range */
+  const char *choices;      /* CHOICE options: "a|b|c"; dflt is an index */
 } ptc_pass_opt_spec;
 
-#define PTC_PASS_MAX_OPTS 8
+#define PTC_PASS_MAX_OPTS 12
 
 /* The option values one pass instance runs with: every option of its spec,
  * in spec order, defaulted where the pipeline did not set it. */
 typedef struct ptc_pass_opts {
   const struct ptc_pass_info *pass;
-  int64_t value[PTC_PASS_MAX_OPTS];
+  int64_t value[PTC_PASS_MAX_OPTS]; /* INT, BOOL, CHOICE (index) */
+  double fvalue[PTC_PASS_MAX_OPTS]; /* FLOAT */
   bool given[PTC_PASS_MAX_OPTS];
 } ptc_pass_opts;
 
@@ -54,6 +59,11 @@ typedef struct ptc_pass_opts {
  * not declare is an internal bug (aborts). */
 int64_t ptc_pass_opt_int(const ptc_pass_opts *o, const char *name);
 bool ptc_pass_opt_bool(const ptc_pass_opts *o, const char *name);
+double ptc_pass_opt_float(const ptc_pass_opts *o, const char *name);
+/* Index of the chosen word in the option's `choices`. */
+int ptc_pass_opt_choice(const ptc_pass_opts *o, const char *name);
+/* The n-th word of a "a|b|c" choices string, into buf. */
+const char *ptc_pass_choice_word(const char *choices, int n, char *buf, size_t len);
 
 /* ---- passes ------------------------------------------------------------ */
 
@@ -73,6 +83,8 @@ typedef struct ptc_pass_info {
 extern const ptc_pass_info ptc_pass_canonicalize;
 extern const ptc_pass_info ptc_pass_cse;
 extern const ptc_pass_info ptc_pass_dce;
+extern const ptc_pass_info ptc_pass_autodiff;
+extern const ptc_pass_info ptc_pass_optimizer;
 
 /* Helpers passes share.  dce.c: removes the pure ops of f whose results
  * nothing uses (one reverse sweep); returns how many it removed. */

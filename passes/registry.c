@@ -12,6 +12,8 @@ static const ptc_pass_info *const registry[] = {
     &ptc_pass_canonicalize, /* shape re-inference, algebraic simplification */
     &ptc_pass_cse,          /* common-subexpression elimination */
     &ptc_pass_dce,          /* dead-code elimination */
+    &ptc_pass_autodiff,     /* @forward -> @step: loss and parameter gradients */
+    &ptc_pass_optimizer,    /* AdamW / SGD updates, gradient clipping */
 };
 
 /* What `ptc model.ptg` runs when --pass-pipeline is not given.  Later stages

@@ -198,9 +198,17 @@ static void print_help(FILE *f) {
     for (int32_t k = 0; k < passes[i]->nopts; k++) {
       const ptc_pass_opt_spec *s = &passes[i]->opts[k];
       char lhs[80], help[512];
+      char word[64];
       if (s->kind == PTC_PASS_OPT_INT) {
         snprintf(lhs, sizeof lhs, "  %s=N", s->name);
         snprintf(help, sizeof help, "%s (default %lld)", s->help, (long long)s->dflt);
+      } else if (s->kind == PTC_PASS_OPT_FLOAT) {
+        snprintf(lhs, sizeof lhs, "  %s=X", s->name);
+        snprintf(help, sizeof help, "%s (default %g)", s->help, s->fdflt);
+      } else if (s->kind == PTC_PASS_OPT_CHOICE) {
+        snprintf(lhs, sizeof lhs, "  %s=%s", s->name, s->choices);
+        snprintf(help, sizeof help, "%s (default %s)", s->help,
+                 ptc_pass_choice_word(s->choices, (int)s->dflt, word, sizeof word));
       } else {
         snprintf(lhs, sizeof lhs, "  %s=true|false", s->name);
         snprintf(help, sizeof help, "%s (default %s)", s->help,

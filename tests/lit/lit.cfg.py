@@ -23,6 +23,10 @@ src = lit_config.params.get("ptc_source",
 config.substitutions.append(("%ptc", ptc))
 config.substitutions.append(("%models", os.path.join(src, "models")))
 config.substitutions.append(("FileCheck", filecheck))
+# split-file and friends live beside FileCheck (llvm-14-tools).
+tools_dir = os.path.dirname(filecheck)
+if tools_dir:
+    config.environment["PATH"] = tools_dir + os.pathsep + config.environment.get("PATH", os.environ.get("PATH", ""))
 config.substitutions.append(("not ", os.path.join(config.test_source_root, "not") + " "))
 config.environment["ASAN_OPTIONS"] = "detect_leaks=1:exitcode=86"
 config.environment["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1:exitcode=87"

@@ -132,6 +132,7 @@ static ptc_module *build_everything(ptc_ctx *ctx) {
   m->params[pw].shard = sh(2, (uint8_t[]){0, TP}, 0);
   m->params[pe].shard = sh(2, (uint8_t[]){DP | TP, 0}, 0);
   m->params[pn].shard = sh(1, (uint8_t[]){0}, 0); /* present, replicated */
+  m->params[pn].trainable = false;                 /* printed as state */
 
   ptc_func *f = ptc_module_add_func(m, "step", L);
   ptc_type x_t = T(PTC_DTYPE_F32, 4, 8);
@@ -207,6 +208,25 @@ static ptc_module *build_everything(ptc_ctx *ctx) {
   int32_t loss = op(f, PTC_OP_CROSS_ENTROPY, IN(emb, tg),
                     AT(ptc_attr_int("classes", 7)), NULL, NULL, L);
   name(f, loss, "loss");
+
+  /* gradient ops (what autodiff writes; three of them have several results) */
+  op(f, PTC_OP_PAD, IN(v),
+     AT(ptc_attr_int("axis", 1), ptc_attr_int("before", 2), ptc_attr_int("after", 0)),
+     NULL, NULL, L);
+  op(f, PTC_OP_COMPARE, IN(v, B), AT(ptc_attr_sym("cmp", "ge")), NULL, NULL, L);
+  op(f, PTC_OP_RELU_GRAD, IN(v, v), NOAT, NULL, NULL, L);
+  op(f, PTC_OP_GELU_GRAD, IN(v, v), NOAT, NULL, NULL, L);
+  op(f, PTC_OP_SILU_GRAD, IN(v, v), NOAT, NULL, NULL, L);
+  op(f, PTC_OP_SOFTMAX_GRAD, IN(v, v), AT(ptc_attr_int("axis", 1)), NULL, NULL, L);
+  op(f, PTC_OP_LAYERNORM_GRAD, IN(v, v, G), AT(ptc_attr_float("eps", 1e-5)), NULL, NULL, L);
+  op(f, PTC_OP_RMSNORM_GRAD, IN(v, v, G), AT(ptc_attr_float("eps", 1e-6)), NULL, NULL, L);
+  op(f, PTC_OP_ROPE, IN(q), AT(ptc_attr_float("theta", 10000), ptc_attr_bool("inverse", true)),
+     NULL, NULL, L);
+  op(f, PTC_OP_ATTENTION_GRAD, IN(q, q, q, q),
+     AT(ptc_attr_bool("causal", true), ptc_attr_float("scale", 0.125)), NULL, NULL, L);
+  op(f, PTC_OP_CROSS_ENTROPY_GRAD, IN(loss, emb, tg), AT(ptc_attr_int("classes", 7)),
+     NULL, NULL, L);
+  op(f, PTC_OP_EMBEDDING_GRAD, IN(emb, ids), NOAT, &e_t, NULL, L);
 
   /* training state: optimizer updates and assigns (multi-result ops) */
   int32_t lr = op(f, PTC_OP_CONSTANT, NOIN, AT(ptc_attr_float("value", 3e-4)), &f32s,
@@ -286,7 +306,7 @@ static void test_roundtrip_api(void) {
                        "\\n\\x01\xc3\xa9.ptg\":1:1)\n"), "%s", p1);
   CHECK_MSG(strstr(p1, "  param @b : f32[8] init zeros\n"), "%s", p1);
   CHECK_MSG(strstr(p1, "  param @wte : f32[32,8] shard<(dp,tp),_> init normal(0.02)"), "%s", p1);
-  CHECK_MSG(strstr(p1, "  param @ckpt_only : f32[8] shard<_> loc("), "%s", p1);
+  CHECK_MSG(strstr(p1, "  state @ckpt_only : f32[8] shard<_> loc("), "%s", p1);
   CHECK_MSG(strstr(p1, "\n\n  func @step(%x: f32[4,8] shard<dp,_>, %0: i32[4,6], "
                        "%targets: i32[4,6]) -> (f32[], f32[4,8] shard<dp,_>, f32[] "
                        "partial<tp>) loc(\"models/every.ptg\":3:7) {\n"), "%s", p1);

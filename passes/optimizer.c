@@ -1,0 +1,244 @@
+/* optimizer.c -- the `optimizer` pass: turns the gradients autodiff
+ * computed into parameter updates, so the training step is one function of
+ * ordinary IR that a dump shows whole.
+ *
+ * Input: @step returning (loss, grad.<p0>, grad.<p1>, ...), the gradients
+ * named after their parameters (the autodiff pass's contract).  Output:
+ *
+ *   func @step(<inputs>, %lr: f32[], %step: f32[]) -> (f32[], f32[]) {
+ *     ... forward and backward ...
+ *     %norm = sqrt(sum of every reduce_sum(g * g))        global grad norm
+ *     %scale = clip / maximum(%norm + 1e-6, clip)         (clip > 0 only)
+ *     %p1, %m1, %v1 = adamw @p, %g * %scale, @p.m, @p.v, %lr, %step {...}
+ *     assign @p, %p1   assign @p.m, %m1   assign @p.v, %v1
+ *     return %loss, %norm
+ *   }
+ *
+ * The moments are `state` variables (not trainable, init zeros) named
+ * <param>.m and <param>.v (AdamW) or <param>.momentum (SGD).  Weight decay
+ * follows the usual groups: matrices and embeddings (rank >= 2) decay,
+ * norms' gains and biases (rank 1) do not.  The learning rate and the step
+ * number are runtime scalars, so schedules live in ptrun, not in the plan.
+ * Clipping matches PyTorch's clip_grad_norm_: coef = min(1, clip/(norm+1e-6)).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "passes/passes.h"
+
+enum { OPT_ADAMW, OPT_SGD };
+
+static const ptc_pass_opt_spec optimizer_opts[] = {
+    {.name = "kind", .kind = PTC_PASS_OPT_CHOICE, .choices = "adamw|sgd", .dflt = OPT_ADAMW,
+     .help = "the update rule"},
+    {.name = "beta1", .kind = PTC_PASS_OPT_FLOAT, .fdflt = 0.9, .fmin = 0, .fmax = 1,
+     .help = "AdamW first-moment decay"},
+    {.name = "beta2", .kind = PTC_PASS_OPT_FLOAT, .fdflt = 0.95, .fmin = 0, .fmax = 1,
+     .help = "AdamW second-moment decay"},
+    {.name = "eps", .kind = PTC_PASS_OPT_FLOAT, .fdflt = 1e-8, .fmin = 0, .fmax = 1,
+     .help = "AdamW denominator epsilon"},
+    {.name = "weight-decay", .kind = PTC_PASS_OPT_FLOAT, .fdflt = 0.1, .fmin = 0, .fmax = 1e3,
+     .help = "decoupled weight decay of matrices and embeddings"},
+    {.name = "decay-vectors", .kind = PTC_PASS_OPT_BOOL, .dflt = 0,
+     .help = "also decay rank-1 params (norm gains, biases)"},
+    {.name = "momentum", .kind = PTC_PASS_OPT_FLOAT, .fdflt = 0.9, .fmin = 0, .fmax = 1,
+     .help = "SGD momentum"},
+    {.name = "nesterov", .kind = PTC_PASS_OPT_BOOL, .dflt = 0, .help = "SGD Nesterov momentum"},
+    {.name = "clip", .kind = PTC_PASS_OPT_FLOAT, .fdflt = 1.0, .fmin = 0, .fmax = 1e30,
+     .help = "clip gradients to this global norm (0: off)"},
+};
+
+/* Builds a single-result op or returns -1 (reported by the builder). */
+static int32_t b1(ptc_func *f, ptc_opcode code, const int32_t *in, int32_t nin,
+                  const ptc_attr *attrs, int32_t nattr, ptc_loc loc) {
+  return ptc_build1(f, code, in, nin, attrs, nattr, loc);
+}
+
+static int32_t scalar_const(ptc_func *f, double v, ptc_loc loc) {
+  ptc_type t = {.dtype = PTC_DTYPE_F32, .rank = 0};
+  ptc_attr a = ptc_attr_float("value", v);
+  ptc_build_args ba = {.code = PTC_OP_CONSTANT, .nattr = 1, .attrs = &a, .ngiven = 1,
+                       .given = &t, .loc = loc};
+  int32_t idx = ptc_build(f, &ba);
+  return idx < 0 ? -1 : f->ops[idx].out[0];
+}
+
+/* sum over every element of g, as f32[] */
+static int32_t sum_all(ptc_func *f, int32_t g, ptc_loc loc) {
+  const ptc_type *t = &f->values[g].type;
+  int64_t axes[PTC_MAX_RANK];
+  for (int32_t d = 0; d < t->rank; d++) axes[d] = d;
+  int32_t in[2] = {g, g};
+  int32_t sq = b1(f, PTC_OP_MUL, in, 2, NULL, 0, loc);
+  if (sq < 0 || t->rank == 0) return sq;
+  ptc_attr a = ptc_attr_ints("axes", axes, t->rank);
+  return b1(f, PTC_OP_REDUCE_SUM, &sq, 1, &a, 1, loc);
+}
+
+/* Adds a state variable named <param>.<suffix> like param p, init zeros. */
+static int32_t add_state(ptc_module *m, int32_t p, const char *suffix) {
+  char name[1024];
+  snprintf(name, sizeof name, "%s.%s", m->params[p].name, suffix);
+  ptc_param copy = m->params[p]; /* add_param may move m->params */
+  ptc_init zeros = {PTC_INIT_ZEROS, 0, 0};
+  int32_t s = ptc_module_add_param(m, name, &copy.type, zeros, copy.loc);
+  if (s < 0) return -1;
+  m->params[s].trainable = false;
+  m->params[s].shard = copy.shard;
+  return s;
+}
+
+static int run_optimizer(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
+  ptc_ctx *ctx = m->ctx;
+  ptc_func *f = ptc_module_find_func(m, "step");
+  if (!f) {
+    ptc_error(ctx, m->loc, "optimizer: the module has no function @step; run "
+              "autodiff first (--pass-pipeline=...,autodiff,optimizer)");
+    return -1;
+  }
+  ptc_op *ret = &f->ops[f->nops - 1];
+  ptc_loc rloc = ret->loc;
+  if (ret->nin < 2) {
+    ptc_error(ctx, rloc, "optimizer: @step returns no gradients; nothing to update "
+              "(does the loss depend on any parameter?)");
+    return -1;
+  }
+  for (int32_t i = 0; i < f->nargs; i++) {
+    const char *n = f->values[f->args[i]].name;
+    if (n && (strcmp(n, "lr") == 0 || strcmp(n, "step") == 0)) {
+      ptc_error(ctx, f->loc, "optimizer: @step already has an argument %%%s; was the "
+                "optimizer pass run twice?", n);
+      return -1;
+    }
+  }
+
+  /* Pair each gradient result with its parameter. */
+  int32_t ngrads = ret->nin - 1;
+  int32_t *grads = ptc_xmalloc((size_t)ngrads * sizeof *grads);
+  int32_t *params = ptc_xmalloc((size_t)ngrads * sizeof *params);
+  int32_t loss = ret->in[0];
+  int rc = -1;
+  for (int32_t i = 0; i < ngrads; i++) {
+    int32_t g = ret->in[i + 1];
+    const char *n = f->values[g].name;
+    int32_t p = n && strncmp(n, "grad.", 5) == 0 ? ptc_module_find_param(m, n + 5) : -1;
+    if (p < 0 || !m->params[p].trainable ||
+        !ptc_type_eq(&m->params[p].type, &f->values[g].type)) {
+      ptc_error(ctx, rloc, "optimizer: result %d of @step is not the gradient of a "
+                "parameter (expected a value named %%grad.<param> of the param's type)",
+                i + 1);
+      goto out;
+    }
+    grads[i] = g;
+    params[i] = p;
+  }
+
+  /* The signature: + %lr, %step; results (loss, grad norm). */
+  ptc_type scalar = {.dtype = PTC_DTYPE_F32, .rank = 0};
+  int32_t lr = ptc_func_add_arg(f, "lr", &scalar, NULL);
+  int32_t step = ptc_func_add_arg(f, "step", &scalar, NULL);
+  bool *keep = ptc_xmalloc((size_t)f->nops);
+  memset(keep, 1, (size_t)f->nops);
+  keep[f->nops - 1] = false;
+  ptc_func_erase_ops(f, keep);
+  free(keep);
+  f->nresults = 0;
+  ptc_func_add_result(f, &scalar, NULL);
+  ptc_func_add_result(f, &scalar, NULL);
+  *changed = true;
+
+  /* Global gradient norm, and the clip coefficient. */
+  int32_t total = -1;
+  for (int32_t i = 0; i < ngrads; i++) {
+    int32_t s = sum_all(f, grads[i], rloc);
+    if (s < 0) goto out;
+    int32_t in[2] = {total, s};
+    total = total < 0 ? s : b1(f, PTC_OP_ADD, in, 2, NULL, 0, rloc);
+    if (total < 0) goto out;
+  }
+  int32_t norm = b1(f, PTC_OP_SQRT, &total, 1, NULL, 0, rloc);
+  if (norm < 0) goto out;
+  f->values[norm].name = ptc_arena_strdup(&m->arena, "grad_norm");
+  double clip = ptc_pass_opt_float(o, "clip");
+  int32_t scale = -1;
+  if (clip > 0) {
+    int32_t c_eps = scalar_const(f, 1e-6, rloc), c_clip = scalar_const(f, clip, rloc);
+    if (c_eps < 0 || c_clip < 0) goto out;
+    int32_t in[2] = {norm, c_eps};
+    int32_t ne = b1(f, PTC_OP_ADD, in, 2, NULL, 0, rloc);
+    int32_t in2[2] = {ne, c_clip};
+    int32_t den = ne < 0 ? -1 : b1(f, PTC_OP_MAXIMUM, in2, 2, NULL, 0, rloc);
+    int32_t in3[2] = {c_clip, den};
+    scale = den < 0 ? -1 : b1(f, PTC_OP_DIV, in3, 2, NULL, 0, rloc);
+    if (scale < 0) goto out;
+    f->values[scale].name = ptc_arena_strdup(&m->arena, "clip_scale");
+  }
+
+  int kind = ptc_pass_opt_choice(o, "kind");
+  double wd = ptc_pass_opt_float(o, "weight-decay");
+  bool decay_vectors = ptc_pass_opt_bool(o, "decay-vectors");
+  for (int32_t i = 0; i < ngrads; i++) {
+    int32_t p = params[i];
+    ptc_loc ploc = m->params[p].loc.file ? m->params[p].loc : rloc;
+    int32_t g = grads[i];
+    if (scale >= 0) {
+      int32_t in[2] = {g, scale};
+      g = b1(f, PTC_OP_MUL, in, 2, NULL, 0, ploc);
+      if (g < 0) goto out;
+    }
+    double pwd = m->params[p].type.rank >= 2 || decay_vectors ? wd : 0.0;
+    int32_t pv = ptc_func_param_value(f, p);
+    int32_t s1 = add_state(m, p, kind == OPT_ADAMW ? "m" : "momentum");
+    int32_t s2 = kind == OPT_ADAMW ? add_state(m, p, "v") : -2;
+    if (s1 < 0 || s2 == -1) goto out;
+    int32_t sv1 = ptc_func_param_value(f, s1);
+    int32_t idx;
+    if (kind == OPT_ADAMW) {
+      int32_t sv2 = ptc_func_param_value(f, s2);
+      int32_t in[6] = {pv, g, sv1, sv2, lr, step};
+      ptc_attr at[4] = {ptc_attr_float("beta1", ptc_pass_opt_float(o, "beta1")),
+                        ptc_attr_float("beta2", ptc_pass_opt_float(o, "beta2")),
+                        ptc_attr_float("eps", ptc_pass_opt_float(o, "eps")),
+                        ptc_attr_float("weight_decay", pwd)};
+      ptc_build_args ba = {.code = PTC_OP_ADAMW, .nin = 6, .in = in, .nattr = 4,
+                           .attrs = at, .loc = ploc};
+      idx = ptc_build(f, &ba);
+    } else {
+      int32_t in[4] = {pv, g, sv1, lr};
+      ptc_attr at[3] = {ptc_attr_float("momentum", ptc_pass_opt_float(o, "momentum")),
+                        ptc_attr_float("weight_decay", pwd),
+                        ptc_attr_bool("nesterov", ptc_pass_opt_bool(o, "nesterov"))};
+      ptc_build_args ba = {.code = PTC_OP_SGD, .nin = 4, .in = in, .nattr = 3,
+                           .attrs = at, .loc = ploc};
+      idx = ptc_build(f, &ba);
+    }
+    if (idx < 0) goto out;
+    int32_t nout = f->ops[idx].nout;
+    int32_t outs[3];
+    memcpy(outs, f->ops[idx].out, (size_t)nout * sizeof *outs);
+    int32_t vars[3] = {pv, sv1, kind == OPT_ADAMW ? ptc_func_param_value(f, s2) : -1};
+    for (int32_t r = 0; r < nout; r++) {
+      int32_t in[2] = {vars[r], outs[r]};
+      ptc_build_args ba = {.code = PTC_OP_ASSIGN, .nin = 2, .in = in, .loc = ploc};
+      if (ptc_build(f, &ba) < 0) goto out;
+    }
+  }
+  int32_t rin[2] = {loss, norm};
+  ptc_build_args rb = {.code = PTC_OP_RETURN, .nin = 2, .in = rin, .loc = rloc};
+  if (ptc_build(f, &rb) < 0) goto out;
+  rc = 0;
+out:
+  free(grads);
+  free(params);
+  return rc;
+}
+
+const ptc_pass_info ptc_pass_optimizer = {
+    .name = "optimizer",
+    .summary = "turn @step's gradients into AdamW or SGD updates with global-norm "
+               "clipping; moments become state variables",
+    .opts = optimizer_opts,
+    .nopts = PTC_ARRAY_LEN(optimizer_opts),
+    .run = run_optimizer,
+};
