@@ -491,30 +491,35 @@ static const builtin *find_builtin(const char *name) {
   return NULL;
 }
 
+/* Edit distance where swapping two neighbours counts as one edit (typos
+ * like gleu for gelu); names longer than 64 are never "close". */
 int ptg_edit_distance(const char *a, const char *b) {
   size_t la = strlen(a), lb = strlen(b);
   if (la > 64 || lb > 64) return 99;
-  int row[65];
-  for (size_t j = 0; j <= lb; j++) row[j] = (int)j;
-  for (size_t i = 1; i <= la; i++) {
-    int prev = row[0];
-    row[0] = (int)i;
+  int d[65][65];
+  for (size_t i = 0; i <= la; i++) d[i][0] = (int)i;
+  for (size_t j = 0; j <= lb; j++) d[0][j] = (int)j;
+  for (size_t i = 1; i <= la; i++)
     for (size_t j = 1; j <= lb; j++) {
-      int cur = row[j];
-      int best = prev + (a[i - 1] != b[j - 1]);
-      if (row[j] + 1 < best) best = row[j] + 1;
-      if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
-      row[j] = best;
-      prev = cur;
+      int best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+      if (d[i - 1][j] + 1 < best) best = d[i - 1][j] + 1;
+      if (d[i][j - 1] + 1 < best) best = d[i][j - 1] + 1;
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] &&
+          d[i - 2][j - 2] + 1 < best)
+        best = d[i - 2][j - 2] + 1;
+      d[i][j] = best;
     }
-  }
-  return row[lb];
+  return d[la][lb];
+}
+
+int ptg_suggest_limit(const char *name) {
+  int n = (int)strlen(name) / 3;
+  return n < 1 ? 1 : n > 3 ? 3 : n;
 }
 
 const char *ptg_builtin_suggest(const char *name) {
   const char *best = NULL;
-  int bestd = (int)strlen(name) / 3 + 1;
-  if (bestd > 3) bestd = 3;
+  int bestd = ptg_suggest_limit(name) + 1;
   for (int i = 0; i < PTC_ARRAY_LEN(builtins); i++) {
     int d = ptg_edit_distance(name, builtins[i].name);
     if (d < bestd) {
@@ -597,7 +602,6 @@ int ptg_call(ptg_lower *L, const ptg_node *n, ptg_val *out) {
     args[k].given = true;
     args[k].node = e;
     args[k].loc = loc;
-    if (n->kw[i]) args[k].loc = n->kwloc[i];
   }
   for (int k = 0; k < np; k++) {
     if (args[k].given || !ps[k].optional) continue;

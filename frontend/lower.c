@@ -327,8 +327,7 @@ static ptg_bind *declare(ptg_lower *L, const char *name, ptg_bkind kind,
 /* Closest name in scope (or builtin) for "did you mean". */
 static const char *suggest_name(ptg_lower *L, const char *name) {
   const char *best = NULL;
-  int bestd = (int)strlen(name) / 3 + 1;
-  if (bestd > 3) bestd = 3;
+  int bestd = ptg_suggest_limit(name) + 1;
   for (ptg_scope *s = L->scope; s; s = s->parent)
     for (int32_t i = 0; i < s->cap; i++) {
       if (!s->slots[i].name) continue;
@@ -723,12 +722,21 @@ static ptc_loc define_loc(ptg_lower *L, const ptc_define *d, bool value) {
   }
   size_t tl = strlen(d->text), nl = strlen(d->name);
   ptc_ctx_add_source(L->ctx, "<command line>", d->text, tl);
-  if (d->off >= 0 && (size_t)d->off + nl <= tl &&
-      memcmp(d->text + d->off, d->name, nl) == 0) {
-    loc.col = d->off + 1;
-    if (value && (size_t)d->off + nl < tl && d->text[d->off + nl] == '=')
-      loc.col += (int32_t)nl + 1;
+  if (d->off < 0 || (size_t)d->off + nl > tl ||
+      memcmp(d->text + d->off, d->name, nl) != 0)
+    return loc; /* not where the record says: point at the whole option */
+  size_t at = (size_t)d->off;
+  if (value) {
+    /* NAME [blanks] '=' [blanks] VALUE */
+    size_t i = at + nl;
+    while (i < tl && (d->text[i] == ' ' || d->text[i] == '\t')) i++;
+    if (i < tl && d->text[i] == '=') {
+      i++;
+      while (i < tl && (d->text[i] == ' ' || d->text[i] == '\t')) i++;
+      at = i;
+    }
   }
+  loc.col = (int32_t)at + 1;
   return loc;
 }
 
@@ -823,7 +831,7 @@ static int exec_param(ptg_lower *L, const ptg_stmt *s) {
   ptc_type t;
   if (eval_type(L, &s->type, what, &t) < 0) return -1;
   if (!ptc_dtype_is_float(t.dtype)) {
-    ptc_error(L->ctx, s->type.loc, "%s must have a floating-point dtype, not "
+    ptc_error(L->ctx, s->type.dtype_loc, "%s must have a floating-point dtype, not "
               "%s", what, ptc_dtype_name(t.dtype));
     return -1;
   }

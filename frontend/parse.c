@@ -437,26 +437,29 @@ static ptg_node *parse_mult(parser *p) {
 }
 
 /* expr := mult {('+' | '-') mult} */
+/* (Every recursive path passes through parse_unary, which counts nesting.) */
 static ptg_node *parse_expr(parser *p) {
-  if (enter(p) < 0) return NULL;
   ptg_node *a = parse_mult(p);
   while (a && (at(p, PTG_TOK_PLUS) || at(p, PTG_TOK_MINUS))) {
     ptg_tok_kind op = p->tok.kind;
     ptc_loc loc = p->tok.loc;
-    if (advance(p) < 0) {
-      a = NULL;
-      break;
-    }
+    if (advance(p) < 0) return NULL;
     ptg_node *b = parse_mult(p);
     a = b ? binary_node(p, op, loc, a, b) : NULL;
   }
-  p->nest--;
   return a;
 }
 
 /* ---- statements ------------------------------------------------------------- */
 
 static ptg_stmt *new_stmt(parser *p, ptg_stmt_kind k, ptc_loc loc) {
+  /* statements count with nodes: `input x : []` has no expression */
+  if (++p->nodes > PTG_MAX_NODES) {
+    ptc_error(p->ctx, loc, "the file is too large: more than %lld "
+              "statements and expressions", (long long)PTG_MAX_NODES);
+    p->failed = true;
+    return NULL;
+  }
   ptg_stmt *s = ptc_arena_alloc(p->arena, sizeof *s);
   s->kind = k;
   s->loc = loc;
@@ -486,6 +489,7 @@ static int one_name(parser *p, ptg_stmt *s, const char *what) {
 /* type := [DTYPE] '[' [expr {',' expr}] ']' */
 static int parse_type(parser *p, ptg_typeexpr *t) {
   t->dtype = -1;
+  t->dtype_loc = p->tok.loc;
   if (at(p, PTG_TOK_IDENT)) {
     int d = ptc_dtype_from_name(p->tok.start, p->tok.len);
     if (d < 0) {
@@ -673,6 +677,7 @@ static int parse_stmt(parser *p, bool top, stmtvec *sv) {
     if (advance(p) < 0) return -1;
     for (;;) {
       ptg_stmt *s = new_stmt(p, PTG_S_CONST, p->tok.loc);
+      if (!s) return -1;
       if (one_name(p, s, "a constant name") < 0) return -1;
       if (expect(p, PTG_TOK_EQ, "'=' after the constant's name") < 0) return -1;
       s->expr = parse_expr(p);
@@ -691,6 +696,7 @@ static int parse_stmt(parser *p, bool top, stmtvec *sv) {
       return -1;
     }
     ptg_stmt *s = new_stmt(p, param ? PTG_S_PARAM : PTG_S_INPUT, loc);
+    if (!s) return -1;
     if (advance(p) < 0) return -1;
     if (one_name(p, s, param ? "a parameter name" : "an input name") < 0) return -1;
     if (expect(p, PTG_TOK_COLON, "':' and a type") < 0) return -1;
@@ -703,6 +709,7 @@ static int parse_stmt(parser *p, bool top, stmtvec *sv) {
   }
   if (at_word(p, "repeat")) {
     ptg_stmt *s = new_stmt(p, PTG_S_REPEAT, loc);
+    if (!s) return -1;
     if (advance(p) < 0) return -1;
     s->expr = parse_expr(p);
     if (!s->expr) return -1;
@@ -739,6 +746,7 @@ static int parse_stmt(parser *p, bool top, stmtvec *sv) {
   }
   if (at(p, PTG_TOK_IDENT) && !is_keyword(&p->tok)) {
     ptg_stmt *s = new_stmt(p, PTG_S_ASSIGN, loc);
+    if (!s) return -1;
     const char *names[64];
     ptc_loc locs[64];
     int32_t n = 0;

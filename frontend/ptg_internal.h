@@ -133,8 +133,9 @@ typedef enum ptg_stmt_kind {
 } ptg_stmt_kind;
 
 typedef struct ptg_typeexpr {
-  int dtype;      /* ptc_dtype, or -1 when not written (f32) */
-  ptc_loc loc;    /* the '[' */
+  int dtype;        /* ptc_dtype, or -1 when not written (f32) */
+  ptc_loc dtype_loc; /* the dtype, or the '[' when not written */
+  ptc_loc loc;      /* the '[' */
   int32_t ndims;
   ptg_node **dims;
 } ptg_typeexpr;
@@ -287,7 +288,9 @@ const char *ptg_val_desc(ptg_lower *L, const ptg_val *v, char *buf,
 int ptg_call(ptg_lower *L, const ptg_node *n, ptg_val *out);
 /* Closest builtin name to `name` for "did you mean" (NULL if none close). */
 const char *ptg_builtin_suggest(const char *name);
-/* Levenshtein distance, capped (names are short). */
+/* Edit distance (a swap of neighbours is one edit), and how far a name may
+ * be from a suggestion. */
 int ptg_edit_distance(const char *a, const char *b);
+int ptg_suggest_limit(const char *name);
 
 #endif /* PTC_PTG_INTERNAL_H */

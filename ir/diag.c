@@ -192,6 +192,8 @@ static const char *sev_name(ptc_severity s) {
   return "error";
 }
 
+static size_t utf8_seq(const unsigned char *s, size_t n);
+
 enum { QUOTE_WIDTH = 100 };
 
 /* Quotes `line` with a caret under byte column col (1-based).  Lines longer
@@ -218,13 +220,20 @@ static void quote_line(ptc_buf *b, int32_t lineno, const char *text, size_t len,
   ptc_buf_printf(b, " %s | ", num);
   if (from > 0) ptc_buf_puts(b, "...");
   size_t caret = from > 0 ? 3 : 0;
-  for (size_t i = from; i < to; i++) {
+  for (size_t i = from; i < to;) {
     unsigned char ch = (unsigned char)text[i];
-    bool cont = (ch & 0xC0) == 0x80;
-    if (ch == '\t') ch = ' ';
-    else if (ch < 0x20 || ch == 0x7f) ch = '?';
-    ptc_buf_put(b, (const char *)&ch, 1);
-    if (i < c0 && !cont) caret++;
+    size_t k = utf8_seq((const unsigned char *)text + i, to - i);
+    if (k > 1) { /* a whole valid multi-byte character: one column */
+      ptc_buf_put(b, text + i, k);
+    } else {
+      /* control bytes and invalid UTF-8 show as '?', one column each */
+      if (ch == '\t') ch = ' ';
+      else if (ch < 0x20 || ch >= 0x7f) ch = '?';
+      ptc_buf_put(b, (const char *)&ch, 1);
+      k = 1;
+    }
+    if (i < c0) caret++;
+    i += k;
   }
   if (to < len) ptc_buf_puts(b, "...");
   ptc_buf_printf(b, "\n %*s | ", w, "");

@@ -82,6 +82,27 @@ static double gelu(double x) {
   return 0.5 * x * (1 + tanh(k * (x + 0.044715 * x * x * x)));
 }
 
+static double gelu_deriv(double x) {
+  const double k = 0.7978845608028654;
+  double th = tanh(k * (x + 0.044715 * x * x * x));
+  return 0.5 * (1 + th) + 0.5 * x * (1 - th * th) * k * (1 + 3 * 0.044715 * x * x);
+}
+
+static double silu_deriv(double x) {
+  double s = 1 / (1 + exp(-x));
+  return s * (1 + x * (1 - s));
+}
+
+/* outer x len x inner: the split of a shape around one axis */
+static void around_axis(const ptc_type *t, int64_t axis, int64_t *outer, int64_t *len,
+                        int64_t *inner) {
+  *outer = 1;
+  *inner = 1;
+  for (int32_t d = 0; d < axis; d++) *outer *= t->dims[d];
+  for (int32_t d = (int32_t)axis + 1; d < t->rank; d++) *inner *= t->dims[d];
+  *len = t->dims[axis];
+}
+
 typedef struct ev {
   ptc_func *f;
   ptc_ctx *ctx;
@@ -288,6 +309,8 @@ static int eval_op(ev *e, const ptc_op *op) {
   case PTC_OP_ROPE: {
     double theta = ptc_op_attr_float(op, "theta", 10000);
     int64_t B = at->dims[0], S = at->dims[1], H = at->dims[2], D = at->dims[3], h2 = D / 2;
+    /* inverse rotates by -angle: the transpose of the rotation */
+    double sign = ptc_op_attr_bool(op, "inverse", false) ? -1 : 1;
     for (int64_t bi = 0; bi < B; bi++)
       for (int64_t t = 0; t < S; t++)
         for (int64_t h = 0; h < H; h++) {
@@ -295,7 +318,7 @@ static int eval_op(ev *e, const ptc_op *op) {
           double *y = o + ((bi * S + t) * H + h) * D;
           for (int64_t i = 0; i < h2; i++) {
             double ang = (double)t * pow(theta, -2.0 * (double)i / (double)D);
-            double cs = cos(ang), sn = sin(ang);
+            double cs = cos(ang), sn = sign * sin(ang);
             y[i] = x[i] * cs - x[i + h2] * sn;
             y[i + h2] = x[i + h2] * cs + x[i] * sn;
           }
@@ -353,6 +376,174 @@ static int eval_op(ev *e, const ptc_op *op) {
       total += log(s) + mx - x[t];
     }
     o[0] = rows ? total / (double)rows : 0;
+    break;
+  }
+  case PTC_OP_PAD: {
+    int64_t axis = ptc_op_attr_int(op, "axis", 0), lo = ptc_op_attr_int(op, "before", 0);
+    int64_t outer, len, inner;
+    around_axis(at, axis, &outer, &len, &inner);
+    for (int64_t i = 0; i < outer; i++) /* the rest stays zero */
+      memcpy(o + (i * ot->dims[axis] + lo) * inner, a + i * len * inner,
+             (size_t)(len * inner) * sizeof *o);
+    break;
+  }
+  case PTC_OP_COMPARE: {
+    const char *cmp = ptc_op_attr(op, "cmp")->u.s;
+    int kind = strcmp(cmp, "ge") == 0 ? 0 : strcmp(cmp, "gt") == 0 ? 1 : 2;
+    for (int64_t i = 0; i < n; i++) {
+      double x = a[bcast_index(ot, at, i)], y = b[bcast_index(ot, bt, i)];
+      o[i] = (kind == 0 ? x >= y : kind == 1 ? x > y : x == y) ? 1.0 : 0.0;
+    }
+    break;
+  }
+  case PTC_OP_RELU_GRAD: for (int64_t i = 0; i < n; i++) o[i] = b[i] > 0 ? a[i] : 0; break;
+  case PTC_OP_GELU_GRAD: for (int64_t i = 0; i < n; i++) o[i] = a[i] * gelu_deriv(b[i]); break;
+  case PTC_OP_SILU_GRAD: for (int64_t i = 0; i < n; i++) o[i] = a[i] * silu_deriv(b[i]); break;
+  case PTC_OP_SOFTMAX_GRAD: {
+    /* dx = y * (g - sum(g * y)) along the axis */
+    int64_t outer, len, inner;
+    around_axis(bt, ptc_op_attr_int(op, "axis", 0), &outer, &len, &inner);
+    for (int64_t i = 0; i < outer; i++)
+      for (int64_t j = 0; j < inner; j++) {
+        int64_t base = i * len * inner + j;
+        double dot = 0;
+        for (int64_t k = 0; k < len; k++) dot += a[base + k * inner] * b[base + k * inner];
+        for (int64_t k = 0; k < len; k++)
+          o[base + k * inner] = b[base + k * inner] * (a[base + k * inner] - dot);
+      }
+    break;
+  }
+  case PTC_OP_LAYERNORM_GRAD:
+  case PTC_OP_RMSNORM_GRAD: {
+    /* xhat = (x - mean) * rs; dxhat = g * gamma;
+     * dx = rs * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))
+     * (rmsnorm: mean = 0 and no mean(dxhat) term); dgamma = sum g * xhat,
+     * dbeta = sum g over the rows */
+    bool ln = op->code == PTC_OP_LAYERNORM_GRAD;
+    double eps = ptc_op_attr_float(op, "eps", 1e-5);
+    const double *g = a, *x = b, *gm = e->data[op->in[2]];
+    const ptc_type *gt = T(e, op->in[2]);
+    double *dg = e->data[op->out[1]] = alloc_data(gt);
+    double *db = ln ? (e->data[op->out[2]] = alloc_data(gt)) : NULL;
+    int64_t c = bt->dims[bt->rank - 1], rows = n / (c ? c : 1);
+    double *xh = ptc_xmalloc((size_t)(c + 1) * sizeof *xh);
+    for (int64_t r = 0; r < rows; r++) {
+      const double *xr = x + r * c, *gr = g + r * c;
+      double mean = 0, var = 0, m1 = 0, m2 = 0;
+      if (ln) {
+        for (int64_t k = 0; k < c; k++) mean += xr[k];
+        mean /= (double)c;
+      }
+      for (int64_t k = 0; k < c; k++) var += (xr[k] - mean) * (xr[k] - mean);
+      var /= (double)c;
+      double rs = 1 / sqrt(var + eps);
+      for (int64_t k = 0; k < c; k++) {
+        xh[k] = (xr[k] - mean) * rs;
+        double d = gr[k] * gm[k];
+        m1 += d;
+        m2 += d * xh[k];
+        dg[k] += gr[k] * xh[k];
+        if (db) db[k] += gr[k];
+      }
+      m1 = ln ? m1 / (double)c : 0;
+      m2 /= (double)c;
+      for (int64_t k = 0; k < c; k++) o[r * c + k] = rs * (gr[k] * gm[k] - m1 - xh[k] * m2);
+    }
+    free(xh);
+    break;
+  }
+  case PTC_OP_ATTENTION_GRAD: {
+    /* Recomputes P = softmax(scale q kᵀ) per (batch, head, query), then
+     * dV += Pᵀ g, dP = g vᵀ, dS = P * (dP - sum(P * dP)), dQ = scale dS k,
+     * dK += scale dSᵀ q.  Query heads h of a group share kv head h / (H/G). */
+    const double *g = a, *q = b, *k = e->data[op->in[2]], *v = e->data[op->in[3]];
+    const ptc_type *qt = bt, *kt = T(e, op->in[2]), *vt = T(e, op->in[3]);
+    int64_t B = qt->dims[0], Tq = qt->dims[1], H = qt->dims[2], D = qt->dims[3];
+    int64_t S = kt->dims[1], G = kt->dims[2], E = vt->dims[3];
+    bool causal = ptc_op_attr_bool(op, "causal", false);
+    double scale = ptc_op_attr_float(op, "scale", 1 / sqrt((double)D));
+    double *dq = o, *dk = e->data[op->out[1]] = alloc_data(kt),
+           *dv = e->data[op->out[2]] = alloc_data(vt);
+    double *p = ptc_xmalloc((size_t)(2 * S + 1) * sizeof *p), *dp = p + S;
+    for (int64_t bi = 0; bi < B; bi++)
+      for (int64_t h = 0; h < H; h++) {
+        int64_t gi = h / (H / G);
+        for (int64_t t = 0; t < Tq; t++) {
+          const double *qv = q + ((bi * Tq + t) * H + h) * D;
+          const double *gv = g + ((bi * Tq + t) * H + h) * E;
+          int64_t last = causal ? t + 1 : S;
+          double mx = -INFINITY, sum = 0, pdp = 0;
+          for (int64_t s = 0; s < last; s++) {
+            const double *kv = k + ((bi * S + s) * G + gi) * D;
+            double d = 0;
+            for (int64_t i = 0; i < D; i++) d += qv[i] * kv[i];
+            p[s] = d * scale;
+            mx = p[s] > mx ? p[s] : mx;
+          }
+          for (int64_t s = 0; s < last; s++) sum += p[s] = exp(p[s] - mx);
+          for (int64_t s = 0; s < last; s++) {
+            p[s] /= sum;
+            const double *vv = v + ((bi * S + s) * G + gi) * E;
+            double *dvv = dv + ((bi * S + s) * G + gi) * E;
+            double d = 0;
+            for (int64_t i = 0; i < E; i++) {
+              d += gv[i] * vv[i];
+              dvv[i] += p[s] * gv[i];
+            }
+            dp[s] = d;
+            pdp += p[s] * d;
+          }
+          double *dqv = dq + ((bi * Tq + t) * H + h) * D;
+          for (int64_t s = 0; s < last; s++) {
+            double ds = p[s] * (dp[s] - pdp) * scale;
+            const double *kv = k + ((bi * S + s) * G + gi) * D;
+            double *dkv = dk + ((bi * S + s) * G + gi) * D;
+            for (int64_t i = 0; i < D; i++) {
+              dqv[i] += ds * kv[i];
+              dkv[i] += ds * qv[i];
+            }
+          }
+        }
+      }
+    free(p);
+    break;
+  }
+  case PTC_OP_CROSS_ENTROPY_GRAD: {
+    /* d mean(loss) / d logits = g / rows * (softmax - onehot(target)) over
+     * the real classes, 0 on padding */
+    const ptc_type *tt = T(e, op->in[2]);
+    const double *x0 = b, *tg = e->data[op->in[2]];
+    int64_t C = bt->dims[bt->rank - 1], rows = ptc_type_numel(tt);
+    int64_t classes = ptc_op_attr_int(op, "classes", C);
+    double scale = rows ? a[0] / (double)rows : 0;
+    for (int64_t r = 0; r < rows; r++) {
+      const double *x = x0 + r * C;
+      double *dx = o + r * C;
+      int64_t t = (int64_t)tg[r];
+      if (t < 0 || t >= classes) {
+        ptc_error(e->ctx, op->loc, "cross_entropy_grad: target %lld out of range [0, %lld)",
+                  (long long)t, (long long)classes);
+        return -1;
+      }
+      double mx = -INFINITY, s = 0;
+      for (int64_t c = 0; c < classes; c++) mx = x[c] > mx ? x[c] : mx;
+      for (int64_t c = 0; c < classes; c++) s += exp(x[c] - mx);
+      for (int64_t c = 0; c < classes; c++)
+        dx[c] = scale * (exp(x[c] - mx) / s - (c == t ? 1.0 : 0.0));
+    }
+    break;
+  }
+  case PTC_OP_EMBEDDING_GRAD: {
+    int64_t rows = ot->dims[0], w = ot->dims[1], m = ptc_type_numel(bt);
+    for (int64_t i = 0; i < m; i++) {
+      int64_t id = (int64_t)b[i];
+      if (id < 0 || id >= rows) {
+        ptc_error(e->ctx, op->loc, "embedding_grad: index %lld out of range [0, %lld)",
+                  (long long)id, (long long)rows);
+        return -1;
+      }
+      for (int64_t j = 0; j < w; j++) o[id * w + j] += a[i * w + j];
+    }
     break;
   }
   case PTC_OP_ALL_REDUCE:

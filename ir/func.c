@@ -61,6 +61,17 @@ int32_t ptc_func_param_value(ptc_func *f, int32_t p) {
 
 /* ---- checks shared with the verifier ------------------------------------ */
 
+/* The common case of ptc__check_type, without formatting a message. */
+static bool type_fast_ok(const ptc_type *t) {
+  if ((unsigned)t->dtype >= PTC_DTYPE_COUNT || t->rank < 0 || t->rank > PTC_MAX_RANK)
+    return false;
+  int64_t n = 1;
+  for (int32_t i = 0; i < t->rank; i++)
+    if (t->dims[i] < 0 || !ptc_mul_ovf(n, t->dims[i], &n) || n > PTC_MAX_ELEMENTS)
+      return false;
+  return true;
+}
+
 int ptc__check_type(ptc_ctx *ctx, ptc_loc loc, const ptc_type *t,
                     const char *what) {
   if ((unsigned)t->dtype >= PTC_DTYPE_COUNT) {
@@ -284,16 +295,15 @@ int ptc__op_check(ptc_func *f, const ptc_build_args *a, const ptc_attr *attrs,
   memset(out_s, 0, 8 * sizeof *out_s);
   int rc = 0;
   for (int32_t r = 0; r < info->nout && a->given; r++) {
-    char what[64];
-    snprintf(what, sizeof what, "result %d of '%s'", r, info->name);
-    if (ptc__check_type(ctx, a->loc, &a->given[r], what) < 0) {
-      rc = -1;
-      break;
-    }
-    if (a->given_shard &&
-        ptc__check_sharding(m, a->loc, &a->given[r], &a->given_shard[r], what) < 0) {
-      rc = -1;
-      break;
+    const ptc_sharding *gs = a->given_shard ? &a->given_shard[r] : NULL;
+    if (!type_fast_ok(&a->given[r]) || (gs && gs->present)) {
+      char what[64]; /* formatted only off the fast path */
+      snprintf(what, sizeof what, "result %d of '%s'", r, info->name);
+      if (ptc__check_type(ctx, a->loc, &a->given[r], what) < 0 ||
+          (gs && ptc__check_sharding(m, a->loc, &a->given[r], gs, what) < 0)) {
+        rc = -1;
+        break;
+      }
     }
     if (info->flags & PTC_OPF_TYPE_GIVEN) out_t[r] = a->given[r];
     if (a->given_shard) out_s[r] = a->given_shard[r];
@@ -324,6 +334,7 @@ int ptc__op_check(ptc_func *f, const ptc_build_args *a, const ptc_attr *attrs,
     }
   }
   for (int32_t r = 0; rc == 0 && r < info->nout; r++) {
+    if (type_fast_ok(&out_t[r]) && !out_s[r].present) continue;
     char what[64];
     snprintf(what, sizeof what, "result %d of '%s'", r, info->name);
     if (ptc__check_type(ctx, a->loc, &out_t[r], what) < 0 ||

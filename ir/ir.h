@@ -369,6 +369,8 @@ struct ptc_module {
   ptc_attr *attrs;
   ptc_param *params; /* heap vector */
   int32_t nparams, cap_params;
+  int32_t *param_hash; /* open-addressing index of params by name (heap) */
+  int32_t cap_param_hash;
   ptc_func **funcs; /* heap vector of heap funcs */
   int32_t nfuncs, cap_funcs;
 };

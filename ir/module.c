@@ -29,14 +29,39 @@ void ptc_module_destroy(ptc_module *m) {
   for (int32_t i = 0; i < m->nfuncs; i++) func_free(m->funcs[i]);
   free(m->funcs);
   free(m->params);
+  free(m->param_hash);
   ptc_arena_fini(&m->arena);
   free(m);
 }
 
-int32_t ptc_module_find_param(const ptc_module *m, const char *name) {
+static uint32_t name_hash(const char *s) {
+  uint32_t h = 2166136261u; /* FNV-1a */
+  for (; *s; s++) h = (h ^ (unsigned char)*s) * 16777619u;
+  return h;
+}
+
+/* Slot of `name` in the index: where it is, or the empty slot it goes to. */
+static int32_t param_slot(const ptc_module *m, const char *name) {
+  uint32_t mask = (uint32_t)m->cap_param_hash - 1;
+  uint32_t j = name_hash(name) & mask;
+  while (m->param_hash[j] >= 0 && strcmp(m->params[m->param_hash[j]].name, name) != 0)
+    j = (j + 1) & mask;
+  return (int32_t)j;
+}
+
+static void param_index_grow(ptc_module *m) {
+  int32_t cap = m->cap_param_hash ? 2 * m->cap_param_hash : 128;
+  free(m->param_hash);
+  m->param_hash = ptc_xmalloc((size_t)cap * sizeof *m->param_hash);
+  for (int32_t i = 0; i < cap; i++) m->param_hash[i] = -1;
+  m->cap_param_hash = cap;
   for (int32_t i = 0; i < m->nparams; i++)
-    if (strcmp(m->params[i].name, name) == 0) return i;
-  return -1;
+    m->param_hash[param_slot(m, m->params[i].name)] = i;
+}
+
+int32_t ptc_module_find_param(const ptc_module *m, const char *name) {
+  if (m->cap_param_hash == 0) return -1;
+  return m->param_hash[param_slot(m, name)];
 }
 
 int32_t ptc_module_add_param(ptc_module *m, const char *name,
@@ -52,6 +77,7 @@ int32_t ptc_module_add_param(ptc_module *m, const char *name,
     m->cap_params = m->cap_params ? 2 * m->cap_params : 64;
     m->params = ptc_xrealloc(m->params, (size_t)m->cap_params * sizeof *m->params);
   }
+  if ((m->nparams + 1) * 2 > m->cap_param_hash) param_index_grow(m);
   ptc_param *p = &m->params[m->nparams];
   memset(p, 0, sizeof *p);
   p->name = ptc_arena_strdup(&m->arena, name);
@@ -59,6 +85,7 @@ int32_t ptc_module_add_param(ptc_module *m, const char *name,
   p->type = *type;
   p->init = init;
   p->loc = loc;
+  m->param_hash[param_slot(m, p->name)] = m->nparams;
   return m->nparams++;
 }
 

@@ -262,6 +262,21 @@ static int infer_slice(ptc_infer *inf) {
   return 0;
 }
 
+static int infer_pad(ptc_infer *inf) {
+  const ptc_type *a = &inf->in[0];
+  int64_t axis = attr_i(inf, "axis", 0), lo = attr_i(inf, "before", 0),
+          hi = attr_i(inf, "after", 0);
+  if (check_axis(inf, "axis", axis, a->rank)) return -1;
+  if (lo < 0 || hi < 0)
+    return fail(inf, "before = %lld and after = %lld must not be negative",
+                (long long)lo, (long long)hi);
+  inf->out[0] = *a;
+  if (!ptc_add_ovf(a->dims[axis], lo, &inf->out[0].dims[axis]) ||
+      !ptc_add_ovf(inf->out[0].dims[axis], hi, &inf->out[0].dims[axis]))
+    return fail(inf, "result is too large");
+  return 0;
+}
+
 static int infer_concat(ptc_infer *inf) {
   const ptc_type *a = &inf->in[0];
   int64_t axis = attr_i(inf, "axis", 0);
@@ -395,12 +410,15 @@ static int infer_rope(ptc_infer *inf) {
   return 0;
 }
 
-/* q [B, T, H, D], k [B, S, G, D], v [B, S, G, E], H % G == 0 -> [B, T, H, E] */
-static int infer_attention(ptc_infer *inf) {
-  const ptc_type *q = &inf->in[0], *k = &inf->in[1], *v = &inf->in[2];
-  if (need_float(inf, 0) || need_same_dtype(inf, 0, 1) || need_same_dtype(inf, 0, 2))
+/* q [B, T, H, D], k [B, S, G, D], v [B, S, G, E], H % G == 0 -> [B, T, H, E].
+ * q, k, v are operands at, at+1, at+2 (attention_grad has g first); the
+ * attention result type goes to *o. */
+static int attention_shapes(ptc_infer *inf, int at, ptc_type *o) {
+  const ptc_type *q = &inf->in[at], *k = &inf->in[at + 1], *v = &inf->in[at + 2];
+  if (need_float(inf, at) || need_same_dtype(inf, at, at + 1) ||
+      need_same_dtype(inf, at, at + 2))
     return -1;
-  for (int i = 0; i < 3; i++)
+  for (int i = at; i < at + 3; i++)
     if (inf->in[i].rank != 4)
       return fail(inf, "operand %d must be [batch, seq, heads, head_dim], got %s", i,
                   ty(&inf->in[i]).s);
@@ -417,16 +435,21 @@ static int infer_attention(ptc_infer *inf) {
   if (attr_b(inf, "causal", false) && q->dims[1] != k->dims[1])
     return fail(inf, "causal attention needs equal query and key lengths (%lld vs %lld)",
                 (long long)q->dims[1], (long long)k->dims[1]);
-  inf->out[0] = *q;
-  inf->out[0].dims[3] = v->dims[3];
+  *o = *q;
+  o->dims[3] = v->dims[3];
   return 0;
 }
 
-/* logits [..., C] (float), targets [...] (int) -> f32[] mean over targets.
- * classes (<= C) excludes padded logits from the softmax. */
-static int infer_cross_entropy(ptc_infer *inf) {
-  const ptc_type *l = &inf->in[0], *t = &inf->in[1];
-  if (need_float(inf, 0) || need_int(inf, 1) || need_rank_at_least(inf, 0, 1)) return -1;
+static int infer_attention(ptc_infer *inf) { return attention_shapes(inf, 0, &inf->out[0]); }
+
+/* logits [..., C] (float), targets [...] (int) -> f32[] mean over targets
+ * (f64[] for f64 logits, so a double-precision graph stays exact).
+ * classes (<= C) excludes padded logits from the softmax.  Logits and
+ * targets are operands at and at+1. */
+static int cross_entropy_shapes(ptc_infer *inf, int at) {
+  const ptc_type *l = &inf->in[at], *t = &inf->in[at + 1];
+  if (need_float(inf, at) || need_int(inf, at + 1) || need_rank_at_least(inf, at, 1))
+    return -1;
   bool ok = t->rank == l->rank - 1;
   for (int32_t d = 0; ok && d < t->rank; d++) ok = t->dims[d] == l->dims[d];
   if (!ok)
@@ -436,8 +459,95 @@ static int infer_cross_entropy(ptc_infer *inf) {
   if (c < 1 || c > l->dims[l->rank - 1])
     return fail(inf, "classes = %lld must be between 1 and the logits' last "
                 "dimension %lld", (long long)c, (long long)l->dims[l->rank - 1]);
-  inf->out[0].dtype = PTC_DTYPE_F32;
+  return 0;
+}
+
+static int infer_cross_entropy(ptc_infer *inf) {
+  if (cross_entropy_shapes(inf, 0)) return -1;
+  inf->out[0].dtype = inf->in[0].dtype == PTC_DTYPE_F64 ? PTC_DTYPE_F64 : PTC_DTYPE_F32;
   inf->out[0].rank = 0;
+  return 0;
+}
+
+/* ---- gradients ------------------------------------------------------------ */
+
+static int infer_compare(ptc_infer *inf) {
+  const char *cmp = attr(inf, "cmp")->u.s;
+  if (strcmp(cmp, "ge") != 0 && strcmp(cmp, "gt") != 0 && strcmp(cmp, "eq") != 0)
+    return fail(inf, "cmp = %s is not a comparison; use ge, gt or eq", cmp);
+  if (need_float(inf, 0) || need_same_dtype(inf, 0, 1)) return -1;
+  return broadcast(inf, &inf->in[0], &inf->in[1], &inf->out[0]);
+}
+
+/* g and x of one float type (the gradient of an element-wise op). */
+static int infer_act_grad(ptc_infer *inf) {
+  if (need_float(inf, 0) || need_same_dtype(inf, 0, 1)) return -1;
+  if (!ptc_type_eq(&inf->in[0], &inf->in[1]))
+    return fail(inf, "the gradient %s and the input %s must have the same shape",
+                ty(&inf->in[0]).s, ty(&inf->in[1]).s);
+  inf->out[0] = inf->in[1];
+  return 0;
+}
+#define infer_relu_grad infer_act_grad
+#define infer_gelu_grad infer_act_grad
+#define infer_silu_grad infer_act_grad
+
+static int infer_softmax_grad(ptc_infer *inf) {
+  if (infer_act_grad(inf)) return -1;
+  return check_axis(inf, "axis", attr_i(inf, "axis", 0), inf->in[1].rank);
+}
+
+/* g, x, gamma of layernorm_grad / rmsnorm_grad: g and x one type, gamma
+ * [C]; results dx (x's type) then one [C] per gain and bias. */
+static int infer_norm_grad(ptc_infer *inf) {
+  const ptc_type *g = &inf->in[0], *x = &inf->in[1], *gm = &inf->in[2];
+  if (need_float(inf, 1) || need_rank_at_least(inf, 1, 1) || need_same_dtype(inf, 0, 1) ||
+      need_same_dtype(inf, 1, 2))
+    return -1;
+  if (!ptc_type_eq(g, x))
+    return fail(inf, "the gradient %s must have the input's type %s", ty(g).s, ty(x).s);
+  if (gm->rank != 1 || gm->dims[0] != x->dims[x->rank - 1])
+    return fail(inf, "the gain must be [%lld] to match the last dimension of %s, got %s",
+                (long long)x->dims[x->rank - 1], ty(x).s, ty(gm).s);
+  inf->out[0] = *x;
+  for (int32_t r = 1; r < inf->nout; r++) inf->out[r] = *gm;
+  return 0;
+}
+#define infer_layernorm_grad infer_norm_grad
+#define infer_rmsnorm_grad infer_norm_grad
+
+static int infer_attention_grad(ptc_infer *inf) {
+  ptc_type o;
+  if (attention_shapes(inf, 1, &o)) return -1;
+  if (!ptc_type_eq(&inf->in[0], &o))
+    return fail(inf, "the gradient %s must have the attention result's type %s",
+                ty(&inf->in[0]).s, ty(&o).s);
+  for (int r = 0; r < 3; r++) inf->out[r] = inf->in[r + 1];
+  return 0;
+}
+
+static int infer_cross_entropy_grad(ptc_infer *inf) {
+  const ptc_type *g = &inf->in[0];
+  if (g->rank != 0 || !ptc_dtype_is_float(g->dtype))
+    return fail(inf, "the gradient of the loss must be a float scalar (f32[]), got %s",
+                ty(g).s);
+  if (cross_entropy_shapes(inf, 1)) return -1;
+  inf->out[0] = inf->in[1];
+  return 0;
+}
+
+/* g [..., D], ids [...] (int) : [V, D] stated (the table's type) */
+static int infer_embedding_grad(ptc_infer *inf) {
+  const ptc_type *g = &inf->in[0], *ids = &inf->in[1], *o = &inf->out[0];
+  if (need_float(inf, 0) || need_int(inf, 1)) return -1;
+  bool ok = g->rank == ids->rank + 1;
+  for (int32_t d = 0; ok && d < ids->rank; d++) ok = g->dims[d] == ids->dims[d];
+  if (!ok)
+    return fail(inf, "the gradient %s must have the shape of ids %s plus the row "
+                "width", ty(g).s, ty(ids).s);
+  if (o->rank != 2 || o->dtype != g->dtype || o->dims[1] != g->dims[g->rank - 1])
+    return fail(inf, "the result must be the table's type [rows, %lld] in %s, got %s",
+                (long long)g->dims[g->rank - 1], ptc_dtype_name(g->dtype), ty(o).s);
   return 0;
 }
 
@@ -663,6 +773,7 @@ static double flops_per_out(const cost_in *c) { return out_numel(c); }
 #define flops_transpose flops_zero
 #define flops_slice flops_zero
 #define flops_concat flops_zero
+#define flops_pad flops_zero
 #define flops_broadcast_to flops_zero
 #define flops_embedding flops_zero
 #define flops_all_gather flops_zero
@@ -709,6 +820,32 @@ static double flops_attention(const cost_in *c) {
 
 static double flops_cross_entropy(const cost_in *c) {
   return 5.0 * (double)ptc_type_numel(in_type(c, 0));
+}
+
+/* gradients: the forward work they recompute plus the chain rule */
+#define flops_compare flops_per_out
+#define flops_relu_grad flops_per_out
+static double flops_gelu_grad(const cost_in *c) { return 14 * out_numel(c); }
+static double flops_silu_grad(const cost_in *c) { return 7 * out_numel(c); }
+static double flops_softmax_grad(const cost_in *c) { return 4 * out_numel(c); }
+static double flops_layernorm_grad(const cost_in *c) { return 14 * out_numel(c); }
+static double flops_rmsnorm_grad(const cost_in *c) { return 10 * out_numel(c); }
+static double flops_cross_entropy_grad(const cost_in *c) {
+  return 5.0 * (double)ptc_type_numel(in_type(c, 1));
+}
+static double flops_embedding_grad(const cost_in *c) {
+  return (double)ptc_type_numel(in_type(c, 0));
+}
+
+static double flops_attention_grad(const cost_in *c) {
+  /* recomputed scores q·kᵀ (2·D per score), dP = g·vᵀ and dV = Pᵀ·g (2·E
+   * each), dQ = dS·k and dK = dSᵀ·q (2·D each), softmax and its gradient */
+  const ptc_type *q = in_type(c, 1), *k = in_type(c, 2), *v = in_type(c, 3);
+  double b = (double)q->dims[0], t = (double)q->dims[1], h = (double)q->dims[2],
+         d = (double)q->dims[3], s = (double)k->dims[1], e = (double)v->dims[3];
+  double scores = b * h * t * s;
+  if (ptc_op_attr_bool(c->op, "causal", false)) scores *= 0.5;
+  return scores * (6 * d + 4 * e + 10);
 }
 
 typedef double (*flops_fn)(const cost_in *);

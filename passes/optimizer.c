@@ -2,8 +2,9 @@
  * computed into parameter updates, so the training step is one function of
  * ordinary IR that a dump shows whole.
  *
- * Input: @step returning (loss, grad.<p0>, grad.<p1>, ...), the gradients
- * named after their parameters (the autodiff pass's contract).  Output:
+ * Input: @step returning (loss, grad.<p0>, grad.<p1>, ...): one gradient
+ * per trainable parameter it reads, in module order (the autodiff pass's
+ * contract; the values are also named %grad.<param>).  Output:
  *
  *   func @step(<inputs>, %lr: f32[], %step: f32[]) -> (f32[], f32[]) {
  *     ... forward and backward ...
@@ -119,19 +120,35 @@ static int run_optimizer(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   int32_t *params = ptc_xmalloc((size_t)ngrads * sizeof *params);
   int32_t loss = ret->in[0];
   int rc = -1;
-  for (int32_t i = 0; i < ngrads; i++) {
-    int32_t g = ret->in[i + 1];
+  /* Autodiff's contract: result i+1 is the gradient of the i-th trainable
+   * param @step reads, in module order.  Names (%grad.<param>) are checked
+   * where present, but a pass like cse may merge two equal gradients and
+   * keep only one name, so position is what counts. */
+  int32_t k = 0;
+  for (int32_t p = 0; p < m->nparams; p++) {
+    if (!m->params[p].trainable || p >= f->cap_param_value || f->param_value[p] < 0)
+      continue;
+    if (k == ngrads) {
+      k++;
+      break;
+    }
+    int32_t g = ret->in[k + 1];
     const char *n = f->values[g].name;
-    int32_t p = n && strncmp(n, "grad.", 5) == 0 ? ptc_module_find_param(m, n + 5) : -1;
-    if (p < 0 || !m->params[p].trainable ||
-        !ptc_type_eq(&m->params[p].type, &f->values[g].type)) {
-      ptc_error(ctx, rloc, "optimizer: result %d of @step is not the gradient of a "
-                "parameter (expected a value named %%grad.<param> of the param's type)",
-                i + 1);
+    if (!ptc_type_eq(&m->params[p].type, &f->values[g].type) ||
+        (n && strncmp(n, "grad.", 5) == 0 && strcmp(n + 5, m->params[p].name) != 0)) {
+      ptc_error(ctx, rloc, "optimizer: result %d of @step is not the gradient of "
+                "parameter '%s' (autodiff returns one gradient per trainable "
+                "parameter, in module order)", k + 1, m->params[p].name);
       goto out;
     }
-    grads[i] = g;
-    params[i] = p;
+    grads[k] = g;
+    params[k] = p;
+    k++;
+  }
+  if (k != ngrads) {
+    ptc_error(ctx, rloc, "optimizer: @step returns %d gradients but reads %d trainable "
+              "parameters; run autodiff right before the optimizer", ngrads, k);
+    goto out;
   }
 
   /* The signature: + %lr, %step; results (loss, grad norm). */

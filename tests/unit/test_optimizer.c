@@ -10,8 +10,8 @@
 #include "passes/passes.h"
 #include "test.h"
 
-/* loss = sum(w * x) + sum(b * x[0]); gradients are given by hand as values
- * named %grad.<param>, as autodiff names them. */
+/* loss = sum(w * x) + sum(b * y); the gradients (x and y) are written by
+ * hand as values named %grad.<param>, as autodiff names them. */
 static const char *src =
     "module @m {\n"
     "  param @w : f32[2,3] init normal(0.02)\n"
@@ -19,7 +19,10 @@ static const char *src =
     "\n"
     "  func @step(%x: f32[2,3], %y: f32[3]) -> (f32[], f32[2,3], f32[3]) {\n"
     "    %0 = mul @w, %x : f32[2,3]\n"
-    "    %loss = reduce_sum %0 {axes = [0, 1]} : f32[]\n"
+    "    %1 = reduce_sum %0 {axes = [0, 1]} : f32[]\n"
+    "    %2 = mul @b, %y : f32[3]\n"
+    "    %3 = reduce_sum %2 {axes = [0]} : f32[]\n"
+    "    %loss = add %1, %3 : f32[]\n"
     "    %one = constant {value = 1.0} : f32[]\n"
     "    %grad.w = mul %x, %one : f32[2,3]\n"
     "    %grad.b = mul %y, %one : f32[3]\n"
@@ -108,6 +111,7 @@ static void test_adamw(double clip) {
     double lr = 1e-2 * t;
     double loss, norm, want_loss = 0;
     for (int i = 0; i < 6; i++) want_loss += w[i] * x[i];
+    for (int i = 0; i < 3; i++) want_loss += bb[i] * y[i];
     step(m, params, x, y, lr, t, &loss, &norm);
     CHECK_MSG(close(loss, want_loss), "step %d loss %.9g want %.9g", t, loss, want_loss);
     CHECK_MSG(close(norm, gn), "step %d norm %.9g want %.9g", t, norm, gn);

@@ -1,0 +1,211 @@
+/* test_rt_plan.c -- the plan directory: what codegen/plan.c writes,
+ * runtime/plan.c reads back, and every damaged plan is refused with the
+ * file and the problem named. */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "codegen/codegen.h"
+#include "runtime/ptrt.h"
+#include "test.h"
+
+static const char *tiny_ir =
+    "module @tiny {\n"
+    "  param @w : f32[4,3] init normal(0.02)\n"
+    "  param @b : f32[3] init zeros\n"
+    "  state @w.m : f32[4,3] init zeros\n"
+    "  func @forward(%x: f32[2,4], %y: i32[2]) -> f32[] {\n"
+    "    %0 = matmul %x, @w : f32[2,3]\n"
+    "    %1 = add %0, @b : f32[2,3]\n"
+    "    %2 = reshape %1 : f32[6]\n"
+    "    %3 = reshape %2 : f32[2,3]\n"
+    "    %l = cross_entropy %3, %y : f32[]\n"
+    "    return %l\n"
+    "  }\n"
+    "}\n";
+
+static char root[256];
+
+static char *path(const char *a, const char *b) {
+  static char buf[4][512];
+  static int k;
+  char *p = buf[k++ % 4];
+  snprintf(p, 512, "%s/%s%s%s", root, a, b ? "/" : "", b ? b : "");
+  return p;
+}
+
+static ptc_module *tiny(ptc_ctx *ctx) {
+  ptc_module *m = ptc_parse_module(ctx, "tiny.ptir", tiny_ir, strlen(tiny_ir));
+  PTC_ASSERT(m && ptc_verify_module(m) == 0);
+  return m;
+}
+
+static void write_plan(const char *name) {
+  ptc_ctx *ctx = ptc_ctx_create();
+  ptc_module *m = tiny(ctx);
+  CHECK(ptc_plan_write(m, path(name, NULL)) == 0);
+  ptc_module_destroy(m);
+  ptc_ctx_destroy(ctx);
+}
+
+/* Opens plan `name`; returns the diagnostics (static) and whether it opened. */
+static const char *open_plan(const char *name, bool *ok) {
+  static char diag[4096];
+  ptc_ctx *ctx = ptc_ctx_create();
+  ptc_ctx_set_diag_capture(ctx, true);
+  ptrt_plan *p = ptrt_plan_open(ctx, path(name, NULL));
+  *ok = p != NULL;
+  snprintf(diag, sizeof diag, "%s", ptc_ctx_diag_text(ctx));
+  ptrt_plan_close(p);
+  ptc_ctx_destroy(ctx);
+  return diag;
+}
+
+static void expect_refusal(const char *name, const char *what) {
+  bool ok;
+  const char *d = open_plan(name, &ok);
+  CHECK_MSG(!ok && strstr(d, what) && strstr(d, "-o "), "plan %s: want '%s', got:\n%s", name,
+            what, d);
+}
+
+static void replace_in_file(const char *file, const char *from, const char *to) {
+  FILE *f = fopen(file, "rb");
+  PTC_ASSERT(f);
+  char buf[8192];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = '\0';
+  char *at = strstr(buf, from);
+  PTC_ASSERT(at);
+  char out[8192];
+  snprintf(out, sizeof out, "%.*s%s%s", (int)(at - buf), buf, to, at + strlen(from));
+  f = fopen(file, "wb");
+  fputs(out, f);
+  fclose(f);
+}
+
+static void test_sha256(void) {
+  char hex[65];
+  ptrt_sha256_hex("abc", 3, hex);
+  CHECK_STR(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  ptrt_sha256_hex("", 0, hex);
+  CHECK_STR(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+}
+
+static void test_roundtrip(void) {
+  write_plan("good");
+  bool ok;
+  const char *d = open_plan("good", &ok);
+  CHECK_MSG(ok, "%s", d);
+  struct stat st;
+  CHECK(stat(path("good", "report.txt"), &st) == 0 && st.st_size > 100);
+  CHECK((st.st_mode & 0444) == 0444); /* readable like any file ptc writes */
+
+  ptc_ctx *ctx = ptc_ctx_create();
+  ptrt_plan *p = ptrt_plan_open(ctx, path("good", NULL));
+  CHECK(p && !p->training && strcmp(p->entry->name, "forward") == 0 &&
+        strcmp(p->model, "tiny") == 0 && p->mod->nparams == 3 && !p->mod->params[2].trainable);
+  /* the report's transient peak is what the executor measures */
+  ptc_buf rep;
+  ptc_buf_init(&rep);
+  ptc_plan_report(&rep, p->mod, p->entry);
+  CHECK_MSG(strstr(rep.data, "transient peak") && strstr(rep.data, "optimizer state"), "%s",
+            rep.data);
+  ptrt_vars *v = ptrt_vars_create(ctx, p->mod);
+  ptrt_env env = {ctx, NULL, ptrt_comm_single()};
+  ptrt_program *prog = ptrt_program_create(&env, p->entry, v);
+  CHECK(prog && ptrt_program_planned_peak(prog) == ptc_plan_transient_peak(p->entry));
+  /* 24 (matmul) + 24 (add; the reshapes alias it) at once */
+  CHECK_MSG(ptc_plan_transient_peak(p->entry) == 48, "peak %lld",
+            (long long)ptc_plan_transient_peak(p->entry));
+  ptrt_program_destroy(prog);
+  ptrt_vars_destroy(v);
+  ptc_buf_fini(&rep);
+  ptrt_plan_close(p);
+  ptc_ctx_destroy(ctx);
+}
+
+static void test_refusals(void) {
+  expect_refusal("nothing-here", "no such plan");
+
+  write_plan("no-manifest");
+  remove(path("no-manifest", "manifest.json"));
+  expect_refusal("no-manifest", "manifest.json: error: missing");
+
+  write_plan("no-ir");
+  remove(path("no-ir", "step.ptir"));
+  expect_refusal("no-ir", "step.ptir: error: missing");
+
+  write_plan("truncated");
+  PTC_ASSERT(truncate(path("truncated", "step.ptir"), 100) == 0);
+  expect_refusal("truncated", "the file is truncated");
+
+  write_plan("corrupt");
+  replace_in_file(path("corrupt", "step.ptir"), "normal(0.02)", "normal(0.03)");
+  expect_refusal("corrupt", "SHA-256");
+
+  write_plan("version");
+  replace_in_file(path("version", "manifest.json"), "\"version\": 1", "\"version\": 2");
+  expect_refusal("version", "plan version 2, but this ptrun");
+
+  write_plan("badjson");
+  replace_in_file(path("badjson", "manifest.json"), "\"files\"", "files");
+  expect_refusal("badjson", "manifest.json:");
+
+  write_plan("notplan");
+  replace_in_file(path("notplan", "manifest.json"), "ptc-plan", "zip");
+  bool ok;
+  const char *d = open_plan("notplan", &ok);
+  CHECK_MSG(!ok && strstr(d, "format 'zip' is not 'ptc-plan'"), "%s", d);
+
+  write_plan("escape");
+  replace_in_file(path("escape", "manifest.json"), "\"report.txt\"", "\"../report.txt\"");
+  expect_refusal("escape", "not a plain file name");
+
+  write_plan("target");
+  replace_in_file(path("target", "manifest.json"), "\"cpu\"", "\"cuda\"");
+  d = open_plan("target", &ok);
+  CHECK_MSG(!ok && strstr(d, "targets 'cuda'"), "%s", d);
+}
+
+static void test_replace(void) {
+  /* an existing plan is replaced whole; a non-plan directory is refused */
+  write_plan("again");
+  write_plan("again");
+  bool ok;
+  open_plan("again", &ok);
+  CHECK(ok);
+  PTC_ASSERT(mkdir(path("other", NULL), 0777) == 0);
+  FILE *f = fopen(path("other", "keep.txt"), "w");
+  fputs("mine\n", f);
+  fclose(f);
+  ptc_ctx *ctx = ptc_ctx_create();
+  ptc_ctx_set_diag_capture(ctx, true);
+  ptc_module *m = tiny(ctx);
+  CHECK(ptc_plan_write(m, path("other", NULL)) == -1);
+  CHECK_MSG(strstr(ptc_ctx_diag_text(ctx), "is not a plan"), "%s", ptc_ctx_diag_text(ctx));
+  struct stat st;
+  CHECK(stat(path("other", "keep.txt"), &st) == 0);
+  /* a module with nothing to run has no plan */
+  ptc_module *empty = ptc_module_create(ctx, "empty");
+  CHECK(ptc_plan_write(empty, path("empty", NULL)) == -1);
+  CHECK(stat(path("empty", NULL), &st) != 0);
+  ptc_module_destroy(empty);
+  ptc_module_destroy(m);
+  ptc_ctx_destroy(ctx);
+}
+
+int main(void) {
+  const char *tmp = getenv("TMPDIR");
+  snprintf(root, sizeof root, "%s/test_rt_plan.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+  PTC_ASSERT(mkdtemp(root));
+  test_sha256();
+  test_roundtrip();
+  test_refusals();
+  test_replace();
+  char cmd[600];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
+  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", root);
+  return test_report("test_rt_plan");
+}
