@@ -15,6 +15,9 @@
 #include "frontend/frontend.h"
 #include "ir/ir.h"
 #include "passes/passes.h"
+#if PTC_HAVE_PLAN
+#include "codegen/codegen.h"
+#endif
 
 enum { EXIT_USER = 1, EXIT_USAGE = 2 };
 
@@ -83,8 +86,9 @@ static const option options[] = {
      "what to write: the IR (.ptir text) or a Graphviz graph (default ir)",
      "Output"},
     {"output", 'o', ARG_REQUIRED, O_OUT, "OUT",
-     "write to OUT instead of standard output ('-' is standard output); "
-     "plan directories come with the code generator: for now OUT gets the IR",
+     "write the plan directory OUT for ptrun; with --emit, or when OUT is "
+     "'-' (standard output) or ends in .ptir or .dot, write the IR (or "
+     "graph) text there instead",
      NULL},
     {"report", 0, ARG_NONE, O_REPORT, NULL,
      "print a summary: mesh, parameters, ops by kind, forward FLOPs", NULL},
@@ -527,13 +531,27 @@ static void write_report(ptc_buf *b, const ptc_module *m) {
   } else {
     ptc_buf_puts(b, "mesh: none (1 device)\n");
   }
-  int64_t bytes = 0;
-  for (int32_t i = 0; i < m->nparams; i++) bytes += ptc_type_bytes(&m->params[i].type);
-  ptc_buf_printf(b, "param tensors: %d\n", m->nparams);
+  int64_t bytes = 0, state_bytes = 0;
+  int32_t ntrain = 0;
+  for (int32_t i = 0; i < m->nparams; i++) {
+    if (m->params[i].trainable) {
+      ntrain++;
+      bytes += ptc_type_bytes(&m->params[i].type);
+    } else {
+      state_bytes += ptc_type_bytes(&m->params[i].type);
+    }
+  }
+  ptc_buf_printf(b, "param tensors: %d\n", ntrain);
   ptc_buf_printf(b, "parameters: %lld\n", (long long)ptc_module_param_count(m));
   ptc_buf_printf(b, "parameter bytes: %lld (", (long long)bytes);
   human_bytes(b, (double)bytes);
   ptc_buf_puts(b, ")\n");
+  if (ntrain < m->nparams) {
+    ptc_buf_printf(b, "state tensors: %d\n", m->nparams - ntrain);
+    ptc_buf_printf(b, "state bytes: %lld (", (long long)state_bytes);
+    human_bytes(b, (double)state_bytes);
+    ptc_buf_puts(b, ")\n");
+  }
   ptc_buf_printf(b, "functions: %d\n", m->nfuncs);
   int64_t counts[PTC_OP_COUNT][2];
   for (int k = 0; k < PTC_OP_COUNT; k++) {
@@ -554,15 +572,15 @@ static void write_report(ptc_buf *b, const ptc_module *m) {
     ptc_buf_printf(b, "  %-16s %lld\n",
                    ptc_opinfo_get((ptc_opcode)counts[k][1])->name,
                    (long long)counts[k][0]);
-  const ptc_func *fwd = ptc_module_find_func(m, "forward");
-  if (fwd) {
+  /* FLOPs of each function: @forward (the model as written) or @step
+   * (forward, backward and update, once autodiff has run). */
+  for (int32_t i = 0; i < m->nfuncs; i++) {
+    const ptc_func *f = m->funcs[i];
     double flops = 0;
-    for (int32_t k = 0; k < fwd->nops; k++) flops += ptc_op_cost(fwd, &fwd->ops[k]).flops;
-    ptc_buf_printf(b, "forward flops: %.0f (", flops);
+    for (int32_t k = 0; k < f->nops; k++) flops += ptc_op_cost(f, &f->ops[k]).flops;
+    ptc_buf_printf(b, "flops @%s: %.0f (", f->name, flops);
     human_flops(b, flops);
-    ptc_buf_puts(b, " per step, whole mesh)\n");
-  } else {
-    ptc_buf_puts(b, "forward flops: n/a (no @forward function)\n");
+    ptc_buf_puts(b, " per call, whole mesh)\n");
   }
 }
 
@@ -573,6 +591,25 @@ static int write_stdout(ptc_ctx *ctx, const ptc_buf *b) {
 fail:
   ptc_error(ctx, ptc_loc_unknown, "cannot write to standard output");
   return -1;
+}
+
+/* -o OUT without --emit writes a plan directory, except to standard output
+ * and to files named like text (.ptir, .dot), which get the IR as before. */
+static bool wants_plan(const driver *d) {
+  return d->out_path && !d->emit_given && strcmp(d->out_path, "-") != 0 &&
+         !ends_with(d->out_path, ".ptir") && !ends_with(d->out_path, ".dot");
+}
+
+static int write_plan(driver *d, ptc_module *m) {
+#if PTC_HAVE_PLAN
+  return ptc_plan_write(m, d->out_path);
+#else
+  ptc_error(d->ctx, ptc_loc_unknown,
+            "-o '%s': this ptc was built without plan output (install libjansson-dev "
+            "and libssl-dev, then reconfigure); use --emit=ir to write the IR",
+            d->out_path);
+  return -1;
+#endif
 }
 
 /* The whole compilation, after the command line is understood. */
@@ -625,7 +662,9 @@ static int run(driver *d) {
    * are outputs of their own, so with them stdout gets the IR only when
    * --emit asks for it. */
   bool emit = d->out_path || d->emit_given || !(d->report || d->pm.dump_dir);
-  if (emit) {
+  if (emit && wants_plan(d)) {
+    if (write_plan(d, m) != 0) goto done;
+  } else if (emit) {
     if (d->emit == EMIT_DOT) ptc_print_dot(&out, m);
     else ptc_print_module(&out, m);
     bool to_stdout = !d->out_path || strcmp(d->out_path, "-") == 0;
