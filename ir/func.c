@@ -198,11 +198,18 @@ static char schema_lookup(const char *schema, const char *name, bool *optional) 
   return 0;
 }
 
+char ptc__generic_attr_kind(const char *name, size_t n) {
+  /* group = N: set by the fuse pass on any op (ir/group.c) */
+  if (n == strlen(PTC_GROUP_ATTR) && memcmp(name, PTC_GROUP_ATTR, n) == 0) return 'i';
+  return 0;
+}
+
 int ptc__check_attrs(ptc_ctx *ctx, ptc_loc loc, const ptc_opinfo *info,
                        ptc_attr *attrs, int32_t nattr) {
   for (int32_t i = 0; i < nattr; i++) {
     bool opt;
     char k = schema_lookup(info->attrs, attrs[i].name, &opt);
+    if (!k) k = ptc__generic_attr_kind(attrs[i].name, strlen(attrs[i].name));
     if (!k) {
       if (!info->attrs[0])
         ptc_error(ctx, loc, "op '%s' takes no attributes, got '%s'", info->name,

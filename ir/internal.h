@@ -31,4 +31,8 @@ int ptc__op_check(ptc_func *f, const ptc_build_args *a, const ptc_attr *attrs,
 int ptc__check_attrs(ptc_ctx *ctx, ptc_loc loc, const ptc_opinfo *info,
                      ptc_attr *attrs, int32_t nattr);
 
+/* The kind letter of an attribute every op accepts, whatever its schema
+ * (`group = N`, the fused group an op belongs to), or 0. */
+char ptc__generic_attr_kind(const char *name, size_t n);
+
 #endif

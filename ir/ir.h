@@ -548,6 +548,110 @@ int ptc_eval_func(ptc_func *f, const ptc_tensor *args, ptc_tensor *params,
                   ptc_tensor *results);
 
 /* ======================================================================
+ * group.c -- fused groups: what the `fuse` pass marks and codegen compiles
+ * ====================================================================== */
+
+/* A group is a run of contiguous ops of one function that carry the same
+ * integer attribute `group = N` (the generic attribute every op accepts;
+ * N is unique in the module).  It becomes one kernel, `ptc_k<N>`, that
+ * computes every op of the run in one pass over an iteration space.
+ * Everything about a group -- its inputs, outputs, iteration space, how
+ * each value is computed -- is derived from the IR by ptc_group_analyze,
+ * so the fuse pass, the verifier, codegen and the runtime agree by
+ * construction.  docs/fusion.md describes the kernel ABI. */
+
+#define PTC_GROUP_ATTR "group"
+
+typedef enum ptc_group_kind {
+  PTC_GROUP_ELEMENTWISE, /* work items: the elements of the iteration shape */
+  PTC_GROUP_ROWWISE,     /* work items: its rows (every dim but the last) */
+} ptc_group_kind;
+
+/* How often a value of the group is computed inside the kernel. */
+typedef enum ptc_group_level {
+  PTC_GROUP_SCALAR = 0, /* once per kernel call: numel 1, or a splat constant */
+  PTC_GROUP_ROW = 1,    /* once per row (ROWWISE): a row reduction and what follows */
+  PTC_GROUP_ELEM = 2,   /* once per element */
+  PTC_GROUP_ACC = 3,    /* accumulated over the work items (a reduction across
+                           rows or elements); not readable inside the group */
+} ptc_group_level;
+
+/* How an output is written.  STORE: every element exactly once.  SUM /
+ * MAX: the kernel combines its contribution into what the buffer holds,
+ * so the caller fills the buffer with 0 (SUM) or -inf (MAX) first, and
+ * when it splits the work gives each part its own buffer and combines
+ * them after (runtime/fused.c). */
+typedef enum ptc_group_combine {
+  PTC_GROUP_STORE,
+  PTC_GROUP_SUM,
+  PTC_GROUP_MAX,
+} ptc_group_combine;
+
+/* How an element-wise op inside a ROWWISE group indexes its operands:
+ * against the iteration shape (FULL), or against its rows (ROW_MODE: the
+ * op works on per-row values shaped like the iteration shape minus its
+ * last dim, such as cross_entropy's targets). */
+enum { PTC_GROUP_MODE_FULL = 0, PTC_GROUP_MODE_ROW = 1 };
+
+typedef struct ptc_group_sig {
+  int64_t id;            /* N of `group = N` (-1 for an unnamed trial) */
+  ptc_group_kind kind;
+  int32_t first, end;    /* the group's ops: f->ops[first .. end) */
+  ptc_type iter;         /* the iteration shape */
+  int64_t row_len;       /* ROWWISE: iter's last dim; ELEMENTWISE: 1 */
+  int64_t work;          /* work items: elements (ELEMENTWISE) or rows */
+  int32_t nin, nout;
+  int32_t *in;           /* [nin] external inputs in order of first use
+                            (parameter reads included) */
+  int32_t *out;          /* [nout] results read after the group (by later
+                            ops, `return` or `assign`), in definition order */
+  ptc_group_combine *combine; /* [nout] */
+  int8_t *level;         /* [f->nvalues] ptc_group_level of every value the
+                            group defines or reads; -1 for the others */
+  uint8_t *op_mode;      /* [end - first] PTC_GROUP_MODE_* per op */
+  double flops;          /* ptc_op_cost of the ops, summed */
+  double bytes;          /* fused traffic: inputs read once, outputs written once */
+} ptc_group_sig;
+
+/* The group id of op, or -1 when it has no `group` attribute. */
+int64_t ptc_op_group(const ptc_op *op);
+/* Whether op is of a kind a group can hold (element-wise ops and their
+ * gradients, adamw/sgd, constants, broadcast_to, reductions, and the row
+ * ops softmax/layernorm/rmsnorm/cross_entropy and their gradients over the
+ * last axis) with dtypes the kernels handle (f32; i32/i64 for integer
+ * arithmetic and indices).  Whether it fits a particular group is
+ * ptc_group_analyze's question. */
+bool ptc_op_fusible(const ptc_func *f, const ptc_op *op);
+
+/* Analyzes ops [first, end) of f as one group.  last_use (may be NULL:
+ * computed) gives, per value id, the index of the last op reading it or
+ * -1.  On success fills *sig (release with ptc_group_sig_fini) and returns
+ * 0.  When the ops cannot form one kernel returns -1, writes the reason to
+ * why (may be NULL) and the offending op's index to *bad_op (may be NULL);
+ * nothing is reported and *sig holds nothing to release. */
+int ptc_group_analyze(ptc_func *f, int32_t first, int32_t end, const int32_t *last_use,
+                      ptc_group_sig *sig, char *why, size_t whylen, int32_t *bad_op);
+
+/* The signature of the group whose first op is f->ops[first_op] (it ends
+ * where the attribute's value changes).  Reports an error at the
+ * offending op's location and returns -1 when the run is not a valid
+ * group. */
+int ptc_group_signature(ptc_func *f, int32_t first_op, ptc_group_sig *sig);
+void ptc_group_sig_fini(ptc_group_sig *sig);
+
+/* Per value id, the index of the last op of f that reads it, or -1
+ * (heap, caller frees). */
+int32_t *ptc_func_last_use(const ptc_func *f);
+
+/* Checks every group of f: contiguous, unique ids, each a valid kernel.
+ * Reports the first problem at an op's location; returns 0 or -1.  The
+ * verifier runs it. */
+int ptc_group_verify(ptc_func *f);
+
+/* The kernel symbol of group id: "ptc_k<id>". */
+void ptc_group_kernel_name(int64_t id, char *buf, size_t len);
+
+/* ======================================================================
  * dot.c -- Graphviz
  * ====================================================================== */
 void ptc_print_dot(ptc_buf *b, const ptc_module *m);

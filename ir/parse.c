@@ -956,6 +956,7 @@ static bool parse_attrdict(parser *p, const ptc_opinfo *info) {
     char kind = 0;
     if (info) {
       kind = schema_kind(info->attrs, name.s, name.n);
+      if (!kind) kind = ptc__generic_attr_kind(name.s, name.n);
       if (!kind) {
         perr(p, name.line, name.col, "op '%s' has no attribute '%.*s'",
              info->name, len, name.s);

@@ -262,6 +262,8 @@ int ptc_verify_func(ptc_func *f) {
     }
     free(ns.slots);
   }
+  /* fused groups (group.c): contiguous, unique, each a valid kernel */
+  if (ptc_group_verify(f) < 0) goto out;
   rc = 0;
 out:
   free(defined);

@@ -85,6 +85,7 @@ extern const ptc_pass_info ptc_pass_cse;
 extern const ptc_pass_info ptc_pass_dce;
 extern const ptc_pass_info ptc_pass_autodiff;
 extern const ptc_pass_info ptc_pass_optimizer;
+extern const ptc_pass_info ptc_pass_fuse;
 
 /* Helpers passes share.  dce.c: removes the pure ops of f whose results
  * nothing uses (one reverse sweep); returns how many it removed. */

@@ -14,6 +14,7 @@ static const ptc_pass_info *const registry[] = {
     &ptc_pass_dce,          /* dead-code elimination */
     &ptc_pass_autodiff,     /* @forward -> @step: loss and parameter gradients */
     &ptc_pass_optimizer,    /* AdamW / SGD updates, gradient clipping */
+    &ptc_pass_fuse,         /* element-wise and row ops into kernels */
 };
 
 /* What `ptc model.ptg` runs when --pass-pipeline is not given.  Later stages

@@ -131,8 +131,12 @@ typedef struct rt_out {
   char diag[2048];
 } rt_out;
 
-/* Runs f on the runtime with `threads` threads. */
-static void run_runtime(tc *t, int threads, int nres, rt_out *out) {
+/* Runs f on the runtime with `threads` threads.  Without in_place the
+ * function runs twice: once without committing (the variables must not
+ * change), then for real, reusing the first run's cached buffers; with
+ * in_place, optimizer updates write their variables directly.  loss_only
+ * runs only what result 0 needs. */
+static void run_runtime(tc *t, int threads, bool in_place, bool loss_only, int nres, rt_out *out) {
   memset(out, 0, sizeof *out);
   ptc_ctx *ctx = ptc_ctx_create();
   ptc_ctx_set_diag_capture(ctx, true);
@@ -141,14 +145,21 @@ static void run_runtime(tc *t, int threads, int nres, rt_out *out) {
   ptrt_vars *vars = ptrt_vars_create(ctx, t->m);
   PTC_ASSERT(vars);
   for (int32_t p = 0; p < t->m->nparams; p++) to_runtime(&t->params[p], ptrt_vars_data(vars, p));
-  ptrt_program *prog = ptrt_program_create(&env, t->f, vars);
+  ptrt_program_opts opts = {.in_place = in_place, .loss_only = loss_only};
+  ptrt_program *prog = ptrt_program_create(&env, t->f, vars, &opts);
   if (!prog) {
     out->rc = -1;
   } else {
     for (int i = 0; i < t->nargs; i++) to_runtime(&t->args[i], ptrt_program_arg(prog, i));
-    /* twice: the second run reuses cached buffers and must not depend on
-     * what the first left in them; variables restored in between */
-    out->rc = ptrt_program_run(prog, false);
+    out->rc = in_place ? 0 : ptrt_program_run(prog, false);
+    for (int32_t p = 0; out->rc == 0 && p < t->m->nparams; p++) {
+      float *now = ptrt_vars_data(vars, p);
+      for (int64_t k = 0; k < ptc_type_numel(&t->params[p].type); k++)
+        if (now[k] != (float)t->params[p].data[k]) {
+          CHECK_MSG(0, "%s: a run without commit changed @%s", t->name, t->m->params[p].name);
+          break;
+        }
+    }
     if (out->rc == 0) out->rc = ptrt_program_run(prog, true);
     if (out->rc == 0) {
       ptrt_mem mem = ptrt_program_mem(prog);
@@ -157,7 +168,7 @@ static void run_runtime(tc *t, int threads, int nres, rt_out *out) {
                 (long long)mem.peak, (long long)ptrt_program_planned_peak(prog),
                 (long long)mem.live);
     }
-    for (int r = 0; out->rc == 0 && r < nres; r++) {
+    for (int r = 0; out->rc == 0 && r < (loss_only ? 1 : nres); r++) {
       int64_t b = ptc_type_bytes(&t->f->result_types[r]);
       out->res[r] = malloc((size_t)b + 1);
       out->res_bytes[r] = b;
@@ -203,24 +214,33 @@ static void check(tc *t, int nres, const int32_t *res) {
     fprintf(stderr, "%s: eval failed:\n%s", t->name, ptc_ctx_diag_text(t->ctx));
     PTC_ASSERT(0);
   }
-  rt_out one, three;
-  run_runtime(t, 1, nres, &one);
-  run_runtime(t, 3, nres, &three);
-  CHECK_MSG(one.rc == 0 && three.rc == 0, "%s: the runtime failed:\n%s", t->name, one.diag);
+  rt_out one, three, loss;
+  run_runtime(t, 1, false, false, nres, &one);
+  run_runtime(t, 3, true, false, nres, &three);
+  run_runtime(t, 2, false, true, nres, &loss);
+  CHECK_MSG(one.rc == 0 && three.rc == 0 && loss.rc == 0, "%s: the runtime failed:\n%s%s%s",
+            t->name, one.diag, three.diag, loss.diag);
   for (int r = 0; one.rc == 0 && three.rc == 0 && r < nres; r++) {
     double e = rel_err(&ref[r], one.res[r], ref[r].type.dtype);
     CHECK_MSG(e <= 1e-4, "%s: result %d differs from the evaluator: relative error %.3g",
               t->name, r, e);
     CHECK_MSG(memcmp(one.res[r], three.res[r], (size_t)one.res_bytes[r]) == 0,
-              "%s: result %d differs between 1 and 3 threads", t->name, r);
+              "%s: result %d differs between 1 thread and 3 threads in place", t->name, r);
   }
+  CHECK_MSG(loss.rc != 0 || one.rc != 0 ||
+                memcmp(one.res[0], loss.res[0], (size_t)one.res_bytes[0]) == 0,
+            "%s: result 0 differs when only what it needs runs", t->name);
   for (int32_t p = 0; one.rc == 0 && p < t->m->nparams; p++) {
     double e = rel_err(&evp[p], one.vars[p], PTC_DTYPE_F32);
     CHECK_MSG(e <= 1e-4, "%s: variable @%s after the run differs: relative error %.3g",
               t->name, t->m->params[p].name, e);
+    CHECK_MSG(three.rc != 0 || memcmp(one.vars[p], three.vars[p],
+                                      (size_t)ptc_type_bytes(&t->m->params[p].type)) == 0,
+              "%s: variable @%s differs when updated in place", t->name, t->m->params[p].name);
   }
   rt_out_free(&one);
   rt_out_free(&three);
+  rt_out_free(&loss);
   for (int r = 0; r < nres; r++) ptc_tensor_free(&ref[r]);
   for (int32_t p = 0; p < t->m->nparams; p++) ptc_tensor_free(&evp[p]);
 }
@@ -329,6 +349,19 @@ static void case_reduce(void) {
                     op(&t, PTC_OP_REDUCE_MEAN, 1, &x, 1, &all),
                     op(&t, PTC_OP_REDUCE_MAX, 1, &x, 1, &a2)};
   check(&t, 6, res);
+  tc_fini(&t);
+}
+
+/* rows long enough to be cut into pieces (kernels.c: reduce_long_rows) */
+static void case_reduce_long(void) {
+  tc t;
+  tc_init(&t, "reduce over long rows");
+  int32_t x = farg(&t, 2, D(3, 150001)), y = farg(&t, 2, D(300, 1001));
+  ptc_attr a1 = ptc_attr_ints("axes", D(1), 1), all = ptc_attr_ints("axes", D(0, 1), 2);
+  int32_t res[4] = {op(&t, PTC_OP_REDUCE_SUM, 1, &x, 1, &a1), op(&t, PTC_OP_REDUCE_MAX, 1, &x, 1, &a1),
+                    op(&t, PTC_OP_REDUCE_MEAN, 1, &y, 1, &all),
+                    op(&t, PTC_OP_REDUCE_MAX, 1, &y, 1, &all)};
+  check(&t, 4, res);
   tc_fini(&t);
 }
 
@@ -564,7 +597,7 @@ static void case_transfers(void) {
     PTC_ASSERT(ptc_build(t.f, &ret) >= 0 && ptc_verify_module(t.m) == 0);
     covered[which ? PTC_OP_RECV : PTC_OP_SEND] = true;
     rt_out o;
-    run_runtime(&t, 1, 1, &o);
+    run_runtime(&t, 1, false, false, 1, &o);
     CHECK_MSG(o.rc != 0 && strstr(o.diag, "pipe.ptir:7:3: error:") &&
                   strstr(o.diag, which ? "recv:" : "send:") && strstr(o.diag, "no pipeline peers"),
               "%s on one rank: %s", t.name, o.diag);
@@ -587,7 +620,7 @@ static void case_index_error(void) {
   ptc_build_args ret = {.code = PTC_OP_RETURN, .nin = 1, .in = &e};
   PTC_ASSERT(ptc_build(t.f, &ret) >= 0 && ptc_verify_module(t.m) == 0);
   rt_out o;
-  run_runtime(&t, 2, 1, &o);
+  run_runtime(&t, 2, false, false, 1, &o);
   CHECK_MSG(o.rc != 0 && strstr(o.diag, "m.ptg:3:9: error: embedding: index 12 at position 2 "
                                         "is out of range [0, 4)"),
             "%s", o.diag);
@@ -609,7 +642,7 @@ static void case_dtype_refused(void) {
   ptc_ctx *ctx = ptc_ctx_create();
   ptc_ctx_set_diag_capture(ctx, true);
   ptrt_env env = {ctx, NULL, ptrt_comm_single()};
-  ptrt_program *p = ptrt_program_create(&env, t.f, NULL);
+  ptrt_program *p = ptrt_program_create(&env, t.f, NULL, NULL);
   CHECK(p == NULL);
   CHECK_MSG(strstr(ptc_ctx_diag_text(ctx), "m.ptg:5:1: error: exp: operand 0 is f64"), "%s",
             ptc_ctx_diag_text(ctx));
@@ -625,6 +658,8 @@ int main(void) {
   case_binary(PTC_OP_SUB, "sub [2,1,4]-[3,1]", 3, D(2, 1, 4), 2, D(3, 1), -2);
   case_binary(PTC_OP_MUL, "mul [5,6]*[]", 2, D(5, 6), 0, NULL, -2);
   case_binary(PTC_OP_MUL, "mul [70,300]*[70,300]", 2, D(70, 300), 2, D(70, 300), -2);
+  case_binary(PTC_OP_ADD, "add [3,40000]+[40000] (rows in pieces)", 2, D(3, 40000), 1, D(40000), -2);
+  case_binary(PTC_OP_SUB, "sub [50001]-[] (one long row)", 1, D(50001), 0, NULL, -2);
   case_binary(PTC_OP_DIV, "div [2,3,4]/[2,3,1]", 3, D(2, 3, 4), 3, D(2, 3, 1), 0.5);
   case_binary(PTC_OP_MAXIMUM, "maximum [4,5] [1,5]", 2, D(4, 5), 2, D(1, 5), -2);
   case_unary(PTC_OP_NEG, "neg", -2, 2);
@@ -640,6 +675,7 @@ int main(void) {
   case_cast();
   case_shapes();
   case_reduce();
+  case_reduce_long();
   case_matmul();
   case_embedding();
   case_softmax();

@@ -114,7 +114,8 @@ static void test_roundtrip(void) {
             rep.data);
   ptrt_vars *v = ptrt_vars_create(ctx, p->mod);
   ptrt_env env = {ctx, NULL, ptrt_comm_single()};
-  ptrt_program *prog = ptrt_program_create(&env, p->entry, v);
+  ptrt_program_opts po = {.in_place = true};
+  ptrt_program *prog = ptrt_program_create(&env, p->entry, v, &po);
   CHECK(prog && ptrt_program_planned_peak(prog) == ptc_plan_transient_peak(p->entry));
   /* 24 (matmul) + 24 (add; the reshapes alias it) at once */
   CHECK_MSG(ptc_plan_transient_peak(p->entry) == 48, "peak %lld",

@@ -141,6 +141,17 @@ static void test_weights(void) {
                 strstr(d, "tensor 'extra' is not a parameter of the model") &&
                 strstr(d, "3 problems above"),
             "%s", d);
+  /* a checkpoint carries the state and the step; weights are not one */
+  ptrt_vars_data(v, 2)[5] = 0.25f;
+  CHECK(ptrt_save_checkpoint(ctx, file("ck.safetensors"), v, 17) == 0);
+  int64_t step = -1;
+  CHECK(ptrt_load_checkpoint(ctx, file("ck.safetensors"), u, &step) == 0 && step == 17);
+  CHECK(memcmp(ptrt_vars_data(u, 2), ptrt_vars_data(v, 2), 24) == 0);
+  ptrt_st *ck = ptrt_st_open(ctx, file("ck.safetensors"));
+  CHECK(ck && ptrt_st_find(ck, "w.m") && strcmp(ptrt_st_step(ck), "17") == 0);
+  ptrt_st_close(ck);
+  CHECK(ptrt_load_checkpoint(ctx, file("w.safetensors"), u, &step) == -1);
+  CHECK_MSG(strstr(ptc_ctx_diag_text(ctx), "not a checkpoint"), "%s", ptc_ctx_diag_text(ctx));
   ptrt_vars_destroy(v);
   ptrt_vars_destroy(u);
   ptc_module_destroy(m);

@@ -1,0 +1,223 @@
+/* liveness.c -- where each value of a function lives while it runs op by
+ * op, and when each buffer can be given back.
+ *
+ * One analysis serves two readers: ptrun's executor (runtime/exec.c), which
+ * allocates and frees by it, and the plan's report (plan.c), which states
+ * the transient peak it implies -- so the report's figure is the peak
+ * ptrun measures.  The compiler's memory-plan pass will replace both with
+ * static offsets; until then this is the plan.
+ *
+ * Rules:
+ *  - Arguments and variables (params, state) have storage of their own and
+ *    are never freed; every other value is "transient": a buffer from its
+ *    definition to its last reader.
+ *  - reshape aliases its operand (same buffer, a new type).
+ *  - With in_place, an optimizer update writes straight into its variable
+ *    when the new value's only use is `assign @v` and nothing reads @v after
+ *    the update: the result aliases @v and the assign has nothing to do.
+ *  - `assign @v, %x` commits at its op when nothing after it reads @v, else
+ *    at the end of the run; then %x stays live to the end (or, when %x is
+ *    not transient and might change, a snapshot of it is taken at the op).
+ *  - With loss_only, only the ops the first result depends on run (a step
+ *    function evaluated for its loss: no backward pass, no updates).
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "codegen/codegen.h"
+
+static int32_t root_of(const int32_t *root, int32_t v) {
+  while (root[v] != v) v = root[v];
+  return v;
+}
+
+/* For op code, the operand a result may overwrite in place (-1: none). */
+static int in_place_operand(ptc_opcode code, int32_t result) {
+  switch (code) {
+  case PTC_OP_ADAMW: return result == 0 ? 0 : result == 1 ? 2 : result == 2 ? 3 : -1;
+  case PTC_OP_SGD: return result == 0 ? 0 : result == 1 ? 2 : -1;
+  default: return -1;
+  }
+}
+
+/* Marks the ops the first result needs (loss_only). */
+static void loss_cone(const ptc_func *f, bool *run) {
+  bool *need = ptc_xcalloc((size_t)f->nvalues + 1, sizeof *need);
+  const ptc_op *ret = &f->ops[f->nops - 1];
+  if (ret->nin > 0) need[ret->in[0]] = true;
+  run[f->nops - 1] = true;
+  for (int32_t i = f->nops - 2; i >= 0; i--) {
+    const ptc_op *op = &f->ops[i];
+    bool any = false;
+    for (int32_t r = 0; r < op->nout && !any; r++) any = need[op->out[r]];
+    if (!any) continue;
+    run[i] = true;
+    for (int32_t a = 0; a < op->nin; a++) need[op->in[a]] = true;
+  }
+  free(need);
+}
+
+/* Number of reads of each value (operands of ops that run). */
+static int32_t *use_counts(const ptc_func *f, const bool *run) {
+  int32_t *n = ptc_xcalloc((size_t)f->nvalues + 1, sizeof *n);
+  for (int32_t i = 0; i < f->nops; i++)
+    if (run[i])
+      for (int32_t a = 0; a < f->ops[i].nin; a++) n[f->ops[i].in[a]]++;
+  return n;
+}
+
+/* Whether any op after `after` (that runs) reads the buffer `root`, other
+ * than as the variable an assign writes. */
+static bool read_after(const ptc_func *f, const ptc_liveness *l, int32_t root, int32_t after) {
+  for (int32_t k = after + 1; k < f->nops; k++) {
+    if (!l->run[k]) continue;
+    const ptc_op *o = &f->ops[k];
+    for (int32_t a = 0; a < o->nin; a++) {
+      if (o->code == PTC_OP_ASSIGN && a == 0) continue;
+      if (l->loss_only && o->code == PTC_OP_RETURN && a > 0) continue;
+      if (root_of(l->root, o->in[a]) == root) return true;
+    }
+  }
+  return false;
+}
+
+/* The single assign that consumes value v, or -1. */
+static int32_t sole_assign(const ptc_func *f, const bool *run, const int32_t *uses, int32_t v,
+                           int32_t from) {
+  if (uses[v] != 1) return -1;
+  for (int32_t k = from + 1; k < f->nops; k++) {
+    if (!run[k]) continue;
+    const ptc_op *o = &f->ops[k];
+    for (int32_t a = 0; a < o->nin; a++)
+      if (o->in[a] == v) return o->code == PTC_OP_ASSIGN && a == 1 ? k : -1;
+  }
+  return -1;
+}
+
+void ptc_liveness_compute(ptc_liveness *l, const ptc_func *f, bool in_place, bool loss_only) {
+  memset(l, 0, sizeof *l);
+  int32_t nv = f->nvalues, no = f->nops;
+  l->nvalues = nv;
+  l->nops = no;
+  l->loss_only = loss_only;
+  l->run = ptc_xcalloc((size_t)no + 1, sizeof *l->run);
+  l->root = ptc_xcalloc((size_t)nv + 1, sizeof *l->root);
+  l->where = ptc_xcalloc((size_t)nv + 1, sizeof *l->where);
+  l->last = ptc_xcalloc((size_t)nv + 1, sizeof *l->last);
+  l->assign = ptc_xcalloc((size_t)no + 1, sizeof *l->assign);
+  l->snapshot = ptc_xcalloc((size_t)no + 1, sizeof *l->snapshot);
+  l->free_at = ptc_xcalloc((size_t)no + 2, sizeof *l->free_at);
+  if (loss_only) {
+    loss_cone(f, l->run);
+  } else {
+    for (int32_t i = 0; i < no; i++) l->run[i] = true;
+  }
+  for (int32_t v = 0; v < nv; v++) {
+    l->root[v] = v;
+    l->last[v] = -1;
+    ptc_value_kind k = f->values[v].kind;
+    l->where[v] = k == PTC_VALUE_PARAM ? PTC_LIVE_VAR
+                  : k == PTC_VALUE_ARG ? PTC_LIVE_ARG : PTC_LIVE_TRANSIENT;
+  }
+  for (int32_t i = 0; i < no; i++)
+    if (l->run[i] && f->ops[i].code == PTC_OP_RESHAPE) l->root[f->ops[i].out[0]] = f->ops[i].in[0];
+
+  /* in-place updates: the result takes its variable's storage */
+  if (in_place && !loss_only) {
+    int32_t *uses = use_counts(f, l->run);
+    for (int32_t i = 0; i < no; i++) {
+      const ptc_op *op = &f->ops[i];
+      for (int32_t r = 0; r < op->nout; r++) {
+        int k = in_place_operand(op->code, r);
+        if (k < 0) continue;
+        int32_t var = op->in[k];
+        if (f->values[var].kind != PTC_VALUE_PARAM) continue;
+        int32_t j = sole_assign(f, l->run, uses, op->out[r], i);
+        if (j < 0 || root_of(l->root, f->ops[j].in[0]) != var) continue;
+        if (read_after(f, l, var, i)) continue;
+        l->root[op->out[r]] = var;
+        l->assign[j] = PTC_ASSIGN_IN_PLACE;
+      }
+    }
+    free(uses);
+  }
+
+  /* last readers */
+  for (int32_t i = 0; i < no; i++) {
+    if (!l->run[i]) continue;
+    const ptc_op *op = &f->ops[i];
+    int32_t nin = loss_only && op->code == PTC_OP_RETURN && op->nin > 0 ? 1 : op->nin;
+    for (int32_t k = 0; k < op->nout + nin; k++) {
+      int32_t r = root_of(l->root, k < op->nout ? op->out[k] : op->in[k - op->nout]);
+      if (l->where[r] == PTC_LIVE_TRANSIENT && l->last[r] < i) l->last[r] = i;
+    }
+  }
+  /* when each assign commits */
+  for (int32_t i = 0; i < no; i++) {
+    const ptc_op *op = &f->ops[i];
+    if (!l->run[i] || op->code != PTC_OP_ASSIGN || l->assign[i] == PTC_ASSIGN_IN_PLACE) continue;
+    int32_t var = root_of(l->root, op->in[0]);
+    if (!read_after(f, l, var, i)) {
+      l->assign[i] = PTC_ASSIGN_NOW;
+      continue;
+    }
+    int32_t src = root_of(l->root, op->in[1]);
+    if (l->where[src] == PTC_LIVE_TRANSIENT) {
+      l->assign[i] = PTC_ASSIGN_AT_END;
+      l->last[src] = PTC_LIVE_END;
+    } else {
+      l->assign[i] = PTC_ASSIGN_SNAPSHOT;
+      l->snapshot[i] = ptc_type_bytes(&f->values[op->in[1]].type);
+    }
+  }
+  /* buffers given back after each op (CSR), and the peak that implies */
+  int32_t *count = ptc_xcalloc((size_t)no + 1, sizeof *count);
+  for (int32_t v = 0; v < nv; v++)
+    if (l->root[v] == v && l->where[v] == PTC_LIVE_TRANSIENT && l->last[v] >= 0)
+      count[l->last[v]]++;
+  for (int32_t i = 0; i < no; i++) l->free_at[i + 1] = l->free_at[i] + count[i];
+  l->free_idx = ptc_xcalloc((size_t)l->free_at[no] + 1, sizeof *l->free_idx);
+  memset(count, 0, ((size_t)no + 1) * sizeof *count);
+  for (int32_t v = 0; v < nv; v++)
+    if (l->root[v] == v && l->where[v] == PTC_LIVE_TRANSIENT && l->last[v] >= 0)
+      l->free_idx[l->free_at[l->last[v]] + count[l->last[v]]++] = v;
+  free(count);
+  int64_t live = 0;
+  for (int32_t i = 0; i < no; i++) {
+    if (!l->run[i]) continue;
+    const ptc_op *op = &f->ops[i];
+    for (int32_t r = 0; r < op->nout; r++)
+      if (ptc_liveness_allocates(l, op->out[r]))
+        live += ptc_type_bytes(&f->values[op->out[r]].type);
+    live += l->snapshot[i];
+    if (live > l->peak) l->peak = live;
+    for (int32_t k = l->free_at[i]; k < l->free_at[i + 1]; k++)
+      live -= ptc_type_bytes(&f->values[l->free_idx[k]].type);
+  }
+}
+
+bool ptc_liveness_allocates(const ptc_liveness *l, int32_t v) {
+  return l->root[v] == v && l->where[v] == PTC_LIVE_TRANSIENT;
+}
+
+int32_t ptc_liveness_root(const ptc_liveness *l, int32_t v) { return root_of(l->root, v); }
+
+void ptc_liveness_fini(ptc_liveness *l) {
+  free(l->run);
+  free(l->root);
+  free(l->where);
+  free(l->last);
+  free(l->assign);
+  free(l->snapshot);
+  free(l->free_at);
+  free(l->free_idx);
+  memset(l, 0, sizeof *l);
+}
+
+int64_t ptc_plan_transient_peak(const ptc_func *f) {
+  ptc_liveness l;
+  ptc_liveness_compute(&l, f, true, false);
+  int64_t p = l.peak;
+  ptc_liveness_fini(&l);
+  return p;
+}

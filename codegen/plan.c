@@ -1,0 +1,299 @@
+/* plan.c -- writes a plan directory: manifest.json, step.ptir, report.txt
+ * (docs/plan.md).
+ *
+ * The directory is built under a temporary name next to the destination
+ * and renamed into place, so a failed write leaves nothing half-made and a
+ * reader never sees a plan whose manifest and files disagree.  Checksums
+ * are SHA-256 (OpenSSL's libcrypto): the plan holds code ptrun will run,
+ * so it gets the standard digest that anyone can check with `sha256sum`,
+ * and plan files are small enough that a faster non-cryptographic hash
+ * would save nothing that matters.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "codegen/codegen.h"
+
+ptc_func *ptc_plan_entry(const ptc_module *m) {
+  ptc_func *f = ptc_module_find_func(m, "step");
+  return f ? f : ptc_module_find_func(m, "forward");
+}
+
+/* ---- the report ------------------------------------------------------- */
+
+static void human_bytes(ptc_buf *b, double v) {
+  static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int u = 0;
+  while (v >= 1024.0 && u < PTC_ARRAY_LEN(units) - 1) {
+    v /= 1024.0;
+    u++;
+  }
+  ptc_buf_printf(b, u ? "%.1f %s" : "%.0f %s", v, units[u]);
+}
+
+static void bytes_row(ptc_buf *b, const char *what, int64_t n, const char *note) {
+  ptc_buf_printf(b, "  %-20s %14lld  (", what, (long long)n);
+  human_bytes(b, (double)n);
+  ptc_buf_printf(b, ")%s%s\n", note ? "  " : "", note ? note : "");
+}
+
+void ptc_plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f) {
+  ptc_buf_printf(b, "plan of @%s, written by ptc %s for target cpu\n", m->name,
+                 PTC_VERSION_STRING);
+  ptc_buf_puts(b, "mesh: ");
+  if (m->mesh.naxes) {
+    ptc_mesh_print(b, &m->mesh);
+    ptc_buf_printf(b, " (%lld ranks)\n", (long long)ptc_mesh_size(&m->mesh));
+  } else {
+    ptc_buf_puts(b, "none (1 rank)\n");
+  }
+  bool training = strcmp(f->name, "step") == 0;
+  ptc_buf_printf(b, "entry: @%s (%s)\n", f->name,
+                 training ? "a training step" : "evaluation only: no @step");
+  ptc_buf_puts(b, "\narguments:\n");
+  int64_t in_bytes = 0;
+  for (int32_t i = 0; i < f->nargs; i++) {
+    const ptc_value *v = &f->values[f->args[i]];
+    ptc_buf_printf(b, "  %%%-18s ", v->name ? v->name : "?");
+    ptc_type_print(b, &v->type);
+    ptc_buf_puts(b, "\n");
+    in_bytes += ptc_type_bytes(&v->type);
+  }
+  ptc_buf_puts(b, "results:");
+  for (int32_t i = 0; i < f->nresults; i++) {
+    ptc_buf_puts(b, i ? ", " : " ");
+    ptc_type_print(b, &f->result_types[i]);
+    if (i == 0) ptc_buf_puts(b, " (loss)");
+    else ptc_buf_printf(b, " (r%d)", i);
+  }
+  ptc_buf_puts(b, "\n");
+
+  int64_t pbytes = 0, sbytes = 0, pcount = 0, ntrain = 0, nstate = 0;
+  for (int32_t i = 0; i < m->nparams; i++) {
+    const ptc_param *p = &m->params[i];
+    if (p->trainable) {
+      pbytes += ptc_type_bytes(&p->type);
+      pcount += ptc_type_numel(&p->type);
+      ntrain++;
+    } else {
+      sbytes += ptc_type_bytes(&p->type);
+      nstate++;
+    }
+  }
+  ptc_buf_printf(b, "\nparameters: %lld in %lld tensors\n", (long long)pcount,
+                 (long long)ntrain);
+  int64_t peak = ptc_plan_transient_peak(f);
+  ptc_buf_puts(b, "\nmemory per rank (bytes):\n");
+  bytes_row(b, "parameters", pbytes, NULL);
+  char note[64];
+  snprintf(note, sizeof note, "%lld tensors", (long long)nstate);
+  bytes_row(b, "optimizer state", sbytes, nstate ? note : NULL);
+  bytes_row(b, "inputs", in_bytes, NULL);
+  bytes_row(b, "transient peak", peak,
+            "activations, gradients, workspace: buffers live at once, op by op");
+  bytes_row(b, "total", pbytes + sbytes + in_bytes + peak, NULL);
+
+  double by_kind[PTC_OP_COUNT] = {0}, total = 0;
+  int64_t nk[PTC_OP_COUNT] = {0};
+  for (int32_t i = 0; i < f->nops; i++) {
+    double fl = ptc_op_cost(f, &f->ops[i]).flops;
+    by_kind[f->ops[i].code] += fl;
+    nk[f->ops[i].code]++;
+    total += fl;
+  }
+  ptc_buf_printf(b, "\nflops per step: %.0f (%.3g GFLOP), model FLOPs of @%s by ptc_op_cost\n",
+                 total, total / 1e9, f->name);
+  for (;;) { /* kinds by share, largest first */
+    int best = -1;
+    for (int k = 0; k < PTC_OP_COUNT; k++)
+      if (nk[k] && (best < 0 || by_kind[k] > by_kind[best])) best = k;
+    if (best < 0) break;
+    ptc_buf_printf(b, "  %-20s %6lld ops  %6.2f%%\n", ptc_opinfo_get((ptc_opcode)best)->name,
+                   (long long)nk[best], total > 0 ? 100 * by_kind[best] / total : 0.0);
+    nk[best] = 0;
+  }
+  ptc_buf_puts(b, "\nvariables:\n");
+  for (int32_t i = 0; i < m->nparams; i++) {
+    const ptc_param *p = &m->params[i];
+    ptc_buf_printf(b, "  %-6s @%-28s ", p->trainable ? "param" : "state", p->name);
+    ptc_type_print(b, &p->type);
+    ptc_buf_puts(b, "\n");
+  }
+}
+
+/* ---- files --------------------------------------------------------------- */
+
+static void sha256_hex(const void *data, size_t len, char out[65]) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  int ok = EVP_Digest(data, len, md, &n, EVP_sha256(), NULL);
+  PTC_ASSERT(ok == 1 && n == 32);
+  for (unsigned i = 0; i < n; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
+  out[64] = '\0';
+}
+
+static char *join(const char *dir, const char *name) {
+  size_t n = strlen(dir) + strlen(name) + 2;
+  char *s = ptc_xmalloc(n);
+  snprintf(s, n, "%s/%s", dir, name);
+  return s;
+}
+
+static int put_file(ptc_ctx *ctx, const char *dir, const char *name, const char *data,
+                    size_t len) {
+  char *path = join(dir, name);
+  FILE *f = fopen(path, "wb");
+  bool ok = f && (len == 0 || fwrite(data, 1, len, f) == len);
+  if (f) ok = (fclose(f) == 0) && ok;
+  if (!ok) ptc_error(ctx, ptc_loc_unknown, "cannot write '%s': %s", path, strerror(errno));
+  free(path);
+  return ok ? 0 : -1;
+}
+
+/* Removes the regular files in dir, then dir (a plan has no subdirectories). */
+static void remove_tree(const char *dir) {
+  DIR *d = opendir(dir);
+  if (d) {
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+      if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+      char *p = join(dir, e->d_name);
+      remove(p);
+      free(p);
+    }
+    closedir(d);
+  }
+  rmdir(dir);
+}
+
+/* What is at `dir` now: 0 nothing, 1 an empty directory or a plan (safe to
+ * replace), -1 something else (reported). */
+static int existing(ptc_ctx *ctx, const char *dir) {
+  struct stat st;
+  if (stat(dir, &st) != 0) return 0;
+  if (!S_ISDIR(st.st_mode)) {
+    ptc_error(ctx, ptc_loc_unknown, "cannot write the plan '%s': a file of that name "
+              "exists; remove it, or write the IR with --emit=ir", dir);
+    return -1;
+  }
+  char *man = join(dir, "manifest.json");
+  bool is_plan = stat(man, &st) == 0;
+  free(man);
+  if (is_plan) return 1;
+  DIR *d = opendir(dir);
+  bool empty = true;
+  if (d) {
+    struct dirent *e;
+    while (empty && (e = readdir(d)) != NULL)
+      empty = strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0;
+    closedir(d);
+  }
+  if (empty) return 1;
+  ptc_error(ctx, ptc_loc_unknown, "cannot write the plan '%s': the directory exists and "
+            "is not a plan (no manifest.json); remove it or choose another -o", dir);
+  return -1;
+}
+
+static json_t *file_entry(const char *name, const char *data, size_t len) {
+  char hex[65];
+  sha256_hex(data, len, hex);
+  return json_pack("{s:s,s:I,s:s}", "name", name, "bytes", (json_int_t)len, "sha256", hex);
+}
+
+static json_t *mesh_json(const ptc_mesh *m) {
+  json_t *o = json_object();
+  for (int32_t i = 0; i < m->naxes; i++)
+    json_object_set_new(o, m->axes[i].name, json_integer(m->axes[i].size));
+  return o;
+}
+
+int ptc_plan_write(ptc_module *m, const char *dir) {
+  ptc_ctx *ctx = m->ctx;
+  ptc_func *entry = ptc_plan_entry(m);
+  if (!entry) {
+    ptc_error(ctx, ptc_loc_unknown, "cannot write a plan for @%s: it has no @step or "
+              "@forward function to run; write the IR with --emit=ir", m->name);
+    return -1;
+  }
+  int ex = existing(ctx, dir);
+  if (ex < 0) return -1;
+
+  size_t tlen = strlen(dir) + 16;
+  char *tmp = ptc_xmalloc(tlen);
+  snprintf(tmp, tlen, "%s.tmp-XXXXXX", dir);
+  if (!mkdtemp(tmp)) {
+    ptc_error(ctx, ptc_loc_unknown, "cannot write the plan '%s': %s", dir, strerror(errno));
+    free(tmp);
+    return -1;
+  }
+  /* mkdtemp makes the directory private; a plan is as readable as any
+   * file the user writes */
+  mode_t mask = umask(0);
+  umask(mask);
+  chmod(tmp, 0777 & ~mask);
+  int rc = -1;
+  ptc_buf ir, rep;
+  ptc_buf_init(&ir);
+  ptc_buf_init(&rep);
+  json_t *man = NULL;
+  char *mtext = NULL;
+  ptc_print_module(&ir, m);
+  ptc_plan_report(&rep, m, entry);
+  const char *irs = ir.data ? ir.data : "", *reps = rep.data ? rep.data : "";
+  if (put_file(ctx, tmp, "step.ptir", irs, ir.len) != 0 ||
+      put_file(ctx, tmp, "report.txt", reps, rep.len) != 0)
+    goto out;
+  json_t *files = json_array();
+  json_array_append_new(files, file_entry("step.ptir", irs, ir.len));
+  json_array_append_new(files, file_entry("report.txt", reps, rep.len));
+  man = json_pack("{s:s,s:i,s:s,s:s,s:o,s:s,s:s,s:s,s:o}", "format", PTC_PLAN_FORMAT,
+                  "version", PTC_PLAN_VERSION, "ptc_version", PTC_VERSION_STRING, "model",
+                  m->name, "mesh", mesh_json(&m->mesh), "target", "cpu", "entry",
+                  entry->name, "checksum", "sha256", "files", files);
+  PTC_ASSERT(man);
+  mtext = json_dumps(man, JSON_INDENT(2));
+  PTC_ASSERT(mtext);
+  size_t mlen = strlen(mtext);
+  mtext = ptc_xrealloc(mtext, mlen + 2);
+  memcpy(mtext + mlen, "\n", 2); /* a text file ends with a newline */
+  if (put_file(ctx, tmp, "manifest.json", mtext, mlen + 1) != 0) goto out;
+  /* install: move an old plan aside, the new one in, then drop the old */
+  if (ex == 1) {
+    char *old = ptc_xmalloc(tlen);
+    snprintf(old, tlen, "%s.old-XXXXXX", dir);
+    if (!mkdtemp(old) || rename(dir, old) != 0) {
+      ptc_error(ctx, ptc_loc_unknown, "cannot replace the plan '%s': %s", dir,
+                strerror(errno));
+      rmdir(old);
+      free(old);
+      goto out;
+    }
+    if (rename(tmp, dir) != 0) {
+      ptc_error(ctx, ptc_loc_unknown, "cannot write the plan '%s': %s", dir, strerror(errno));
+      rename(old, dir);
+      free(old);
+      goto out;
+    }
+    remove_tree(old);
+    free(old);
+  } else if (rename(tmp, dir) != 0) {
+    ptc_error(ctx, ptc_loc_unknown, "cannot write the plan '%s': %s", dir, strerror(errno));
+    goto out;
+  }
+  rc = 0;
+out:
+  if (rc != 0) remove_tree(tmp);
+  free(tmp);
+  free(mtext);
+  json_decref(man);
+  ptc_buf_fini(&ir);
+  ptc_buf_fini(&rep);
+  return rc;
+}

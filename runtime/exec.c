@@ -1,0 +1,378 @@
+/* exec.c -- the executor: runs a ptir function op by op with the CPU
+ * kernels.
+ *
+ * Everything that does not change between runs is worked out once, when
+ * the program is made: which kernel runs each op (and that it can), where
+ * each value lives (a variable, an argument buffer, its own transient
+ * buffer, or -- for reshape -- its operand's buffer), the last op that
+ * reads each transient buffer, and when each assign may commit.  A run is
+ * then a loop over the ops: allocate results, call the kernel, give back
+ * the buffers whose last reader this op was.
+ *
+ * Memory: transient buffers come from a cache keyed by exact size (every
+ * step asks for the same sizes in the same order, so after the first step
+ * nothing is allocated).  `live` counts the bytes of transient buffers in
+ * use, `peak` its high-water mark; both follow the last-use analysis
+ * exactly, so the measured peak equals ptrt_program_planned_peak.
+ */
+#include <stdio.h>
+
+#include "codegen/codegen.h"
+#include "runtime/internal.h"
+
+typedef struct cached {
+  int64_t bytes;
+  void *p;
+} cached;
+
+typedef struct pending {
+  int32_t param;
+  void *data;
+  bool owned;    /* a snapshot to free after committing */
+  int64_t bytes; /* of the snapshot */
+} pending;
+
+struct ptrt_program {
+  ptrt_env env;
+  ptc_func *f;
+  ptrt_vars *vars;
+  ptrt_program_opts opts;
+  ptc_liveness live_plan;
+  bool has_in_place;
+  int32_t nv, nops;
+  int64_t *bytes; /* per value */
+  void **data;    /* per value: its buffer now */
+  bool *held;     /* per root: holds a transient buffer now */
+  ptrt_kernel_fn *kern;
+  int32_t max_args;
+  void **in_ptrs, **out_ptrs;
+  void **arg_buf;
+  void **res_buf;
+  int64_t *res_bytes;
+  int32_t nres;
+  pending *pend;
+  int32_t npend;
+  cached *cache;
+  int32_t ncache, cap_cache;
+  ptrt_mem mem;
+  bool check_finite;
+  bool profile;
+  double prof_s[PTC_OP_COUNT];
+  int64_t prof_n[PTC_OP_COUNT];
+};
+
+/* ---- the buffer cache -------------------------------------------------- */
+
+static void *buf_get(ptrt_program *p, int64_t bytes) {
+  for (int32_t i = p->ncache - 1; i >= 0; i--)
+    if (p->cache[i].bytes == bytes) {
+      void *r = p->cache[i].p;
+      p->cache[i] = p->cache[--p->ncache];
+      p->mem.cached -= bytes;
+      return r;
+    }
+  return ptrt_alloc(bytes);
+}
+
+static void buf_put(ptrt_program *p, void *ptr, int64_t bytes) {
+  if (p->ncache == p->cap_cache) {
+    p->cap_cache = p->cap_cache ? 2 * p->cap_cache : 64;
+    p->cache = ptc_xrealloc(p->cache, (size_t)p->cap_cache * sizeof *p->cache);
+  }
+  p->cache[p->ncache++] = (cached){bytes, ptr};
+  p->mem.cached += bytes;
+}
+
+/* ---- making a program ------------------------------------------------- */
+
+static int32_t param_of_value(const ptc_func *f, int32_t v) {
+  return f->values[v].kind == PTC_VALUE_PARAM ? f->values[v].def : -1;
+}
+
+ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *vars,
+                                  const ptrt_program_opts *opts) {
+  ptc_ctx *ctx = env->ctx;
+  ptrt_program_opts o = {0};
+  if (opts) o = *opts;
+  ptc_liveness lv;
+  ptc_liveness_compute(&lv, f, o.in_place, o.loss_only);
+  int bad = 0;
+  for (int32_t i = 0; i < f->nops; i++)
+    if (lv.run[i] && ptrt_kernel_check(ctx, f, &f->ops[i]) != 0) bad++;
+  for (int32_t i = 0; i < f->nargs; i++) {
+    ptc_dtype t = f->values[f->args[i]].type.dtype;
+    if (t != PTC_DTYPE_F32 && t != PTC_DTYPE_I32 && t != PTC_DTYPE_I64) {
+      ptc_error(ctx, f->loc, "argument %d of @%s is %s; the CPU runtime takes f32, "
+                "i32 and i64 arguments", i, f->name, ptc_dtype_name(t));
+      bad++;
+    }
+  }
+  if (bad) {
+    ptc_liveness_fini(&lv);
+    return NULL;
+  }
+  ptrt_program *p = ptc_xcalloc(1, sizeof *p);
+  p->env = *env;
+  p->f = f;
+  p->vars = vars;
+  p->opts = o;
+  p->live_plan = lv;
+  p->nv = f->nvalues;
+  p->nops = f->nops;
+  size_t nv = (size_t)p->nv + 1, no = (size_t)p->nops + 1;
+  p->bytes = ptc_xcalloc(nv, sizeof *p->bytes);
+  p->data = ptc_xcalloc(nv, sizeof *p->data);
+  p->held = ptc_xcalloc(nv, sizeof *p->held);
+  p->kern = ptc_xcalloc(no, sizeof *p->kern);
+  p->arg_buf = ptc_xcalloc((size_t)f->nargs + 1, sizeof *p->arg_buf);
+  p->pend = ptc_xcalloc(no, sizeof *p->pend);
+  p->mem.vars = vars ? vars->bytes : 0;
+  for (int32_t v = 0; v < p->nv; v++) {
+    const ptc_value *val = &f->values[v];
+    p->bytes[v] = ptc_type_bytes(&val->type);
+    if (val->kind == PTC_VALUE_PARAM) {
+      PTC_ASSERT(vars && val->def < vars->mod->nparams);
+      p->data[v] = ptrt_vars_data(vars, val->def);
+    }
+  }
+  for (int32_t i = 0; i < f->nargs; i++) {
+    int32_t v = f->args[i];
+    p->arg_buf[i] = ptrt_alloc(p->bytes[v]);
+    PTC_ASSERT(p->arg_buf[i]);
+    memset(p->arg_buf[i], 0, (size_t)p->bytes[v]);
+    p->data[v] = p->arg_buf[i];
+    p->mem.fixed += p->bytes[v];
+  }
+  for (int32_t i = 0; i < p->nops; i++) {
+    const ptc_op *op = &f->ops[i];
+    p->kern[i] = ptrt_kernel_get(op->code);
+    int32_t n = op->nin > op->nout ? op->nin : op->nout;
+    if (n > p->max_args) p->max_args = n;
+    if (lv.assign[i] == PTC_ASSIGN_IN_PLACE) p->has_in_place = true;
+  }
+  p->in_ptrs = ptc_xcalloc((size_t)p->max_args + 1, sizeof *p->in_ptrs);
+  p->out_ptrs = ptc_xcalloc((size_t)p->max_args + 1, sizeof *p->out_ptrs);
+  const ptc_op *ret = &f->ops[p->nops - 1];
+  PTC_ASSERT(ret->code == PTC_OP_RETURN);
+  p->nres = o.loss_only && ret->nin > 1 ? 1 : ret->nin;
+  p->res_buf = ptc_xcalloc((size_t)ret->nin + 1, sizeof *p->res_buf);
+  p->res_bytes = ptc_xcalloc((size_t)ret->nin + 1, sizeof *p->res_bytes);
+  for (int32_t i = 0; i < ret->nin; i++) {
+    p->res_bytes[i] = p->bytes[ret->in[i]];
+    p->res_buf[i] = ptrt_alloc(p->res_bytes[i]);
+    PTC_ASSERT(p->res_buf[i]);
+    memset(p->res_buf[i], 0, (size_t)p->res_bytes[i]);
+    p->mem.fixed += p->res_bytes[i];
+  }
+  return p;
+}
+
+void ptrt_program_destroy(ptrt_program *p) {
+  if (!p) return;
+  for (int32_t v = 0; v < p->nv; v++)
+    if (p->held[v]) ptrt_free(p->data[v]);
+  for (int32_t i = 0; i < p->ncache; i++) ptrt_free(p->cache[i].p);
+  for (int32_t i = 0; i < p->f->nargs; i++) ptrt_free(p->arg_buf[i]);
+  const ptc_op *ret = &p->f->ops[p->nops - 1];
+  for (int32_t i = 0; i < ret->nin; i++) ptrt_free(p->res_buf[i]);
+  ptc_liveness_fini(&p->live_plan);
+  free(p->cache);
+  free(p->bytes);
+  free(p->data);
+  free(p->held);
+  free(p->kern);
+  free(p->in_ptrs);
+  free(p->out_ptrs);
+  free(p->arg_buf);
+  free(p->res_buf);
+  free(p->res_bytes);
+  free(p->pend);
+  free(p);
+}
+
+void *ptrt_program_arg(ptrt_program *p, int32_t i) {
+  PTC_ASSERT(i >= 0 && i < p->f->nargs);
+  return p->arg_buf[i];
+}
+
+const void *ptrt_program_result(const ptrt_program *p, int32_t i) {
+  PTC_ASSERT(i >= 0 && i < p->nres);
+  return p->res_buf[i];
+}
+
+ptrt_mem ptrt_program_mem(const ptrt_program *p) { return p->mem; }
+int64_t ptrt_program_planned_peak(const ptrt_program *p) { return p->live_plan.peak; }
+
+void ptrt_program_set_check_finite(ptrt_program *p, bool on) { p->check_finite = on; }
+void ptrt_program_set_profile(ptrt_program *p, bool on) { p->profile = on; }
+
+/* ---- running ----------------------------------------------------------- */
+
+static void note_live(ptrt_program *p, int64_t delta) {
+  p->mem.live += delta;
+  if (p->mem.live > p->mem.peak) p->mem.peak = p->mem.live;
+  if (p->mem.live > p->mem.run_peak) p->mem.run_peak = p->mem.live;
+}
+
+static void release(ptrt_program *p, int32_t root) {
+  if (!p->held[root]) return;
+  buf_put(p, p->data[root], p->bytes[root]);
+  p->held[root] = false;
+  note_live(p, -p->bytes[root]);
+}
+
+static int acquire(ptrt_program *p, int32_t v) {
+  void *b = buf_get(p, p->bytes[v]);
+  if (!b) {
+    ptrt_error(p->env.ctx, "out of memory: %lld more bytes with %lld in use",
+               (long long)p->bytes[v], (long long)p->mem.live);
+    return -1;
+  }
+  p->data[v] = b;
+  p->held[v] = true;
+  note_live(p, p->bytes[v]);
+  return 0;
+}
+
+/* The first non-finite element of op i's float results, reported. */
+static int check_finite(ptrt_program *p, int32_t i) {
+  const ptc_op *op = &p->f->ops[i];
+  for (int32_t r = 0; r < op->nout; r++) {
+    int32_t v = op->out[r];
+    if (p->f->values[v].type.dtype != PTC_DTYPE_F32) continue;
+    const float *x = p->data[v];
+    int64_t n = ptc_type_numel(&p->f->values[v].type);
+    for (int64_t k = 0; k < n; k++)
+      if (!isfinite(x[k])) {
+        ptc_error(p->env.ctx, op->loc, "%s: result %d holds %s at element %lld "
+                  "(--check-numerics)", ptc_opinfo_get(op->code)->name, r,
+                  isnan(x[k]) ? "NaN" : "an infinity", (long long)k);
+        return -1;
+      }
+  }
+  return 0;
+}
+
+static void commit(ptrt_program *p, int32_t param, const void *src) {
+  void *dst = ptrt_vars_data(p->vars, param);
+  if (dst != src) memmove(dst, src, (size_t)ptc_type_bytes(&p->vars->mod->params[param].type));
+}
+
+static int run_assign(ptrt_program *p, int32_t i, bool do_commit) {
+  const ptc_op *op = &p->f->ops[i];
+  if (!do_commit) return 0;
+  int32_t param = param_of_value(p->f, ptc_liveness_root(&p->live_plan, op->in[0]));
+  PTC_ASSERT(param >= 0);
+  const void *src = p->data[op->in[1]];
+  switch ((ptc_assign_mode)p->live_plan.assign[i]) {
+  case PTC_ASSIGN_NOW: commit(p, param, src); break;
+  case PTC_ASSIGN_IN_PLACE: break;
+  case PTC_ASSIGN_AT_END: p->pend[p->npend++] = (pending){param, (void *)src, false, 0}; break;
+  case PTC_ASSIGN_SNAPSHOT: {
+    int64_t n = p->bytes[op->in[1]];
+    void *snap = ptrt_alloc(n);
+    if (!snap) {
+      ptrt_error(p->env.ctx, "out of memory copying the new value of @%s",
+                 p->f->mod->params[param].name);
+      return -1;
+    }
+    memcpy(snap, src, (size_t)n);
+    note_live(p, n);
+    p->pend[p->npend++] = (pending){param, snap, true, n};
+    break;
+  }
+  }
+  return 0;
+}
+
+/* One op; 0 or -1 (reported). */
+static int run_op(ptrt_program *p, int32_t i, bool do_commit) {
+  ptc_func *f = p->f;
+  const ptc_op *op = &f->ops[i];
+  if (op->code == PTC_OP_ASSIGN) return run_assign(p, i, do_commit);
+  if (op->code == PTC_OP_RETURN) {
+    for (int32_t r = 0; r < p->nres; r++)
+      memcpy(p->res_buf[r], p->data[op->in[r]], (size_t)p->res_bytes[r]);
+    return 0;
+  }
+  bool computes = false;
+  for (int32_t r = 0; r < op->nout; r++) {
+    int32_t v = op->out[r];
+    if (ptc_liveness_allocates(&p->live_plan, v)) {
+      if (acquire(p, v) != 0) return -1;
+      computes = true;
+    } else {
+      /* a view (reshape) or an in-place update of a variable */
+      p->data[v] = p->data[ptc_liveness_root(&p->live_plan, v)];
+      computes |= op->code != PTC_OP_RESHAPE;
+    }
+  }
+  if (!computes && op->nout > 0) return 0; /* a reshape: nothing moves */
+  for (int32_t a = 0; a < op->nin; a++) p->in_ptrs[a] = p->data[op->in[a]];
+  for (int32_t r = 0; r < op->nout; r++) p->out_ptrs[r] = p->data[op->out[r]];
+  ptrt_kargs k = {&p->env, f, op, p->in_ptrs, p->out_ptrs};
+  double t0 = p->profile ? ptrt_now() : 0;
+  if (p->kern[i](&k) != 0) return -1;
+  if (p->profile) {
+    p->prof_s[op->code] += ptrt_now() - t0;
+    p->prof_n[op->code]++;
+  }
+  if (p->check_finite) return check_finite(p, i);
+  return 0;
+}
+
+int ptrt_program_run(ptrt_program *p, bool do_commit) {
+  /* an update that wrote its variable in place cannot be taken back */
+  PTC_ASSERT(do_commit || !p->has_in_place);
+  int rc = 0;
+  p->npend = 0;
+  p->mem.run_peak = 0;
+  const ptc_liveness *lv = &p->live_plan;
+  for (int32_t i = 0; i < p->nops && rc == 0; i++) {
+    if (!lv->run[i]) continue;
+    rc = run_op(p, i, do_commit);
+    for (int32_t k = lv->free_at[i]; k < lv->free_at[i + 1]; k++) release(p, lv->free_idx[k]);
+  }
+  if (rc == 0)
+    for (int32_t i = 0; i < p->npend; i++) commit(p, p->pend[i].param, p->pend[i].data);
+  /* snapshots, and the values kept for the end (after an error: everything
+   * still live) go back now */
+  for (int32_t i = 0; i < p->npend; i++)
+    if (p->pend[i].owned) {
+      ptrt_free(p->pend[i].data);
+      note_live(p, -p->pend[i].bytes);
+    }
+  for (int32_t v = 0; v < p->nv; v++)
+    if (p->held[v]) release(p, v);
+  p->npend = 0;
+  return rc;
+}
+
+/* ---- profile and costs ----------------------------------------------- */
+
+void ptrt_program_print_profile(const ptrt_program *p, FILE *out) {
+  double total = 0;
+  for (int i = 0; i < PTC_OP_COUNT; i++) total += p->prof_s[i];
+  if (total <= 0) return;
+  int order[PTC_OP_COUNT];
+  for (int i = 0; i < PTC_OP_COUNT; i++) order[i] = i;
+  for (int i = 1; i < PTC_OP_COUNT; i++) /* insertion sort by time, descending */
+    for (int j = i; j > 0 && p->prof_s[order[j]] > p->prof_s[order[j - 1]]; j--) {
+      int t = order[j];
+      order[j] = order[j - 1];
+      order[j - 1] = t;
+    }
+  fprintf(out, "time by op kind (all runs):\n");
+  for (int i = 0; i < PTC_OP_COUNT && p->prof_s[order[i]] > 0; i++) {
+    int c = order[i];
+    fprintf(out, "  %-20s %10.1f ms %5.1f%%  %lld calls\n",
+            ptc_opinfo_get((ptc_opcode)c)->name, 1e3 * p->prof_s[c],
+            100 * p->prof_s[c] / total, (long long)p->prof_n[c]);
+  }
+}
+
+double ptrt_func_flops(const ptc_func *f) {
+  double s = 0;
+  for (int32_t i = 0; i < f->nops; i++) s += ptc_op_cost(f, &f->ops[i]).flops;
+  return s;
+}

@@ -1,0 +1,286 @@
+/* plan.c -- reading a plan directory (docs/plan.md), refusing anything
+ * that is not exactly what ptc wrote.
+ *
+ * Order of checks: the directory, manifest.json (JSON, format name,
+ * version, target, checksum algorithm, file list), each listed file's
+ * presence, size and SHA-256, then step.ptir through the parser and the
+ * verifier.  Each refusal is one diagnostic naming the file and the
+ * problem, and says what to do (recompile with `ptc MODEL -o PLAN`).
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <openssl/evp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "runtime/ptrt.h"
+
+#define RECOMPILE "recompile the model with 'ptc MODEL.ptg -o %s'"
+
+void ptrt_sha256_hex(const void *data, size_t len, char out[65]) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int n = 0;
+  int ok = EVP_Digest(data, len, md, &n, EVP_sha256(), NULL);
+  PTC_ASSERT(ok == 1 && n == 32);
+  for (unsigned i = 0; i < n; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
+  out[64] = '\0';
+}
+
+static char *join(const char *dir, const char *name) {
+  size_t n = strlen(dir) + strlen(name) + 2;
+  char *s = ptc_xmalloc(n);
+  snprintf(s, n, "%s/%s", dir, name);
+  return s;
+}
+
+/* Whole file into a heap buffer; NULL with errno set. */
+static char *slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  ptc_buf b;
+  ptc_buf_init(&b);
+  char chunk[65536];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) ptc_buf_put(&b, chunk, n);
+  int err = ferror(f) ? EIO : 0;
+  fclose(f);
+  if (err) {
+    ptc_buf_fini(&b);
+    errno = err;
+    return NULL;
+  }
+  if (!b.data) ptc_buf_put(&b, "", 0);
+  *len = b.len;
+  return b.data;
+}
+
+static bool plain_name(const char *s) {
+  if (!*s || strcmp(s, ".") == 0 || strcmp(s, "..") == 0) return false;
+  for (; *s; s++)
+    if (*s == '/' || *s == '\\' || (unsigned char)*s < 0x20) return false;
+  return true;
+}
+
+/* A string member of the manifest, or NULL after reporting. */
+static const char *need_str(ptc_ctx *ctx, const char *mpath, json_t *obj, const char *key,
+                            const char *dir) {
+  json_t *v = json_object_get(obj, key);
+  if (json_is_string(v)) return json_string_value(v);
+  ptrt_file_error(ctx, mpath, "'%s' is %s, expected a string: the manifest is damaged; "
+                  RECOMPILE, key, v ? "not a string" : "missing", dir);
+  return NULL;
+}
+
+/* Checks one listed file; returns its contents (heap) when keep, else
+ * frees them.  -1 after reporting. */
+static int check_file(ptc_ctx *ctx, const char *dir, const char *mpath, json_t *entry,
+                      const char **name_out, char **keep, size_t *keep_len) {
+  const char *name = need_str(ctx, mpath, entry, "name", dir);
+  if (!name) return -1;
+  if (!plain_name(name)) {
+    ptrt_file_error(ctx, mpath, "lists the file '%s', which is not a plain file name "
+                    "in the plan directory; " RECOMPILE, name, dir);
+    return -1;
+  }
+  const char *want = need_str(ctx, mpath, entry, "sha256", dir);
+  json_t *bytes = json_object_get(entry, "bytes");
+  if (!want) return -1;
+  if (!json_is_integer(bytes) || json_integer_value(bytes) < 0) {
+    ptrt_file_error(ctx, mpath, "the size of '%s' is missing or not a count; " RECOMPILE,
+                    name, dir);
+    return -1;
+  }
+  char *path = join(dir, name);
+  int rc = -1;
+  struct stat st;
+  if (stat(path, &st) != 0) {
+    ptrt_file_error(ctx, path, "missing (%s), but the manifest lists it: the plan is "
+                    "incomplete; " RECOMPILE, strerror(errno), dir);
+    goto out;
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ptrt_file_error(ctx, path, "is not a regular file; " RECOMPILE, dir);
+    goto out;
+  }
+  size_t len = 0;
+  char *data = slurp(path, &len);
+  if (!data) {
+    ptrt_file_error(ctx, path, "cannot read: %s", strerror(errno));
+    goto out;
+  }
+  json_int_t expect = json_integer_value(bytes);
+  if ((json_int_t)len != expect) {
+    ptrt_file_error(ctx, path, "%zu bytes, but the manifest records %lld: the file is %s; "
+                    RECOMPILE, len, (long long)expect,
+                    (json_int_t)len < expect ? "truncated" : "longer than written", dir);
+    free(data);
+    goto out;
+  }
+  char got[65];
+  ptrt_sha256_hex(data, len, got);
+  if (strcmp(got, want) != 0) {
+    ptrt_file_error(ctx, path, "SHA-256 %.12s... does not match %.12s... in the "
+                    "manifest: the file is corrupted or was changed after ptc wrote "
+                    "it; " RECOMPILE, got, want, dir);
+    free(data);
+    goto out;
+  }
+  *name_out = name;
+  if (keep) {
+    *keep = data;
+    *keep_len = len;
+  } else {
+    free(data);
+  }
+  rc = 0;
+out:
+  free(path);
+  return rc;
+}
+
+static ptrt_plan *fail(ptrt_plan *p, json_t *root) {
+  json_decref(root);
+  ptrt_plan_close(p);
+  return NULL;
+}
+
+ptrt_plan *ptrt_plan_open(ptc_ctx *ctx, const char *dir) {
+  struct stat st;
+  if (stat(dir, &st) != 0) {
+    ptrt_file_error(ctx, dir, "no such plan (%s); compile one with 'ptc MODEL.ptg -o %s'",
+                    strerror(errno), dir);
+    return NULL;
+  }
+  if (!S_ISDIR(st.st_mode)) {
+    ptrt_file_error(ctx, dir, "not a plan: a plan is the directory 'ptc MODEL.ptg -o %s' "
+                    "writes", dir);
+    return NULL;
+  }
+  ptrt_plan *p = ptc_xcalloc(1, sizeof *p);
+  p->dir = ptc_xmalloc(strlen(dir) + 1);
+  strcpy(p->dir, dir);
+  char *mpath_heap = join(dir, "manifest.json");
+  const char *mpath = ptc_intern_cstr(ctx, mpath_heap);
+  free(mpath_heap);
+  json_t *root = NULL;
+  if (stat(mpath, &st) != 0) {
+    ptrt_file_error(ctx, mpath, "missing: '%s' is not a complete plan; " RECOMPILE, dir, dir);
+    return fail(p, root);
+  }
+  json_error_t jerr;
+  root = json_load_file(mpath, JSON_REJECT_DUPLICATES, &jerr);
+  if (!root) {
+    ptc_loc loc = {mpath, jerr.line > 0 ? jerr.line : 0, jerr.column > 0 ? jerr.column : 1};
+    ptc_error(ctx, loc, "the manifest is not valid JSON (%s): it is corrupted; " RECOMPILE,
+              jerr.text, dir);
+    return fail(p, root);
+  }
+  if (!json_is_object(root)) {
+    ptrt_file_error(ctx, mpath, "the manifest is not a JSON object; " RECOMPILE, dir);
+    return fail(p, root);
+  }
+  const char *format = need_str(ctx, mpath, root, "format", dir);
+  if (!format) return fail(p, root);
+  if (strcmp(format, PTRT_PLAN_FORMAT) != 0) {
+    ptrt_file_error(ctx, mpath, "format '%s' is not '%s': this is not a ptc plan", format,
+                    PTRT_PLAN_FORMAT);
+    return fail(p, root);
+  }
+  json_t *ver = json_object_get(root, "version");
+  if (!json_is_integer(ver)) {
+    ptrt_file_error(ctx, mpath, "the plan version is missing; " RECOMPILE, dir);
+    return fail(p, root);
+  }
+  if (json_integer_value(ver) != PTRT_PLAN_VERSION) {
+    ptrt_file_error(ctx, mpath, "plan version %lld, but this ptrun (ptc %s) reads version "
+                    "%d: recompile the model with the ptc of this release "
+                    "('ptc MODEL.ptg -o %s')", (long long)json_integer_value(ver),
+                    PTC_VERSION_STRING, PTRT_PLAN_VERSION, dir);
+    return fail(p, root);
+  }
+  const char *target = need_str(ctx, mpath, root, "target", dir);
+  if (!target) return fail(p, root);
+  if (strcmp(target, "cpu") != 0) {
+    ptrt_file_error(ctx, mpath, "the plan targets '%s'; this ptrun runs 'cpu' plans", target);
+    return fail(p, root);
+  }
+  const char *algo = need_str(ctx, mpath, root, "checksum", dir);
+  if (!algo) return fail(p, root);
+  if (strcmp(algo, "sha256") != 0) {
+    ptrt_file_error(ctx, mpath, "checksums are '%s'; this ptrun checks 'sha256'; "
+                    RECOMPILE, algo, dir);
+    return fail(p, root);
+  }
+  const char *model = need_str(ctx, mpath, root, "model", dir);
+  const char *pv = need_str(ctx, mpath, root, "ptc_version", dir);
+  const char *entry = need_str(ctx, mpath, root, "entry", dir);
+  if (!model || !pv || !entry) return fail(p, root);
+  p->model = ptc_xmalloc(strlen(model) + 1);
+  strcpy(p->model, model);
+  p->ptc_version = ptc_xmalloc(strlen(pv) + 1);
+  strcpy(p->ptc_version, pv);
+
+  json_t *files = json_object_get(root, "files");
+  if (!json_is_array(files)) {
+    ptrt_file_error(ctx, mpath, "'files' is missing or not a list; " RECOMPILE, dir);
+    return fail(p, root);
+  }
+  char *ir = NULL;
+  size_t ir_len = 0;
+  bool have_ir = false;
+  for (size_t i = 0; i < json_array_size(files); i++) {
+    json_t *e = json_array_get(files, i);
+    if (!json_is_object(e)) {
+      ptrt_file_error(ctx, mpath, "entry %zu of 'files' is not an object; " RECOMPILE, i, dir);
+      free(ir);
+      return fail(p, root);
+    }
+    json_t *nm = json_object_get(e, "name");
+    bool is_ir = json_is_string(nm) && strcmp(json_string_value(nm), "step.ptir") == 0;
+    const char *name;
+    if (check_file(ctx, dir, mpath, e, &name, is_ir && !have_ir ? &ir : NULL, &ir_len) != 0) {
+      free(ir);
+      return fail(p, root);
+    }
+    have_ir |= is_ir;
+  }
+  if (!have_ir) {
+    ptrt_file_error(ctx, mpath, "lists no step.ptir, the schedule to run; " RECOMPILE, dir);
+    return fail(p, root);
+  }
+  char *ir_path = join(dir, "step.ptir");
+  p->mod = ptc_parse_module(ctx, ir_path, ir, ir_len);
+  free(ir);
+  if (p->mod && ptc_verify_module(p->mod) != 0) {
+    ptc_module_destroy(p->mod);
+    p->mod = NULL;
+  }
+  if (!p->mod) {
+    ptrt_file_error(ctx, ir_path, "the plan's IR does not parse or verify (above), though "
+                    "its checksum matches: it was written by a ptc that disagrees with "
+                    "this ptrun; " RECOMPILE, dir);
+    free(ir_path);
+    return fail(p, root);
+  }
+  free(ir_path);
+  p->entry = ptc_module_find_func(p->mod, entry);
+  if (!p->entry || (strcmp(entry, "step") != 0 && strcmp(entry, "forward") != 0)) {
+    ptrt_file_error(ctx, mpath, "the entry function '@%s' is %s; " RECOMPILE, entry,
+                    p->entry ? "neither @step nor @forward" : "not in step.ptir", dir);
+    return fail(p, root);
+  }
+  p->training = strcmp(entry, "step") == 0;
+  p->forward = ptc_module_find_func(p->mod, "forward");
+  json_decref(root);
+  return p;
+}
+
+void ptrt_plan_close(ptrt_plan *p) {
+  if (!p) return;
+  ptc_module_destroy(p->mod);
+  free(p->dir);
+  free(p->model);
+  free(p->ptc_version);
+  free(p);
+}

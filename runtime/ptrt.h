@@ -1,0 +1,391 @@
+/* ptrt.h -- the CPU runtime behind ptrun: plans, kernels, the executor,
+ * parameter init, token files, safetensors, the thread pool and the
+ * communicator table.
+ *
+ * The schedule is the final ptir.  A plan directory (docs/plan.md) holds
+ * step.ptir; ptrt_plan_open checks the manifest and the checksums, parses
+ * and verifies the IR, and ptrt_program_create turns its entry function
+ * into a program that ptrt_program_run executes op by op with the kernels
+ * of kernels*.c (one per opcode, semantics those of ir/eval.c).
+ *
+ * Invariants:
+ *  - Buffers are row-major and 64-byte aligned: f32 for every float value,
+ *    i32 or i64 for integer values.  Other dtypes (bf16, f16, f64, i8,
+ *    bool) are refused when a program is made, naming the op and its IR
+ *    location.
+ *  - Variables (module params and optimizer state) live in one allocation
+ *    (ptrt_vars) for the whole run.  A program's other values get a buffer
+ *    at their definition and give it back after their last use (computed
+ *    once, when the program is made); `reshape` aliases its operand.
+ *  - `assign @v, %x` commits when the function returns (reads of @v see the
+ *    entry value); the executor commits earlier when nothing reads @v
+ *    afterwards, which is the same thing.
+ *  - No global mutable state: everything hangs off the objects below.
+ *
+ * Errors: functions report through ptc_error on the ptc_ctx they are given
+ * (at a file or an IR location) and return -1 or NULL; only tools/ decide
+ * exit codes.  Internal bugs abort through PTC_ASSERT.
+ * Ownership: every *_create / *_open returns an object the caller releases
+ * with the matching *_destroy / *_close; pointers into an object are valid
+ * until it is released.
+ */
+#ifndef PTRT_H
+#define PTRT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "ir/ir.h"
+
+/* ======================================================================
+ * util.c -- errors without a location, clocks, memory, core counts
+ * ====================================================================== */
+
+/* "ptrun: error: ..." through ctx (a location-free runtime error). */
+void ptrt_error(ptc_ctx *ctx, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+/* An error about a file: "PATH: error: ...". */
+void ptrt_file_error(ptc_ctx *ctx, const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+double ptrt_now(void); /* monotonic seconds */
+
+/* 64-byte aligned, uninitialised; NULL when out of memory (n may be 0). */
+void *ptrt_alloc(int64_t n);
+void ptrt_free(void *p);
+
+/* Threads a rank should use: the online cores divided by the ranks on this
+ * node (OMPI_COMM_WORLD_LOCAL_SIZE, else SLURM_NTASKS_PER_NODE, else 1),
+ * at least 1. */
+int ptrt_default_threads(void);
+
+/* ======================================================================
+ * pool.c -- a small thread pool for row-parallel kernels
+ * ====================================================================== */
+
+typedef struct ptrt_pool ptrt_pool;
+
+/* nthreads counts the caller: 1 means no worker threads.  NULL if a thread
+ * cannot be started (reported). */
+ptrt_pool *ptrt_pool_create(ptc_ctx *ctx, int nthreads);
+void ptrt_pool_destroy(ptrt_pool *p);
+int ptrt_pool_threads(const ptrt_pool *p);
+
+/* fn(arg, begin, end) over [0, n) in chunks of `grain` items (the last may
+ * be shorter).  Chunk c covers [c*grain, min(n, (c+1)*grain)), whatever the
+ * thread count, so a kernel that keeps one partial result per chunk
+ * (c = begin / grain) and combines them in chunk order gives the same bits
+ * on 1 thread or 16.  The caller runs chunks too; returns when all are
+ * done.  Not reentrant: fn must not call ptrt_parallel_for. */
+typedef void (*ptrt_range_fn)(void *arg, int64_t begin, int64_t end);
+void ptrt_parallel_for(ptrt_pool *p, int64_t n, int64_t grain, ptrt_range_fn fn,
+                       void *arg);
+
+/* ======================================================================
+ * comm.c -- communicators: a table of function pointers
+ * ====================================================================== */
+
+typedef enum ptrt_reduce {
+  PTRT_REDUCE_SUM,
+  PTRT_REDUCE_MEAN,
+  PTRT_REDUCE_MAX,
+  PTRT_REDUCE_MIN,
+} ptrt_reduce;
+
+/* One rank's view of the mesh.  Collectives work in place on f32 buffers
+ * over the ranks of one mesh axis (an index into the module's mesh).
+ * Today only the one-rank communicator exists, where every collective is
+ * the identity; an MPI communicator fills the same slots. */
+typedef struct ptrt_comm ptrt_comm;
+struct ptrt_comm {
+  const char *name; /* "single", "mpi" */
+  int rank, size;   /* in the world */
+  int (*all_reduce)(const ptrt_comm *c, int axis, ptrt_reduce op, float *buf,
+                    int64_t n);
+  /* out (n * axis size) gathers in (n) from each rank of the axis */
+  int (*all_gather)(const ptrt_comm *c, int axis, const float *in, float *out,
+                    int64_t n);
+  /* out (n / axis size) gets this rank's part of the reduced in (n) */
+  int (*reduce_scatter)(const ptrt_comm *c, int axis, ptrt_reduce op,
+                        const float *in, float *out, int64_t n);
+  int (*broadcast)(const ptrt_comm *c, int axis, int root, float *buf, int64_t n);
+  /* pipeline transfers to/from a stage along pp; NULL: not supported */
+  int (*send)(const ptrt_comm *c, int peer, int tag, const void *buf, int64_t bytes);
+  int (*recv)(const ptrt_comm *c, int peer, int tag, void *buf, int64_t bytes);
+  void *impl; /* the implementation's state */
+};
+
+/* The one-rank communicator (a constant table; nothing to destroy). */
+const ptrt_comm *ptrt_comm_single(void);
+
+/* ======================================================================
+ * plan.c -- reading a plan directory (docs/plan.md)
+ * ====================================================================== */
+
+#define PTRT_PLAN_FORMAT "ptc-plan"
+#define PTRT_PLAN_VERSION 1
+
+typedef struct ptrt_plan {
+  char *dir;       /* heap */
+  char *model;     /* heap: the manifest's model name */
+  char *ptc_version; /* heap: the ptc that wrote it */
+  ptc_module *mod; /* owned: step.ptir, parsed and verified */
+  ptc_func *entry; /* @step (training) or @forward (evaluation only) */
+  ptc_func *forward; /* @forward when present (may equal entry), else NULL */
+  bool training;   /* entry is @step */
+} ptrt_plan;
+
+/* Opens and checks a plan: the directory, manifest.json (format, version,
+ * target), every listed file's size and SHA-256, then parses and verifies
+ * step.ptir.  Each refusal names the file and the problem and says how to
+ * get a good plan.  NULL after reporting. */
+ptrt_plan *ptrt_plan_open(ptc_ctx *ctx, const char *dir);
+void ptrt_plan_close(ptrt_plan *p);
+
+/* Lower-case hex SHA-256 of data (65 bytes with the NUL).  Shared with the
+ * plan writer's tests; the writer has its own copy (codegen/ links no
+ * runtime). */
+void ptrt_sha256_hex(const void *data, size_t len, char out[65]);
+
+/* ======================================================================
+ * init.c -- variables and their counter-based initialisation
+ * ====================================================================== */
+
+typedef struct ptrt_vars {
+  const ptc_module *mod;
+  unsigned char *base; /* one allocation for every variable */
+  int64_t bytes;
+  int64_t *offset; /* heap: per module param, the byte offset in base */
+} ptrt_vars;
+
+/* Lays out every module param (f32 only; others are refused, naming the
+ * param).  Contents are undefined until ptrt_vars_init or a load. */
+ptrt_vars *ptrt_vars_create(ptc_ctx *ctx, const ptc_module *m);
+void ptrt_vars_destroy(ptrt_vars *v);
+static inline float *ptrt_vars_data(const ptrt_vars *v, int32_t param) {
+  return (float *)(v->base + v->offset[param]);
+}
+
+/* Fills every variable from its init spec: zeros, ones, normal(std),
+ * scaled(std, depth) = normal(std / sqrt(2 depth)); no init means zeros.
+ * Element i of param `name` depends only on (seed, name, i). */
+void ptrt_vars_init(ptrt_vars *v, uint64_t seed, ptrt_pool *pool /* may be NULL */);
+
+/* The standard normal deviate for element `index` of the param named
+ * `name` (docs/runtime.md: FNV-1a name hash, Philox4x32-10, Box-Muller). */
+double ptrt_init_normal(uint64_t seed, const char *name, int64_t index);
+
+/* Philox4x32-10 (Salmon et al., SC'11): 4 x 32 random bits from a 128-bit
+ * counter and a 64-bit key. */
+void ptrt_philox4x32(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
+
+/* ======================================================================
+ * kernels*.c -- one CPU kernel per opcode
+ * ====================================================================== */
+
+typedef struct ptrt_env {
+  ptc_ctx *ctx;          /* where runtime errors go */
+  ptrt_pool *pool;       /* row parallelism */
+  const ptrt_comm *comm; /* collectives */
+} ptrt_env;
+
+/* What a kernel sees: the op (its operand and result types are in f's
+ * value table) and one data pointer per operand and per result.  Results
+ * are not zeroed. */
+typedef struct ptrt_kargs {
+  const ptrt_env *env;
+  const ptc_func *f;
+  const ptc_op *op;
+  void *const *in;
+  void *const *out;
+} ptrt_kargs;
+
+/* Returns 0, or -1 after reporting at the op (e.g. an index out of range). */
+typedef int (*ptrt_kernel_fn)(const ptrt_kargs *k);
+
+/* The kernel for an opcode, or NULL when there is none. */
+ptrt_kernel_fn ptrt_kernel_get(ptc_opcode op);
+
+/* Whether the kernel of op can run it (dtypes, attributes); reports at the
+ * op's location and returns -1 when not. */
+int ptrt_kernel_check(ptc_ctx *ctx, const ptc_func *f, const ptc_op *op);
+
+/* Block sizes of the fused attention kernels (rows of queries, columns of
+ * keys); exposed so tests can pick sizes that do not divide. */
+#define PTRT_ATTN_BR 32
+#define PTRT_ATTN_BC 64
+
+/* ======================================================================
+ * exec.c -- programs: a function ready to run
+ * ====================================================================== */
+
+typedef struct ptrt_program ptrt_program;
+
+typedef struct ptrt_mem {
+  int64_t vars;     /* the variables' allocation */
+  int64_t fixed;    /* argument and result buffers */
+  int64_t live;     /* transient buffers in use now */
+  int64_t peak;     /* the highest `live` seen so far */
+  int64_t run_peak; /* the highest `live` in the latest run */
+  int64_t cached;   /* freed buffers kept for reuse (not in live) */
+} ptrt_mem;
+
+typedef struct ptrt_program_opts {
+  /* Optimizer updates write their variables directly when nothing reads
+   * the variable afterwards (a training step's usual shape); such a
+   * program must always run with commit = true. */
+  bool in_place;
+  /* Run only the ops the first result (the loss) depends on: a training
+   * step evaluated on validation data, without backward pass or updates.
+   * Only result 0 is available. */
+  bool loss_only;
+} ptrt_program_opts;
+
+/* Prepares f to run over vars: checks that every op it will run has a
+ * kernel that can run it (reporting each one that cannot, at its
+ * location), computes the buffer plan (codegen/liveness.c) and allocates
+ * argument and result buffers.  opts may be NULL (both off).  NULL after
+ * reporting. */
+ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *vars,
+                                  const ptrt_program_opts *opts);
+void ptrt_program_destroy(ptrt_program *p);
+
+/* The buffer of argument i; the caller fills it before each run. */
+void *ptrt_program_arg(ptrt_program *p, int32_t i);
+/* The buffer of result i after a run (valid until the next run). */
+const void *ptrt_program_result(const ptrt_program *p, int32_t i);
+
+/* Runs the function once.  commit = false skips every assign (the
+ * variables keep their values: evaluation with a training step).  Returns
+ * 0, or -1 after a kernel reported. */
+int ptrt_program_run(ptrt_program *p, bool commit);
+
+ptrt_mem ptrt_program_mem(const ptrt_program *p);
+
+/* Instrumentation: check every f32 result for NaN and infinity after its
+ * op (reporting the op and its location); time each op by kind. */
+void ptrt_program_set_check_finite(ptrt_program *p, bool on);
+void ptrt_program_set_profile(ptrt_program *p, bool on);
+/* The time per op kind over every profiled run, largest first. */
+void ptrt_program_print_profile(const ptrt_program *p, FILE *out);
+/* The transient peak a run reaches, from the last-use analysis alone (what
+ * ptrt_program_mem reports as peak after one run). */
+int64_t ptrt_program_planned_peak(const ptrt_program *p);
+
+/* Model FLOPs of one call of f: ptc_op_cost summed over its ops. */
+double ptrt_func_flops(const ptc_func *f);
+
+/* ======================================================================
+ * data.c -- llm.c token files, and rows of safetensors inputs
+ * ====================================================================== */
+
+#define PTRT_TOKENS_MAGIC 20240520
+#define PTRT_TOKENS_VERSION 1
+#define PTRT_TOKENS_HEADER_INTS 256
+#define PTRT_TOKENS_HEADER_BYTES (PTRT_TOKENS_HEADER_INTS * 4)
+
+typedef struct ptrt_tokens ptrt_tokens;
+
+/* Opens one or more llm.c token files as one stream and validates each:
+ * magic, version, the file size against the header's count, and every
+ * token below `vocab` (what bounds it is named by `vocab_what`, e.g. "the
+ * rows of the embedding table @wte").  NULL after reporting. */
+ptrt_tokens *ptrt_tokens_open(ptc_ctx *ctx, const char *const *paths, int32_t n,
+                              int64_t vocab, const char *vocab_what);
+void ptrt_tokens_close(ptrt_tokens *t);
+int64_t ptrt_tokens_count(const ptrt_tokens *t);
+
+/* Batch s (0-based) of B rows of T tokens: row b reads the T+1 tokens that
+ * start at ((s*B + b)*T) mod (N - T - 1); inputs get the first T, targets
+ * (may be NULL) the last T.  *wrapped is set when a row's start was
+ * reduced by the modulus (the stream came round again).  Needs N >= T + 2
+ * (checked: -1 after reporting). */
+int ptrt_tokens_batch(ptc_ctx *ctx, const ptrt_tokens *t, int64_t s, int64_t B,
+                      int64_t T, int32_t *inputs, int32_t *targets, bool *wrapped);
+
+/* Writes an llm.c token file atomically (PATH.tmp, then rename). */
+int ptrt_tokens_write(ptc_ctx *ctx, const char *path, const uint16_t *tokens,
+                      int64_t n);
+
+/* ======================================================================
+ * safetensors.c -- the Hugging Face safetensors format
+ * ====================================================================== */
+
+typedef struct ptrt_st_tensor {
+  const char *name; /* owned by the file object */
+  ptc_dtype dtype;  /* F32, F64, F16, BF16, I64, I32, I8, BOOL */
+  int32_t rank;
+  int64_t dims[PTC_MAX_RANK];
+  int64_t begin, end; /* byte offsets in the data section */
+} ptrt_st_tensor;
+
+typedef struct ptrt_st ptrt_st;
+
+/* Reads and checks a safetensors file: the header size, the JSON header,
+ * each tensor's dtype and shape against its byte range, ranges inside the
+ * file and not overlapping.  NULL after reporting at the file. */
+ptrt_st *ptrt_st_open(ptc_ctx *ctx, const char *path);
+void ptrt_st_close(ptrt_st *s);
+int32_t ptrt_st_count(const ptrt_st *s);
+const ptrt_st_tensor *ptrt_st_tensor_at(const ptrt_st *s, int32_t i);
+const ptrt_st_tensor *ptrt_st_find(const ptrt_st *s, const char *name);
+const void *ptrt_st_data(const ptrt_st *s, const ptrt_st_tensor *t);
+const char *ptrt_st_path(const ptrt_st *s);
+
+typedef struct ptrt_st_entry {
+  const char *name;
+  ptc_dtype dtype;
+  int32_t rank;
+  const int64_t *dims;
+  const void *data; /* little-endian, numel * dtype size bytes */
+} ptrt_st_entry;
+
+/* Writes tensors (in the order given) atomically. */
+int ptrt_st_write(ptc_ctx *ctx, const char *path, const ptrt_st_entry *e, int32_t n);
+
+/* --save-weights / --load-weights: every trainable param, under its module
+ * name.  Loading checks names (missing and unexpected), dtypes and shapes,
+ * and reports every mismatch before failing. */
+int ptrt_save_weights(ptc_ctx *ctx, const char *path, const ptrt_vars *v);
+int ptrt_load_weights(ptc_ctx *ctx, const char *path, ptrt_vars *v);
+
+/* Checkpoints: every variable (parameters and optimizer state) and the
+ * number of the last step done (`__metadata__.step`), so a run resumes
+ * exactly where it stopped.  Loading checks like ptrt_load_weights. */
+int ptrt_save_checkpoint(ptc_ctx *ctx, const char *path, const ptrt_vars *v, int64_t step);
+int ptrt_load_checkpoint(ptc_ctx *ctx, const char *path, ptrt_vars *v, int64_t *step);
+/* The metadata `step` of a file, or NULL. */
+const char *ptrt_st_step(const ptrt_st *s);
+
+/* ======================================================================
+ * train.c -- what a training loop needs around the program
+ * ====================================================================== */
+
+typedef struct ptrt_schedule {
+  double lr;          /* peak learning rate */
+  double min_lr;      /* where the cosine ends */
+  int64_t warmup;     /* linear warm-up steps (0: none) */
+  int64_t decay_steps; /* the step where the cosine reaches min_lr */
+} ptrt_schedule;
+
+/* Learning rate at step s (1-based): lr * s / warmup for s <= warmup, then
+ * a cosine from lr down to min_lr at decay_steps, min_lr after. */
+double ptrt_schedule_lr(const ptrt_schedule *s, int64_t step);
+
+/* GFLOP/s of a square f32 sgemm on the BLAS's current threads, best of
+ * several runs over about `seconds`: the machine's practical limit. */
+double ptrt_measure_sgemm_gflops(double seconds);
+
+/* Sets the BLAS's thread count (OpenBLAS). */
+void ptrt_blas_set_threads(int n);
+
+/* (data.c) Rows of a safetensors input named after a function argument:
+ * batch s takes rows (s*B + b) mod N of the file's tensor [N, ...] into the
+ * argument [B, ...].  dtype and trailing dims must match (checked by
+ * ptrt_rows_check, which reports at the file). */
+int ptrt_rows_check(ptc_ctx *ctx, const ptrt_st *st, const char *name,
+                    const ptc_type *arg);
+void ptrt_rows_batch(const ptrt_st *st, const char *name, const ptc_type *arg,
+                     int64_t s, void *out);
+
+#endif /* PTRT_H */

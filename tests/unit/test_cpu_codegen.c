@@ -1,0 +1,928 @@
+/* test_cpu_codegen.c -- the LLVM CPU kernels of fused groups, against the
+ * reference evaluator.
+ *
+ * Each case is a function made only of groups (the fuse pass makes them,
+ * or the text states them).  The harness compiles it to a shared object,
+ * dlopen()s it and runs every group's kernel on random data:
+ *   - in one call over all the work,
+ *   - over random [begin, end) splits (not multiples of the vector width,
+ *     rows cut anywhere), each accumulating output into its own partial
+ *     that the harness combines, as the ABI says,
+ *   - and, when the runtime is built, through runtime/fused.c on 1 and 4
+ *     threads (which must agree bit for bit),
+ * then compares every result with ptc_eval_func (double precision) at an
+ * f32 tolerance.  The transcendentals are checked against libm in ulps over
+ * every binade and at the extremes (subnormals, overflow, inf, NaN).
+ *
+ * PTC_BENCH=1 in the environment also times a large element-wise group
+ * against the runtime's own kernels (a measurement, never a check).
+ *
+ * Exits 77 (skipped) when ptc was built without LLVM or no C compiler is
+ * there to link kernels.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ptc_config.h"
+#include "test.h"
+
+#if PTC_HAVE_LLVM
+#include <dlfcn.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "codegen/codegen.h"
+#include "ir/ir.h"
+#include "passes/passes.h"
+#if PTC_TEST_RUNTIME
+#include "runtime/fused.h"
+#endif
+
+typedef int32_t (*kernel_fn)(void *const *bufs, int64_t begin, int64_t end);
+
+static char tmpdir[64];
+static int so_counter;
+static uint64_t rng = 0x9e3779b97f4a7c15ull;
+
+static uint64_t next_rand(void) {
+  rng ^= rng << 13;
+  rng ^= rng >> 7;
+  rng ^= rng << 17;
+  return rng;
+}
+static int64_t rand_in(int64_t lo, int64_t hi) { /* [lo, hi] */
+  return lo + (int64_t)(next_rand() % (uint64_t)(hi - lo + 1));
+}
+
+/* ---- buffers ---------------------------------------------------------------- */
+
+typedef struct buf {
+  void *p;
+  int64_t n;
+  ptc_dtype t;
+} buf;
+
+static buf buf_new(const ptc_type *t) {
+  buf b = {NULL, ptc_type_numel(t), t->dtype};
+  b.p = calloc((size_t)b.n + 16, 8);
+  return b;
+}
+
+static double buf_get(const buf *b, int64_t i) {
+  switch (b->t) {
+  case PTC_DTYPE_I32: return ((int32_t *)b->p)[i];
+  case PTC_DTYPE_I64: return (double)((int64_t *)b->p)[i];
+  default: return ((float *)b->p)[i];
+  }
+}
+
+static void buf_set(buf *b, int64_t i, double v) {
+  switch (b->t) {
+  case PTC_DTYPE_I32: ((int32_t *)b->p)[i] = (int32_t)v; break;
+  case PTC_DTYPE_I64: ((int64_t *)b->p)[i] = (int64_t)v; break;
+  default: ((float *)b->p)[i] = (float)v; break;
+  }
+}
+
+static void buf_fill(buf *b, double v) {
+  for (int64_t i = 0; i < b->n; i++) buf_set(b, i, v);
+}
+
+/* ---- comparing -------------------------------------------------------------- */
+
+typedef struct tol {
+  double rtol, atol; /* atol is relative to the largest |want| */
+} tol;
+
+static int compare(const char *what, const buf *got, const ptc_tensor *want, tol t) {
+  double mx = 0;
+  for (int64_t i = 0; i < got->n; i++)
+    if (isfinite(want->data[i])) mx = fabs(want->data[i]) > mx ? fabs(want->data[i]) : mx;
+  int bad = 0;
+  for (int64_t i = 0; i < got->n; i++) {
+    double g = buf_get(got, i), w = want->data[i];
+    bool ok;
+    if (isnan(w)) ok = isnan(g);
+    else if (isinf(w)) ok = g == w;
+    else ok = fabs(g - w) <= t.rtol * fabs(w) + t.atol * mx + 1e-30;
+    if (!ok && bad++ < 3)
+      fprintf(stderr, "  %s[%lld]: got %.9g want %.9g\n", what, (long long)i, g, w);
+  }
+  return bad;
+}
+
+/* ---- running a function of groups ------------------------------------------- */
+
+typedef enum run_mode { RUN_WHOLE, RUN_SPLITS, RUN_FUSED_1, RUN_FUSED_4 } run_mode;
+static const char *const mode_names[] = {"one call", "random splits", "runtime, 1 thread",
+                                         "runtime, 4 threads"};
+
+/* Runs one group's kernel over [0, work) in random pieces, giving each
+ * piece fresh partials for the accumulating outputs. */
+static int run_splits(kernel_fn fn, const ptc_func *f, const ptc_group_sig *sig, buf *vals) {
+  int32_t ns = sig->nin + sig->nout;
+  void **bufs = calloc((size_t)ns, sizeof *bufs);
+  buf *part = calloc((size_t)sig->nout + 1, sizeof *part);
+  for (int32_t i = 0; i < sig->nin; i++) bufs[i] = vals[sig->in[i]].p;
+  for (int32_t o = 0; o < sig->nout; o++) {
+    buf *ob = &vals[sig->out[o]];
+    bufs[sig->nin + o] = ob->p;
+    if (sig->combine[o] == PTC_GROUP_STORE) continue;
+    buf_fill(ob, sig->combine[o] == PTC_GROUP_MAX ? -INFINITY : 0);
+    part[o] = buf_new(&f->values[sig->out[o]].type);
+    bufs[sig->nin + o] = part[o].p;
+  }
+  int st = 0;
+  for (int64_t b = 0; b < sig->work;) {
+    int64_t len = rand_in(1, sig->work - b < 23 ? sig->work - b : sig->work / 3 + 1);
+    if (b + len > sig->work) len = sig->work - b;
+    for (int32_t o = 0; o < sig->nout; o++)
+      if (sig->combine[o] != PTC_GROUP_STORE)
+        buf_fill(&part[o], sig->combine[o] == PTC_GROUP_MAX ? -INFINITY : 0);
+    st |= fn(bufs, b, b + len);
+    for (int32_t o = 0; o < sig->nout; o++) {
+      if (sig->combine[o] == PTC_GROUP_STORE) continue;
+      buf *ob = &vals[sig->out[o]];
+      for (int64_t i = 0; i < ob->n; i++) {
+        double p = buf_get(&part[o], i), c = buf_get(ob, i);
+        buf_set(ob, i, sig->combine[o] == PTC_GROUP_MAX ? (p > c ? p : c) : c + p);
+      }
+    }
+    b += len;
+  }
+  for (int32_t o = 0; o < sig->nout; o++) free(part[o].p);
+  free(part);
+  free(bufs);
+  return st;
+}
+
+static int run_whole(kernel_fn fn, const ptc_group_sig *sig, buf *vals) {
+  int32_t ns = sig->nin + sig->nout;
+  void **bufs = calloc((size_t)ns, sizeof *bufs);
+  for (int32_t i = 0; i < sig->nin; i++) bufs[i] = vals[sig->in[i]].p;
+  for (int32_t o = 0; o < sig->nout; o++) {
+    buf *ob = &vals[sig->out[o]];
+    bufs[sig->nin + o] = ob->p;
+    if (sig->combine[o] != PTC_GROUP_STORE)
+      buf_fill(ob, sig->combine[o] == PTC_GROUP_MAX ? -INFINITY : 0);
+  }
+  int st = fn(bufs, 0, sig->work);
+  free(bufs);
+  return st;
+}
+
+typedef struct tcase {
+  const char *name;
+  const char *text;
+  const char *pipeline; /* NULL: the text has its groups */
+  int64_t int_hi;       /* integer args are filled in [0, int_hi) */
+  tol t;
+  int min_groups;
+  int32_t expect_status; /* 0, or 1 when an index is out of range on purpose */
+} tcase;
+
+static const tol TOL = {3e-5, 3e-6};
+
+static void fill_arg(ptc_tensor *t, const char *name, uint64_t seed, int64_t int_hi) {
+  if (!ptc_dtype_is_float(t->type.dtype)) ptc_tensor_fill_random(t, seed, 0, (double)int_hi);
+  else if (name && name[0] == 'p') ptc_tensor_fill_random(t, seed, 0.1, 3);
+  else ptc_tensor_fill_random(t, seed, -3, 3);
+}
+
+/* Runs every group of f in `mode` on vals (args and params filled). */
+static int32_t exec_groups(ptc_func *f, void *so, run_mode mode, buf *vals, const char *so_path) {
+  int32_t status = 0;
+#if PTC_TEST_RUNTIME
+  ptrt_fused *lib = NULL;
+  ptrt_pool *pool = NULL;
+  if (mode >= RUN_FUSED_1) {
+    lib = ptrt_fused_open(f->mod->ctx, so_path, f);
+    CHECK(lib != NULL);
+    if (!lib) return -1;
+    pool = ptrt_pool_create(f->mod->ctx, mode == RUN_FUSED_4 ? 4 : 1);
+  }
+#else
+  (void)so_path;
+#endif
+  for (int32_t i = 0; i < f->nops;) {
+    if (f->ops[i].code == PTC_OP_RETURN) break;
+    ptc_group_sig sig;
+    if (ptc_group_signature(f, i, &sig) < 0) return -1;
+    char name[48];
+    ptc_group_kernel_name(sig.id, name, sizeof name);
+    kernel_fn fn;
+    void *sym = dlsym(so, name);
+    memcpy(&fn, &sym, sizeof fn);
+    CHECK_MSG(sym != NULL, "%s missing", name);
+    if (!sym) return -1;
+    for (int32_t o = 0; o < sig.nout; o++) /* poison what the kernel must write */
+      buf_fill(&vals[sig.out[o]], vals[sig.out[o]].t == PTC_DTYPE_F32 ? NAN : -12345);
+    if (mode == RUN_WHOLE) status |= run_whole(fn, &sig, vals);
+    else if (mode == RUN_SPLITS) status |= run_splits(fn, f, &sig, vals);
+#if PTC_TEST_RUNTIME
+    else {
+      const ptc_group_sig *ls = ptrt_fused_group_at(lib, i);
+      CHECK(ls != NULL && ls->end == sig.end);
+      void **bufs = calloc((size_t)(sig.nin + sig.nout), sizeof *bufs);
+      for (int32_t k = 0; k < sig.nin; k++) bufs[k] = vals[sig.in[k]].p;
+      for (int32_t o = 0; o < sig.nout; o++) bufs[sig.nin + o] = vals[sig.out[o]].p;
+      if (ptrt_fused_run(f->mod->ctx, lib, ls, bufs, pool) < 0) status |= 1;
+      free(bufs);
+    }
+#endif
+    i = sig.end;
+    ptc_group_sig_fini(&sig);
+  }
+#if PTC_TEST_RUNTIME
+  ptrt_pool_destroy(pool);
+  ptrt_fused_close(lib);
+#endif
+  return status;
+}
+
+static void run_case(const tcase *tc) {
+  ptc_ctx *ctx = ptc_ctx_create();
+  ptc_ctx_set_diag_capture(ctx, true);
+  ptc_module *m = ptc_parse_module(ctx, tc->name, tc->text, strlen(tc->text));
+  CHECK_MSG(m != NULL, "%s: %s", tc->name, ptc_ctx_diag_text(ctx));
+  if (!m) goto done_ctx;
+  if (tc->pipeline) {
+    ptc_pipeline *p = ptc_pipeline_parse(ctx, tc->pipeline);
+    int rc = p ? ptc_pipeline_run(m, p, NULL) : -1;
+    ptc_pipeline_destroy(p);
+    CHECK_MSG(rc == 0, "%s: %s", tc->name, ptc_ctx_diag_text(ctx));
+    if (rc) goto done;
+  }
+  ptc_func *f = m->funcs[0];
+  int ngroups = 0;
+  for (int32_t i = 0; i < f->nops - 1; i++) {
+    bool grouped = ptc_op_group(&f->ops[i]) >= 0;
+    CHECK_MSG(grouped, "%s: op %d '%s' is in no group", tc->name, i,
+              ptc_opinfo_get(f->ops[i].code)->name);
+    if (!grouped) goto done;
+    if (i == 0 || ptc_op_group(&f->ops[i - 1]) != ptc_op_group(&f->ops[i])) ngroups++;
+  }
+  CHECK_MSG(ngroups >= tc->min_groups, "%s: %d groups", tc->name, ngroups);
+
+  /* reference */
+  ptc_tensor *args = calloc((size_t)f->nargs + 1, sizeof *args);
+  ptc_tensor *params = calloc((size_t)m->nparams + 1, sizeof *params);
+  ptc_tensor *res = calloc((size_t)f->nresults + 1, sizeof *res);
+  for (int32_t i = 0; i < f->nargs; i++) {
+    args[i] = ptc_tensor_new(&f->values[f->args[i]].type);
+    fill_arg(&args[i], f->values[f->args[i]].name, 17 + (uint64_t)i, tc->int_hi);
+  }
+  for (int32_t i = 0; i < m->nparams; i++) {
+    params[i] = ptc_tensor_new(&m->params[i].type);
+    fill_arg(&params[i], m->params[i].name, 1000 + (uint64_t)i, tc->int_hi);
+  }
+  int erc = tc->expect_status ? 0 : ptc_eval_func(f, args, params, res);
+  CHECK_MSG(erc == 0, "%s: eval: %s", tc->name, ptc_ctx_diag_text(ctx));
+
+  /* kernels */
+  char so[128];
+  snprintf(so, sizeof so, "%s/k%d.so", tmpdir, so_counter++);
+  ptc_buf info;
+  ptc_buf_init(&info);
+  int crc = ptc_codegen_cpu(m, "cpu", so, &info);
+  CHECK_MSG(crc == 0, "%s: codegen: %s", tc->name, ptc_ctx_diag_text(ctx));
+  void *h = crc == 0 ? dlopen(so, RTLD_NOW | RTLD_LOCAL) : NULL;
+  CHECK_MSG(crc != 0 || h != NULL, "%s: dlopen: %s", tc->name, dlerror());
+  if (erc == 0 && h) {
+    buf *vals = calloc((size_t)f->nvalues + 1, sizeof *vals);
+    for (int32_t v = 0; v < f->nvalues; v++) vals[v] = buf_new(&f->values[v].type);
+    for (int32_t i = 0; i < f->nargs; i++)
+      for (int64_t k = 0; k < ptc_type_numel(&args[i].type); k++)
+        buf_set(&vals[f->args[i]], k, args[i].data[k]);
+    for (int32_t v = 0; v < f->nvalues; v++)
+      if (f->values[v].kind == PTC_VALUE_PARAM)
+        for (int64_t k = 0; k < vals[v].n; k++)
+          buf_set(&vals[v], k, params[f->values[v].def].data[k]);
+    int nmodes = 2;
+#if PTC_TEST_RUNTIME
+    nmodes = 4;
+    buf *one = calloc((size_t)f->nresults + 1, sizeof *one);
+#endif
+    const ptc_op *ret = &f->ops[f->nops - 1];
+    for (int mode = 0; mode < nmodes; mode++) {
+      if (tc->expect_status && mode >= RUN_FUSED_1) ptc_ctx_reset_errors(ctx);
+      int32_t st = exec_groups(f, h, (run_mode)mode, vals, so);
+      CHECK_MSG(st == tc->expect_status, "%s (%s): status %d", tc->name, mode_names[mode], st);
+      if (tc->expect_status) continue;
+      for (int32_t r = 0; r < ret->nin; r++) {
+        char what[96];
+        snprintf(what, sizeof what, "%s (%s) result %d", tc->name, mode_names[mode], r);
+        int bad = compare(what, &vals[ret->in[r]], &res[r], tc->t);
+        CHECK_MSG(bad == 0, "%s: %d elements off", what, bad);
+#if PTC_TEST_RUNTIME
+        buf *b = &vals[ret->in[r]];
+        if (mode == RUN_FUSED_1) {
+          one[r] = buf_new(&res[r].type);
+          memcpy(one[r].p, b->p, (size_t)b->n * (size_t)ptc_dtype_size(b->t));
+        } else if (mode == RUN_FUSED_4) {
+          CHECK_MSG(memcmp(one[r].p, b->p, (size_t)b->n * (size_t)ptc_dtype_size(b->t)) == 0,
+                    "%s: 4 threads differ from 1 thread", what);
+        }
+#endif
+      }
+    }
+#if PTC_TEST_RUNTIME
+    for (int32_t r = 0; r < f->nresults; r++) free(one[r].p);
+    free(one);
+#endif
+    for (int32_t v = 0; v < f->nvalues; v++) free(vals[v].p);
+    free(vals);
+  }
+  if (h) dlclose(h);
+  unlink(so);
+  ptc_buf_fini(&info);
+  for (int32_t i = 0; i < f->nargs; i++) ptc_tensor_free(&args[i]);
+  for (int32_t i = 0; i < m->nparams; i++) ptc_tensor_free(&params[i]);
+  for (int32_t i = 0; i < f->nresults && erc == 0; i++) ptc_tensor_free(&res[i]);
+  free(args);
+  free(params);
+  free(res);
+done:
+  ptc_module_destroy(m);
+done_ctx:
+  ptc_ctx_destroy(ctx);
+}
+
+/* ---- cases: every fusible op alone, with broadcasting ------------------------ */
+
+static void test_single_ops(void) {
+  static const char *const unary[] = {"neg", "exp", "tanh", "sigmoid", "relu", "gelu", "silu"};
+  static const char *const positive[] = {"log", "sqrt", "rsqrt"};
+  static const char *const binary[] = {"add", "sub", "mul", "div", "maximum"};
+  static const char *const grads[] = {"relu_grad", "gelu_grad", "silu_grad"};
+  char text[2048], name[64];
+  for (int i = 0; i < PTC_ARRAY_LEN(unary) + PTC_ARRAY_LEN(positive); i++) {
+    bool pos = i >= PTC_ARRAY_LEN(unary);
+    const char *op = pos ? positive[i - PTC_ARRAY_LEN(unary)] : unary[i];
+    snprintf(text, sizeof text,
+             "module @m {\n  func @f(%%%s: f32[5,37]) -> f32[5,37] {\n"
+             "    %%y = %s %%%s : f32[5,37]\n    return %%y\n  }\n}\n",
+             pos ? "px" : "x", op, pos ? "px" : "x");
+    snprintf(name, sizeof name, "single %s", op);
+    tcase tc = {name, text, "fuse", 4, TOL, 1, 0};
+    run_case(&tc);
+  }
+  /* binary ops against every broadcast pattern */
+  static const char *const shapes[] = {"[5,37]", "[37]", "[5,1]", "[]", "[1,37]"};
+  for (int i = 0; i < PTC_ARRAY_LEN(binary); i++)
+    for (int s = 0; s < PTC_ARRAY_LEN(shapes); s++)
+      for (int swap = 0; swap < 2; swap++) {
+        bool div = strcmp(binary[i], "div") == 0;
+        snprintf(text, sizeof text,
+                 "module @m {\n  func @f(%%x: f32[5,37], %%py: f32%s) -> f32[5,37] {\n"
+                 "    %%z = %s %s : f32[5,37]\n    return %%z\n  }\n}\n",
+                 shapes[s], binary[i], swap && !div ? "%py, %x" : "%x, %py");
+        snprintf(name, sizeof name, "%s x %s%s", binary[i], shapes[s], swap ? " swapped" : "");
+        tcase tc = {name, text, "fuse", 4, TOL, 1, 0};
+        run_case(&tc);
+      }
+  for (int i = 0; i < PTC_ARRAY_LEN(grads); i++) {
+    snprintf(text, sizeof text,
+             "module @m {\n  func @f(%%g: f32[3,41], %%x: f32[3,41]) -> f32[3,41] {\n"
+             "    %%d = %s %%g, %%x : f32[3,41]\n    return %%d\n  }\n}\n",
+             grads[i]);
+    snprintf(name, sizeof name, "single %s", grads[i]);
+    tcase tc = {name, text, "fuse", 4, TOL, 1, 0};
+    run_case(&tc);
+  }
+  static const char *const cmps[] = {"ge", "gt", "eq"};
+  for (int i = 0; i < 3; i++) {
+    snprintf(text, sizeof text,
+             "module @m {\n  func @f(%%x: f32[4,9], %%y: f32[9]) -> f32[4,9] {\n"
+             "    %%a = maximum %%x, %%y : f32[4,9]\n"
+             "    %%c = compare %%a, %%y {cmp = %s} : f32[4,9]\n    return %%c\n  }\n}\n",
+             cmps[i]);
+    snprintf(name, sizeof name, "compare %s", cmps[i]);
+    tcase tc = {name, text, "fuse", 4, TOL, 1, 0};
+    run_case(&tc);
+  }
+}
+
+/* ---- cases: chains, integers, constants --------------------------------------- */
+
+static const tcase fixed_cases[] = {
+    {"bias + gelu",
+     "module @m {\n  param @b : f32[67]\n"
+     "  func @f(%x: f32[2,7,67]) -> (f32[2,7,67], f32[2,7,67]) {\n"
+     "    %h = add %x, @b : f32[2,7,67]\n    %g = gelu %h : f32[2,7,67]\n"
+     "    return %h, %g\n  }\n}\n",
+     "fuse", 4, {3e-5, 3e-6}, 1, 0},
+    {"activations and gradients in their tails",
+     "module @m {\n  func @f(%x: f32[4,50], %g: f32[4,50]) -> (f32[4,50], f32[4,50], f32[4,50], "
+     "f32[4,50], f32[4,50], f32[4,50], f32[4,50]) {\n"
+     "    %k = constant {value = 15.0} : f32[]\n    %z = mul %x, %k : f32[4,50]\n"
+     "    %a = gelu %z : f32[4,50]\n    %b = gelu_grad %g, %z : f32[4,50]\n"
+     "    %c = silu %z : f32[4,50]\n    %d = silu_grad %g, %z : f32[4,50]\n"
+     "    %e = sigmoid %z : f32[4,50]\n    %t = tanh %z : f32[4,50]\n"
+     "    %r = relu_grad %g, %z : f32[4,50]\n"
+     "    return %a, %b, %c, %d, %e, %t, %r\n  }\n}\n",
+     "fuse", 4, {3e-5, 1e-7}, 1, 0},
+    {"integer arithmetic and casts",
+     "module @m {\n  func @f(%a: i32[6,11], %b: i32[11], %x: f32[6,11]) -> (i32[6,11], f32[6,11], i64[6,11]) {\n"
+     "    %c = constant {value = 3} : i32[]\n"
+     "    %s = add %a, %b : i32[6,11]\n    %m = mul %s, %c : i32[6,11]\n"
+     "    %d = div %m, %b : i32[6,11]\n    %n = neg %d : i32[6,11]\n"
+     "    %q = maximum %n, %a : i32[6,11]\n"
+     "    %f = cast %q {to = f32} : f32[6,11]\n    %y = mul %f, %x : f32[6,11]\n"
+     "    %t = cast %y {to = i32} : i32[6,11]\n    %u = cast %t {to = i64} : i64[6,11]\n"
+     "    return %q, %y, %u\n  }\n}\n",
+     "fuse", 5, {0, 0}, 1, 0},
+    {"splat constants and broadcast_to",
+     "module @m {\n  func @f(%x: f32[3,20], %y: f32[20]) -> f32[3,20] {\n"
+     "    %c = constant {value = 0.5} : f32[3,20]\n"
+     "    %b = broadcast_to %y : f32[3,20]\n"
+     "    %s = mul %b, %c : f32[3,20]\n    %z = sub %x, %s : f32[3,20]\n"
+     "    return %z\n  }\n}\n",
+     "fuse", 4, {3e-6, 1e-7}, 1, 0},
+    {"scalar chain feeding a big op",
+     "module @m {\n  func @f(%n: f32[], %g: f32[300]) -> (f32[], f32[300]) {\n"
+     "    %r = sqrt %n : f32[]\n    %e = constant {value = 1e-06} : f32[]\n"
+     "    %c = constant {value = 1.0} : f32[]\n    %a = add %r, %e : f32[]\n"
+     "    %m = maximum %a, %c : f32[]\n    %s = div %c, %m : f32[]\n"
+     "    %y = mul %g, %s : f32[300]\n    return %s, %y\n  }\n}\n",
+     "fuse", 4, {1e-6, 1e-7}, 1, 0},
+    {"sums and max over leading axes (accumulated outputs)",
+     "module @m {\n  func @f(%x: f32[64,37], %y: f32[64,37]) -> (f32[37], f32[], f32[37], f32[64,37]) {\n"
+     "    %g = gelu_grad %x, %y : f32[64,37]\n"
+     "    %b = reduce_sum %g {axes = [0]} : f32[37]\n"
+     "    %sq = mul %g, %g : f32[64,37]\n"
+     "    %t = reduce_sum %sq {axes = [0, 1]} : f32[]\n"
+     "    %mx = reduce_max %g {axes = [0]} : f32[37]\n"
+     "    return %b, %t, %mx, %g\n  }\n}\n",
+     "fuse", 4, {3e-5, 3e-6}, 1, 0},
+    {"mean over a middle axis",
+     "module @m {\n  func @f(%x: f32[4,16,9]) -> f32[4,1,9] {\n"
+     "    %e = exp %x : f32[4,16,9]\n"
+     "    %m = reduce_mean %e {axes = [1], keepdim = true} : f32[4,1,9]\n"
+     "    return %m\n  }\n}\n",
+     "fuse", 4, {3e-5, 3e-6}, 1, 0},
+    {"residual add + layernorm",
+     "module @m {\n  param @g : f32[77]\n  param @b : f32[77]\n"
+     "  func @f(%x: f32[3,5,77], %r: f32[3,5,77], %bias: f32[77]) -> (f32[3,5,77], f32[3,5,77]) {\n"
+     "    %h = add %x, %bias : f32[3,5,77]\n    %s = add %r, %h : f32[3,5,77]\n"
+     "    %y = layernorm %s, @g, @b {eps = 1e-05} : f32[3,5,77]\n"
+     "    return %s, %y\n  }\n}\n",
+     "fuse", 4, {1e-4, 1e-5}, 1, 0},
+    {"rmsnorm with an epilogue",
+     "module @m {\n  param @g : f32[40]\n"
+     "  func @f(%x: f32[6,40]) -> f32[6,40] {\n"
+     "    %y = rmsnorm %x, @g {eps = 1e-05} : f32[6,40]\n    %z = silu %y : f32[6,40]\n"
+     "    return %z\n  }\n}\n",
+     "fuse", 4, {1e-4, 1e-5}, 1, 0},
+    {"softmax with prologue and epilogue",
+     "module @m {\n  func @f(%x: f32[2,3,29], %m: f32[29]) -> f32[2,3,29] {\n"
+     "    %s = mul %x, %m : f32[2,3,29]\n"
+     "    %p = softmax %s {axis = 2} : f32[2,3,29]\n    %l = log %p : f32[2,3,29]\n"
+     "    return %l\n  }\n}\n",
+     "fuse", 4, {1e-4, 1e-5}, 1, 0},
+    {"softmax_grad",
+     "module @m {\n  func @f(%g: f32[5,33], %x: f32[5,33]) -> f32[5,33] {\n"
+     "    %y = softmax %x {axis = 1} : f32[5,33]\n"
+     "    %d = softmax_grad %g, %y {axis = 1} : f32[5,33]\n    return %d\n  }\n}\n",
+     "fuse", 4, {1e-4, 1e-5}, 1, 0},
+    {"the whole cross-entropy (padded classes)",
+     "module @m {\n  func @f(%x: f32[2,9,50], %t: i32[2,9]) -> (f32[], f32[2,9,50]) {\n"
+     "    %l = cross_entropy %x, %t {classes = 45} : f32[]\n"
+     "    %one = constant {value = 1.0} : f32[]\n"
+     "    %d = cross_entropy_grad %one, %x, %t {classes = 45} : f32[2,9,50]\n"
+     "    return %l, %d\n  }\n}\n",
+     "fuse", 45, {1e-4, 1e-5}, 1, 0},
+    {"cross-entropy of a prologue, i64 targets",
+     "module @m {\n  func @f(%x: f32[7,24], %b: f32[24], %t: i64[7], %pg: f32[]) -> (f32[], f32[7,24]) {\n"
+     "    %z = add %x, %b : f32[7,24]\n"
+     "    %l = cross_entropy %z, %t : f32[]\n"
+     "    %d = cross_entropy_grad %pg, %z, %t : f32[7,24]\n"
+     "    return %l, %d\n  }\n}\n",
+     "fuse", 24, {1e-4, 1e-5}, 1, 0},
+    {"layernorm_grad with residual and bias gradient",
+     "module @m {\n  param @g : f32[48]\n"
+     "  func @f(%dy: f32[4,8,48], %x: f32[4,8,48], %res: f32[4,8,48]) -> (f32[4,8,48], f32[48], f32[48], f32[48]) {\n"
+     "    %dx, %dg, %db = layernorm_grad %dy, %x, @g {eps = 1e-05} : f32[4,8,48], f32[48], f32[48]\n"
+     "    %s = add %res, %dx : f32[4,8,48]\n"
+     "    %bg = reduce_sum %s {axes = [0, 1]} : f32[48]\n"
+     "    return %s, %dg, %db, %bg\n  }\n}\n",
+     "fuse", 4, {2e-4, 2e-5}, 1, 0},
+    {"rmsnorm_grad",
+     "module @m {\n  param @g : f32[19]\n"
+     "  func @f(%dy: f32[40,19], %x: f32[40,19]) -> (f32[40,19], f32[19]) {\n"
+     "    %dx, %dg = rmsnorm_grad %dy, %x, @g {eps = 1e-05} : f32[40,19], f32[19]\n"
+     "    return %dx, %dg\n  }\n}\n",
+     "fuse", 4, {2e-4, 2e-5}, 1, 0},
+    {"row reductions feeding element-wise ops",
+     "module @m {\n  func @f(%x: f32[6,5,31]) -> (f32[6,5,31], f32[6,5], f32[6,5,1]) {\n"
+     "    %m = reduce_max %x {axes = [2], keepdim = true} : f32[6,5,1]\n"
+     "    %d = sub %x, %m : f32[6,5,31]\n    %e = exp %d : f32[6,5,31]\n"
+     "    %s = reduce_sum %e {axes = [2]} : f32[6,5]\n"
+     "    %l = log %s : f32[6,5]\n"
+     "    %a = reduce_mean %x {axes = [2], keepdim = true} : f32[6,5,1]\n"
+     "    %b = mul %a, %m : f32[6,5,1]\n"
+     "    %y = div %e, %b : f32[6,5,31]\n"
+     "    return %y, %l, %b\n  }\n}\n",
+     "fuse", 4, {1e-4, 1e-5}, 1, 0},
+    {"adamw with clip scaling (one group per parameter)",
+     "module @m {\n  param @w : f32[33,17]\n  state @w.m : f32[33,17]\n  state @w.v : f32[33,17]\n"
+     "  param @c : f32[5]\n  state @c.m : f32[5]\n  state @c.v : f32[5]\n"
+     "  func @f(%gw: f32[33,17], %gc: f32[5], %pn: f32[], %plr: f32[], %pstep: f32[]) -> "
+     "(f32[33,17], f32[33,17], f32[33,17], f32[5], f32[5], f32[5]) {\n"
+     "    %e = constant {value = 1e-06} : f32[]\n    %k = constant {value = 1.0} : f32[]\n"
+     "    %a = add %pn, %e : f32[]\n    %mx = maximum %a, %k : f32[]\n"
+     "    %s = div %k, %mx : f32[]\n"
+     "    %g1 = mul %gw, %s : f32[33,17]\n"
+     "    %p1, %m1, %v1 = adamw @w, %g1, @w.m, @w.v, %plr, %pstep {beta1 = 0.9, beta2 = 0.95, eps = 1e-08, weight_decay = 0.1} : f32[33,17], f32[33,17], f32[33,17]\n"
+     "    %g2 = mul %gc, %s : f32[5]\n"
+     "    %p2, %m2, %v2 = adamw @c, %g2, @c.m, @c.v, %plr, %pstep {beta1 = 0.9, beta2 = 0.999, eps = 1e-08, weight_decay = 0.0} : f32[5], f32[5], f32[5]\n"
+     "    return %p1, %m1, %v1, %p2, %m2, %v2\n  }\n}\n",
+     "fuse", 4, {1e-5, 1e-6}, 2, 0},
+    {"sgd with momentum, nesterov",
+     "module @m {\n  param @w : f32[70]\n  state @w.b : f32[70]\n"
+     "  func @f(%g: f32[70], %plr: f32[]) -> (f32[70], f32[70]) {\n"
+     "    %p, %b = sgd @w, %g, @w.b, %plr {momentum = 0.9, nesterov = true, weight_decay = 0.01} : f32[70], f32[70]\n"
+     "    return %p, %b\n  }\n}\n",
+     "fuse", 4, {1e-5, 1e-6}, 1, 0},
+    {"hand-written groups (two kernels)",
+     "module @m {\n  func @f(%x: f32[3,10], %y: f32[3,10]) -> (f32[3,10], f32[3,10]) {\n"
+     "    %a = add %x, %y {group = 7} : f32[3,10]\n    %b = exp %a {group = 7} : f32[3,10]\n"
+     "    %c = mul %b, %x {group = 3} : f32[3,10]\n"
+     "    return %b, %c\n  }\n}\n",
+     NULL, 4, {3e-5, 3e-6}, 2, 0},
+};
+
+static const tcase bad_target = {
+    "an out-of-range target is reported",
+    "module @m {\n  func @f(%x: f32[3,8], %t: i32[3]) -> f32[] {\n"
+    "    %l = cross_entropy %x, %t {classes = 4} : f32[]\n    return %l\n  }\n}\n",
+    "fuse", 9, {0, 0}, 1, 1};
+
+/* ---- random chains over broadcast operands ---------------------------------- */
+
+static void test_random_chains(int n) {
+  static const char *const un[] = {"neg", "exp", "tanh", "sigmoid", "relu", "gelu", "silu"};
+  static const char *const bin[] = {"add", "sub", "mul", "maximum", "div"};
+  for (int c = 0; c < n; c++) {
+    int64_t d0 = rand_in(1, 5), d1 = rand_in(1, 4), d2 = rand_in(1, 70);
+    char X[64], text[8192], name[64];
+    snprintf(X, sizeof X, "f32[%lld,%lld,%lld]", (long long)d0, (long long)d1, (long long)d2);
+    char bshapes[4][64];
+    snprintf(bshapes[0], 64, "f32[%lld]", (long long)d2);
+    snprintf(bshapes[1], 64, "f32[%lld,1]", (long long)d1);
+    snprintf(bshapes[2], 64, "f32[%lld,1,%lld]", (long long)d0, (long long)d2);
+    snprintf(bshapes[3], 64, "f32[]");
+    int n0 = snprintf(text, sizeof text,
+                      "module @m {\n  func @f(%%x: %s, %%px: %s, %%b0: %s, %%b1: %s, %%pb2: %s, "
+                      "%%b3: %s) -> (%s, %s) {\n",
+                      X, X, bshapes[0], bshapes[1], bshapes[2], bshapes[3], X, X);
+    /* values: 0 = %x, 1 = %px (positive); v2.. the chain; each op's result is X */
+    int nops = (int)rand_in(2, 12), nvals = 2;
+    bool positive[64] = {false, true};
+    for (int i = 0; i < nops; i++) {
+      int a = (int)rand_in(nvals > 4 ? nvals - 4 : 0, nvals - 1);
+      char an[16], res[16];
+      snprintf(an, sizeof an, a == 0 ? "%%x" : a == 1 ? "%%px" : "%%v%d", a);
+      snprintf(res, sizeof res, "%%v%d", nvals);
+      int kind = (int)rand_in(0, 9);
+      if (kind < 3) {
+        int u = (int)rand_in(0, PTC_ARRAY_LEN(un) - 1);
+        n0 += snprintf(text + n0, sizeof text - (size_t)n0, "    %s = %s %s : %s\n", res, un[u],
+                       an, X);
+        positive[nvals] = strcmp(un[u], "exp") == 0 || strcmp(un[u], "sigmoid") == 0;
+      } else if (kind < 4 && positive[a]) {
+        static const char *const pu[] = {"log", "sqrt", "rsqrt"};
+        int u = (int)rand_in(0, 2);
+        n0 += snprintf(text + n0, sizeof text - (size_t)n0, "    %s = %s %s : %s\n", res, pu[u],
+                       an, X);
+        positive[nvals] = u != 0;
+      } else {
+        int bop = (int)rand_in(0, PTC_ARRAY_LEN(bin) - 1);
+        int which = (int)rand_in(0, 5);
+        char bn[16];
+        if (which < 4) snprintf(bn, sizeof bn, "%%%s%d", which == 2 ? "pb" : "b", which);
+        else snprintf(bn, sizeof bn, which == 4 ? "%%px" : "%%x");
+        bool bpos = which == 2 || which == 4;
+        if (strcmp(bin[bop], "div") == 0 && !bpos) bop = 2; /* no division by ~0 */
+        bool sw = rand_in(0, 1) && strcmp(bin[bop], "div") != 0;
+        n0 += snprintf(text + n0, sizeof text - (size_t)n0, "    %s = %s %s, %s : %s\n", res,
+                       bin[bop], sw ? bn : an, sw ? an : bn, X);
+        positive[nvals] = (strcmp(bin[bop], "add") == 0 || strcmp(bin[bop], "mul") == 0 ||
+                           strcmp(bin[bop], "div") == 0) && positive[a] && bpos;
+      }
+      nvals++;
+    }
+    int mid = (int)rand_in(2, nvals - 1);
+    snprintf(text + n0, sizeof text - (size_t)n0, "    return %%v%d, %%v%d\n  }\n}\n", mid,
+             nvals - 1);
+    snprintf(name, sizeof name, "random chain %d", c);
+    if (getenv("PTC_DUMP_CHAIN") && atoi(getenv("PTC_DUMP_CHAIN")) == c) printf("%s", text);
+    tcase tc = {name, text, "fuse", 4, {2e-4, 2e-5}, 1, 0};
+    run_case(&tc);
+  }
+}
+
+/* ---- the transcendentals against libm ------------------------------------------ */
+
+static int64_t ulp_key(float f) {
+  int32_t i;
+  memcpy(&i, &f, 4);
+  return i < 0 ? (int64_t)INT32_MIN - i : i; /* monotone in f */
+}
+
+static int64_t ulps(float a, float b) {
+  if (isnan(a) || isnan(b)) return isnan(a) && isnan(b) ? 0 : INT64_MAX;
+  int64_t d = ulp_key(a) - ulp_key(b);
+  return d < 0 ? -d : d;
+}
+
+static float *math_inputs(const char *fn, int64_t *n) {
+  int64_t cap = 1 << 20, k = 0;
+  float *x = malloc((size_t)cap * sizeof *x);
+  const float special[] = {0.0f, -0.0f, INFINITY, -INFINITY, NAN, 1e-45f, -1e-45f, 1e-40f,
+                           1.17549435e-38f, 3.4028235e38f, -3.4028235e38f, 1.0f, -1.0f};
+  for (int i = 0; i < PTC_ARRAY_LEN(special); i++) x[k++] = special[i];
+  if (strcmp(fn, "exp") == 0) {
+    for (float v = -110.0f; v <= 95.0f; v += 0.00731f) x[k++] = v;
+    const float edge[] = {88.7228317f, 88.7228394f, 88.72284f, -87.3365479f, -103.278931f,
+                          -103.972084f, -104.0f, 89.0f, 1e-8f, -1e-8f};
+    for (int i = 0; i < PTC_ARRAY_LEN(edge); i++) x[k++] = edge[i];
+  } else if (strcmp(fn, "log") == 0) {
+    /* every binade, subnormals included */
+    for (uint32_t bits = 1; bits < 0x7f800000u; bits += 0x1234u) {
+      float v;
+      memcpy(&v, &bits, 4);
+      x[k++] = v;
+    }
+    x[k++] = -2.0f;
+    for (float v = 0.5f; v < 2.0f; v += 0.0001f) x[k++] = v;
+  } else {
+    for (float v = -20.0f; v <= 20.0f; v += 0.0007f) x[k++] = v;
+    for (uint32_t bits = 1; bits < 0x3f000000u; bits += 0x3456u) {
+      float v;
+      memcpy(&v, &bits, 4);
+      x[k++] = v;
+      x[k++] = -v;
+    }
+  }
+  PTC_ASSERT(k <= cap);
+  *n = k;
+  return x;
+}
+
+static void test_math(void) {
+  static const char *const fns[] = {"exp", "log", "tanh"};
+  static const int64_t max_ulps[] = {2, 2, 3};
+  for (int fi = 0; fi < 3; fi++) {
+    int64_t n;
+    float *x = math_inputs(fns[fi], &n);
+    char text[512];
+    snprintf(text, sizeof text,
+             "module @m {\n  func @f(%%x: f32[%lld]) -> f32[%lld] {\n"
+             "    %%y = %s %%x {group = 0} : f32[%lld]\n    return %%y\n  }\n}\n",
+             (long long)n, (long long)n, fns[fi], (long long)n);
+    ptc_ctx *ctx = ptc_ctx_create();
+    ptc_ctx_set_diag_capture(ctx, true);
+    ptc_module *m = ptc_parse_module(ctx, "math.ptir", text, strlen(text));
+    CHECK(m != NULL);
+    char so[128];
+    snprintf(so, sizeof so, "%s/math%d.so", tmpdir, fi);
+    int rc = m ? ptc_codegen_cpu(m, "cpu", so, NULL) : -1;
+    CHECK_MSG(rc == 0, "%s", ptc_ctx_diag_text(ctx));
+    void *h = rc == 0 ? dlopen(so, RTLD_NOW | RTLD_LOCAL) : NULL;
+    if (h) {
+      kernel_fn fn;
+      void *sym = dlsym(h, "ptc_k0");
+      memcpy(&fn, &sym, sizeof fn);
+      float *y = malloc((size_t)n * sizeof *y);
+      void *bufs[2] = {x, y};
+      fn(bufs, 0, n);
+      int64_t worst = 0, at = 0;
+      for (int64_t i = 0; i < n; i++) {
+        double ref = fi == 0 ? exp((double)x[i]) : fi == 1 ? log((double)x[i]) : tanh((double)x[i]);
+        int64_t u = ulps(y[i], (float)ref);
+        if (u > worst) {
+          worst = u;
+          at = i;
+        }
+      }
+      printf("  %s: %lld inputs, worst %lld ulp at %.9g (got %.9g, libm %.9g)\n", fns[fi],
+             (long long)n, (long long)worst, x[at], y[at],
+             fi == 0 ? exp((double)x[at]) : fi == 1 ? log((double)x[at]) : tanh((double)x[at]));
+      CHECK_MSG(worst <= max_ulps[fi], "%s: %lld ulp at %.9g", fns[fi], (long long)worst, x[at]);
+      free(y);
+      dlclose(h);
+    }
+    unlink(so);
+    free(x);
+    ptc_module_destroy(m);
+    ptc_ctx_destroy(ctx);
+  }
+}
+
+/* ---- targets, vectors, errors ------------------------------------------------------ */
+
+static void test_targets(void) {
+  const char *text = "module @m {\n  func @f(%x: f32[100]) -> f32[100] {\n"
+                     "    %y = exp %x {group = 0} : f32[100]\n    return %y\n  }\n}\n";
+  ptc_ctx *ctx = ptc_ctx_create();
+  ptc_ctx_set_diag_capture(ctx, true);
+  ptc_module *m = ptc_parse_module(ctx, "t.ptir", text, strlen(text));
+  ptc_buf ir;
+  ptc_buf_init(&ir);
+  /* vector code for AVX2 and for baseline x86-64 */
+  CHECK(ptc_codegen_cpu_ir(m, "cpu:x86-64-v3", &ir) == 0);
+  CHECK_MSG(ir.data && strstr(ir.data, "<8 x float>"), "no 8-lane vectors for x86-64-v3");
+  CHECK(ir.data && strstr(ir.data, "define i32 @ptc_k0(i8** "));
+  CHECK(ir.data && !strstr(ir.data, "@expf")); /* no libm call in the loop */
+  ir.len = 0;
+  CHECK(ptc_codegen_cpu_ir(m, "cpu:generic", &ir) == 0);
+  CHECK_MSG(ir.data && strstr(ir.data, "<4 x float>"), "no 4-lane vectors for generic");
+  /* the info record */
+  char so[128];
+  snprintf(so, sizeof so, "%s/t.so", tmpdir);
+  ptc_buf info;
+  ptc_buf_init(&info);
+  CHECK(ptc_codegen_cpu(m, "cpu:x86-64-v3", so, &info) == 0);
+  CHECK(info.data && strstr(info.data, "\"requires\": \"sse3,ssse3,sse4.1,sse4.2,popcnt,avx,avx2,fma,bmi,bmi2\""));
+  CHECK(info.data && strstr(info.data, "\"kernels\": 1"));
+  unlink(so);
+  /* bad targets name the problem */
+  ptc_ctx_reset_errors(ctx);
+  CHECK(ptc_codegen_cpu(m, "cpu:pentium-pro-max", so, NULL) < 0);
+  CHECK(strstr(ptc_ctx_diag_text(ctx), "unknown CPU 'pentium-pro-max'") != NULL);
+  CHECK(ptc_codegen_cpu(m, "gpu", so, NULL) < 0);
+  CHECK(strstr(ptc_ctx_diag_text(ctx), "--target gpu: unknown target") != NULL);
+  /* a path that cannot be written */
+  CHECK(ptc_codegen_cpu(m, "cpu", "/nonexistent-dir/k.so", NULL) < 0);
+#if PTC_TEST_RUNTIME
+  /* the CPU check: what this machine has passes; a made-up need is skipped,
+   * and every recorded list of the host passes */
+  CHECK(ptrt_fused_check_cpu(ctx, "plan/manifest.json", "x86-64", "") == 0);
+  info.len = 0;
+  CHECK(ptc_codegen_cpu(m, "cpu", so, &info) == 0);
+  const char *req = info.data ? strstr(info.data, "\"requires\": \"") : NULL;
+  if (req) {
+    char list[256];
+    req += strlen("\"requires\": \"");
+    size_t n = strcspn(req, "\"");
+    snprintf(list, sizeof list, "%.*s", (int)n, req);
+    CHECK_MSG(ptrt_fused_check_cpu(ctx, "plan/manifest.json", "host", list) == 0, "%s", list);
+  }
+  unlink(so);
+#if defined(__x86_64__)
+  if (!__builtin_cpu_supports("avx512f")) {
+    CHECK(ptrt_fused_check_cpu(ctx, "plan/manifest.json", "skylake-avx512", "avx,avx512f") < 0);
+    CHECK(strstr(ptc_ctx_diag_text(ctx), "avx512f") != NULL);
+  }
+#endif
+  /* a kernel library that lacks a group's kernel is refused by name */
+  {
+    const char *t2 = "module @m {\n  func @f(%x: f32[4]) -> f32[4] {\n"
+                     "    %y = exp %x {group = 5} : f32[4]\n    return %y\n  }\n}\n";
+    ptc_module *m2 = ptc_parse_module(ctx, "t2.ptir", t2, strlen(t2));
+    CHECK(ptc_codegen_cpu(m, "cpu", so, NULL) == 0);
+    ptrt_fused *lib = ptrt_fused_open(ctx, so, m2->funcs[0]);
+    CHECK(lib == NULL);
+    CHECK(strstr(ptc_ctx_diag_text(ctx), "has no kernel ptc_k5 for group 5") != NULL);
+    ptrt_fused_close(lib);
+    CHECK(ptrt_fused_open(ctx, "/nonexistent/k.so", m2->funcs[0]) == NULL);
+    CHECK(strstr(ptc_ctx_diag_text(ctx), "/nonexistent/k.so: error: cannot load") != NULL);
+    ptc_module_destroy(m2);
+    unlink(so);
+  }
+#endif
+  ptc_buf_fini(&info);
+  ptc_buf_fini(&ir);
+  ptc_module_destroy(m);
+  ptc_ctx_destroy(ctx);
+}
+
+/* ---- a measurement (PTC_BENCH=1) -------------------------------------------------- */
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void bench(void) {
+  /* bias add + GELU over GPT-2's MLP activations (B=4, T=64, 4*768), and
+   * an AdamW update of a 768 x 3072 matrix */
+  const char *text =
+      "module @m {\n  param @b : f32[3072]\n"
+      "  param @w : f32[768,3072]\n  state @w.m : f32[768,3072]\n  state @w.v : f32[768,3072]\n"
+      "  func @f(%x: f32[256,3072], %g: f32[768,3072], %lr: f32[], %t: f32[]) -> "
+      "(f32[256,3072], f32[256,3072], f32[768,3072], f32[768,3072], f32[768,3072]) {\n"
+      "    %h = add %x, @b {group = 0} : f32[256,3072]\n    %y = gelu %h {group = 0} : f32[256,3072]\n"
+      "    %p, %m1, %v1 = adamw @w, %g, @w.m, @w.v, %lr, %t {beta1 = 0.9, beta2 = 0.95, eps = 1e-08, weight_decay = 0.1, group = 1} : f32[768,3072], f32[768,3072], f32[768,3072]\n"
+      "    return %h, %y, %p, %m1, %v1\n  }\n}\n";
+  ptc_ctx *ctx = ptc_ctx_create();
+  ptc_module *m = ptc_parse_module(ctx, "bench.ptir", text, strlen(text));
+  char so[128];
+  snprintf(so, sizeof so, "%s/bench.so", tmpdir);
+  if (!m || ptc_codegen_cpu(m, "cpu", so, NULL) != 0) return;
+  void *h = dlopen(so, RTLD_NOW | RTLD_LOCAL);
+  kernel_fn k0, k1;
+  void *s0 = dlsym(h, "ptc_k0"), *s1 = dlsym(h, "ptc_k1");
+  memcpy(&k0, &s0, sizeof k0);
+  memcpy(&k1, &s1, sizeof k1);
+  int64_t n0 = 256 * 3072, n1 = 768 * 3072;
+  float *x = calloc((size_t)n0, 4), *b = calloc(3072, 4), *hh = calloc((size_t)n0, 4),
+        *y = calloc((size_t)n0, 4);
+  float *p = calloc((size_t)n1, 4), *g = calloc((size_t)n1, 4), *mm = calloc((size_t)n1, 4),
+        *vv = calloc((size_t)n1, 4), *p1 = calloc((size_t)n1, 4), *m1 = calloc((size_t)n1, 4),
+        *v1 = calloc((size_t)n1, 4);
+  for (int64_t i = 0; i < n0; i++) x[i] = (float)((i % 97) - 48) * 0.05f;
+  float lr = 1e-3f, t = 3;
+  void *bufs0[4] = {x, b, hh, y};
+  void *bufs1[9] = {p, g, mm, vv, &lr, &t, p1, m1, v1};
+  int reps = 50;
+  double t0 = now_s();
+  for (int r = 0; r < reps; r++) k0(bufs0, 0, n0);
+  double dt0 = (now_s() - t0) / reps;
+  t0 = now_s();
+  for (int r = 0; r < reps; r++) k1(bufs1, 0, n1);
+  double dt1 = (now_s() - t0) / reps;
+  /* bytes each kernel must move: reads and writes once */
+  double by0 = (double)n0 * 4 * 3 + 3072 * 4, by1 = (double)n1 * 4 * 7 + 8;
+  printf("bench (one thread): bias+gelu %.1f MB in %.3f ms = %.1f GB/s; adamw %.1f MB in "
+         "%.3f ms = %.1f GB/s\n",
+         by0 / 1e6, dt0 * 1e3, by0 / dt0 / 1e9, by1 / 1e6, dt1 * 1e3, by1 / dt1 / 1e9);
+  /* the same work, op by op with plain C loops like the runtime's kernels */
+  t0 = now_s();
+  for (int r = 0; r < reps; r++) {
+    for (int64_t i = 0; i < n0; i++) hh[i] = x[i] + b[i % 3072];
+    for (int64_t i = 0; i < n0; i++) {
+      float v = hh[i];
+      y[i] = 0.5f * v * (1.0f + tanhf(0.7978845608f * (v + 0.044715f * v * v * v)));
+    }
+  }
+  double dc = (now_s() - t0) / reps;
+  printf("bench (one thread): the same bias+gelu as two C loops with libm tanhf: %.3f ms = "
+         "%.1f GB/s of the fused traffic (fused is %.1fx)\n",
+         dc * 1e3, by0 / dc / 1e9, dc / dt0);
+#if PTC_TEST_RUNTIME
+  {
+    ptrt_env env = {ctx, NULL, ptrt_comm_single()};
+    ptc_func *f = m->funcs[0];
+    const ptc_op *add = &f->ops[0], *gelu = &f->ops[1], *adam = &f->ops[2];
+    void *ai[2] = {x, b}, *ao[1] = {hh}, *gi[1] = {hh}, *go[1] = {y};
+    void *adi[6] = {p, g, mm, vv, &lr, &t}, *ado[3] = {p1, m1, v1};
+    ptrt_kargs ka = {&env, f, add, ai, ao}, kg = {&env, f, gelu, gi, go}, kd = {&env, f, adam, adi, ado};
+    t0 = now_s();
+    for (int r = 0; r < reps; r++) {
+      ptrt_kernel_get(PTC_OP_ADD)(&ka);
+      ptrt_kernel_get(PTC_OP_GELU)(&kg);
+    }
+    double dr = (now_s() - t0) / reps;
+    t0 = now_s();
+    for (int r = 0; r < reps; r++) ptrt_kernel_get(PTC_OP_ADAMW)(&kd);
+    double da = (now_s() - t0) / reps;
+    printf("bench (one thread): runtime kernels add+gelu %.3f ms (fused %.1fx faster); "
+           "adamw %.3f ms (fused %.1fx faster)\n",
+           dr * 1e3, dr / dt0, da * 1e3, da / dt1);
+  }
+#endif
+  free(x); free(b); free(hh); free(y); free(p); free(g); free(mm); free(vv);
+  free(p1); free(m1); free(v1);
+  dlclose(h);
+  unlink(so);
+  ptc_module_destroy(m);
+  ptc_ctx_destroy(ctx);
+}
+
+int main(void) {
+  char why[256];
+  if (!ptc_codegen_cpu_can_link(why, sizeof why)) {
+    printf("test_cpu_codegen: skipped: %s\n", why);
+    return 77;
+  }
+  snprintf(tmpdir, sizeof tmpdir, "/tmp/ptc_cg_XXXXXX");
+  if (!mkdtemp(tmpdir)) {
+    perror("mkdtemp");
+    return 1;
+  }
+  test_math();
+  test_targets();
+  test_single_ops();
+  for (int i = 0; i < PTC_ARRAY_LEN(fixed_cases); i++) run_case(&fixed_cases[i]);
+  run_case(&bad_target);
+  test_random_chains(40);
+  const char *b = getenv("PTC_BENCH");
+  if (b && b[0] == '1') bench();
+  rmdir(tmpdir);
+  return test_report("test_cpu_codegen");
+}
+
+#else /* !PTC_HAVE_LLVM */
+
+int main(void) {
+  printf("test_cpu_codegen: skipped: ptc was built without LLVM\n");
+  return 77;
+}
+
+#endif
