@@ -673,8 +673,12 @@ static int train(run *r) {
     for (int32_t i = 1; i < ret->nin; i++) {
       if (!is_scalar_f32(&b->f->values[ret->in[i]].type)) continue;
       float v = *(const float *)ptrt_program_result(b->prog, i);
-      char key[16];
-      snprintf(key, sizeof key, "r%d", i);
+      /* named as the IR names the value (the optimizer's %grad_norm),
+       * else by position */
+      char key[64];
+      const char *vname = b->f->values[ret->in[i]].name;
+      if (vname && strlen(vname) < sizeof key) snprintf(key, sizeof key, "%s", vname);
+      else snprintf(key, sizeof key, "r%d", i);
       json_object_set_new(rec, key, json_real(v));
       if (ne < sizeof extra)
         ne += (size_t)snprintf(extra + ne, sizeof extra - ne, " | %s %.4g", key, v);
