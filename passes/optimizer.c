@@ -67,7 +67,7 @@ static int32_t scalar_const(ptc_func *f, double v, ptc_loc loc) {
 
 /* sum over every element of g, as f32[] */
 static int32_t sum_all(ptc_func *f, int32_t g, ptc_loc loc) {
-  const ptc_type *t = &f->values[g].type;
+  const ptc_type tv = f->values[g].type, *t = &tv; /* building may move f->values */
   int64_t axes[PTC_MAX_RANK];
   for (int32_t d = 0; d < t->rank; d++) axes[d] = d;
   int32_t in[2] = {g, g};
