@@ -165,7 +165,8 @@ typedef struct build {
   target t;
   LLVMTargetMachineRef tm;
   ptc_cg g;
-  int32_t nkernels;
+  int32_t nkernels;  /* groups, each a symbol */
+  int32_t ndistinct; /* kernels compiled (the others are aliases) */
 } build;
 
 static void build_fini(build *b) {
@@ -176,10 +177,68 @@ static void build_fini(build *b) {
   target_fini(&b->t);
 }
 
+/* A group's structure, as text: input types, each op with its operands
+ * (input k, or result r of the group's op i), attributes but `group`,
+ * result types, and which results leave the group.  Groups with equal
+ * keys compute the same function of their buffers, so they share one
+ * kernel: a transformer's layers repeat the same few groups, and
+ * compiling each once cuts LLVM's time by the number of layers. */
+static void group_key(ptc_buf *b, const ptc_func *f, const ptc_group_sig *sig) {
+  for (int32_t k = 0; k < sig->nin; k++) {
+    ptc_type_print(b, &f->values[sig->in[k]].type);
+    ptc_buf_puts(b, ",");
+  }
+  for (int32_t i = sig->first; i < sig->end; i++) {
+    const ptc_op *op = &f->ops[i];
+    ptc_buf_printf(b, ";%s", ptc_opinfo_get(op->code)->name);
+    for (int32_t a = 0; a < op->nin; a++) {
+      const ptc_value *v = &f->values[op->in[a]];
+      if (v->kind == PTC_VALUE_OP && v->def >= sig->first && v->def < sig->end) {
+        ptc_buf_printf(b, " v%d.%d", (int)(v->def - sig->first), (int)v->res);
+      } else {
+        for (int32_t k = 0; k < sig->nin; k++)
+          if (sig->in[k] == op->in[a]) ptc_buf_printf(b, " i%d", (int)k);
+      }
+    }
+    for (int32_t a = 0; a < op->nattr; a++) {
+      const ptc_attr *at = &op->attrs[a];
+      if (strcmp(at->name, PTC_GROUP_ATTR) == 0) continue;
+      ptc_buf_printf(b, " %s=", at->name);
+      switch (at->kind) {
+      case PTC_ATTR_INT: ptc_buf_printf(b, "%lld", (long long)at->u.i); break;
+      case PTC_ATTR_FLOAT: ptc_buf_put_double(b, at->u.f); break;
+      case PTC_ATTR_BOOL: ptc_buf_puts(b, at->u.b ? "true" : "false"); break;
+      case PTC_ATTR_STR: case PTC_ATTR_SYM: ptc_buf_puts(b, at->u.s); break;
+      case PTC_ATTR_DTYPE: ptc_buf_puts(b, ptc_dtype_name(at->u.dtype)); break;
+      case PTC_ATTR_INTS:
+        for (int32_t k = 0; k < at->u.ints.n; k++)
+          ptc_buf_printf(b, "%s%lld", k ? "," : "[", (long long)at->u.ints.v[k]);
+        ptc_buf_puts(b, "]");
+        break;
+      }
+    }
+    for (int32_t r = 0; r < op->nout; r++) {
+      ptc_buf_puts(b, r ? "," : " :");
+      ptc_type_print(b, &f->values[op->out[r]].type);
+    }
+  }
+  ptc_buf_puts(b, ";out");
+  for (int32_t o = 0; o < sig->nout; o++) {
+    const ptc_value *v = &f->values[sig->out[o]];
+    ptc_buf_printf(b, " v%d.%d", (int)(v->def - sig->first), (int)v->res);
+  }
+}
+
+typedef struct kernel_seen {
+  char *key; /* heap */
+  LLVMValueRef fn;
+} kernel_seen;
+
 /* Every group of every function: checks ids are unique in the module. */
 static int emit_all(ptc_module *m, build *b) {
-  int32_t nids = 0, cap = 0;
+  int32_t nids = 0, cap = 0, nseen = 0;
   int64_t *ids = NULL;
+  kernel_seen *seen = NULL;
   int rc = 0;
   for (int32_t fi = 0; fi < m->nfuncs && rc == 0; fi++) {
     ptc_func *f = m->funcs[fi];
@@ -200,6 +259,7 @@ static int emit_all(ptc_module *m, build *b) {
       if (nids == cap) {
         cap = cap ? 2 * cap : 64;
         ids = ptc_xrealloc(ids, (size_t)cap * sizeof *ids);
+        seen = ptc_xrealloc(seen, (size_t)cap * sizeof *seen);
       }
       ids[nids++] = id;
       ptc_group_sig sig;
@@ -207,12 +267,30 @@ static int emit_all(ptc_module *m, build *b) {
         rc = -1;
         break;
       }
-      rc = ptc__cg_emit_group(&b->g, f, &sig);
+      ptc_buf key;
+      ptc_buf_init(&key);
+      group_key(&key, f, &sig);
+      LLVMValueRef same = NULL;
+      for (int32_t k = 0; k < nseen && !same; k++)
+        if (strcmp(seen[k].key, key.data) == 0) same = seen[k].fn;
+      if (same) {
+        char name[48];
+        ptc_group_kernel_name(sig.id, name, sizeof name);
+        LLVMAddAlias2(b->g.M, LLVMGlobalGetValueType(same), 0, same, name);
+        ptc_buf_fini(&key);
+      } else {
+        seen[nseen].key = key.data; /* the buffer's heap string, kept */
+        rc = ptc__cg_emit_group(&b->g, f, &sig, &seen[nseen].fn);
+        nseen++;
+        b->ndistinct++;
+      }
       i = sig.end;
       ptc_group_sig_fini(&sig);
       b->nkernels++;
     }
   }
+  for (int32_t k = 0; k < nseen; k++) free(seen[k].key);
+  free(seen);
   free(ids);
   return rc;
 }
@@ -355,7 +433,8 @@ int ptc_codegen_cpu(ptc_module *m, const char *target_spec, const char *out_so, 
     put_json_str(info, b.t.features);
     ptc_buf_puts(info, ", \"requires\": ");
     put_json_str(info, b.t.requires);
-    ptc_buf_printf(info, ", \"vector_width\": %d, \"kernels\": %d}", b.t.W, (int)b.nkernels);
+    ptc_buf_printf(info, ", \"vector_width\": %d, \"kernels\": %d, \"distinct_kernels\": %d}",
+                   b.t.W, (int)b.nkernels, (int)b.ndistinct);
   }
   free(obj);
   build_fini(&b);

@@ -66,8 +66,7 @@ typedef struct kern {
   LLVMValueRef *base[2]; /* [nvalues] this row's base offsets per mode */
   LLVMValueRef (*aux)[NAUX]; /* [ops] statistics of row ops, factors of optimizers */
   LLVMValueRef fn, begin, end, rowidx, status;
-  LLVMValueRef iota; /* <0, 1, ..., W-1> as i64 */
-  ptc_ctx *ctx;
+  LLVMValueRef iota; /* <0, 1, ..., W-1> as i32 */
 } kern;
 
 /* A position inside a row loop: lanes j .. j+lanes-1 of the current row. */
@@ -112,38 +111,45 @@ static void store(kern *k, int32_t slot, ptc_dtype t, LLVMValueRef idx, LLVMValu
 
 static LLVMValueRef i64c(kern *k, int64_t v) { return ptc__cg_ci64(k->g, 1, v); }
 
-typedef void (*body_fn)(kern *k, int lanes, LLVMValueRef j, void *cl);
+typedef void (*body_fn)(kern *k, int lanes, LLVMValueRef j, int part, void *cl);
 
-/* for (j = j0; j + W <= j1; j += W) body(W, j); for (; j < j1; j++) body(1, j); */
-static void emit_loop(kern *k, LLVMValueRef j0, LLVMValueRef j1, body_fn fn, void *cl) {
+/* A counted loop: for (; j + step <= j1; j += step) body(...). */
+static void emit_counted(kern *k, LLVMValueRef jp, LLVMValueRef j1, int lanes, int parts,
+                         body_fn fn, void *cl, const char *name) {
   LLVMContextRef C = k->g->C;
+  LLVMTypeRef i64 = ptc__cg_i64(k->g, 1);
+  int64_t step = (int64_t)lanes * parts;
+  LLVMBasicBlockRef cond = LLVMAppendBasicBlockInContext(C, k->fn, name);
+  LLVMBasicBlockRef body = LLVMAppendBasicBlockInContext(C, k->fn, name);
+  LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(C, k->fn, name);
+  LLVMBuildBr(B_, cond);
+  LLVMPositionBuilderAtEnd(B_, cond);
+  LLVMValueRef j = LLVMBuildLoad2(B_, i64, jp, "");
+  LLVMValueRef c = LLVMBuildICmp(B_, LLVMIntSLE, LLVMBuildAdd(B_, j, i64c(k, step), ""), j1, "");
+  LLVMBuildCondBr(B_, c, body, done);
+  LLVMPositionBuilderAtEnd(B_, body);
+  j = LLVMBuildLoad2(B_, i64, jp, "");
+  for (int u = 0; u < parts; u++)
+    fn(k, lanes, u ? LLVMBuildAdd(B_, j, i64c(k, (int64_t)u * lanes), "") : j, u, cl);
+  LLVMBuildStore(B_, LLVMBuildAdd(B_, j, i64c(k, step), ""), jp);
+  LLVMBuildBr(B_, cond);
+  LLVMPositionBuilderAtEnd(B_, done);
+}
+
+/* j over [j0, j1): `parts` vectors of W lanes per trip while they fit
+ * (each `part` may keep its own accumulators, which breaks the dependency
+ * chain of a reduction), then single vectors, then scalars. */
+static void emit_loop_parts(kern *k, LLVMValueRef j0, LLVMValueRef j1, int parts, body_fn fn,
+                            void *cl) {
   LLVMValueRef jp = ptc__cg_alloca(k->g, ptc__cg_i64(k->g, 1), "j");
   LLVMBuildStore(B_, j0, jp);
-  LLVMBasicBlockRef vc = LLVMAppendBasicBlockInContext(C, k->fn, "vcond");
-  LLVMBasicBlockRef vb = LLVMAppendBasicBlockInContext(C, k->fn, "vbody");
-  LLVMBasicBlockRef sc = LLVMAppendBasicBlockInContext(C, k->fn, "scond");
-  LLVMBasicBlockRef sb = LLVMAppendBasicBlockInContext(C, k->fn, "sbody");
-  LLVMBasicBlockRef done = LLVMAppendBasicBlockInContext(C, k->fn, "ldone");
-  LLVMTypeRef i64 = ptc__cg_i64(k->g, 1);
-  LLVMBuildBr(B_, vc);
-  LLVMPositionBuilderAtEnd(B_, vc);
-  LLVMValueRef j = LLVMBuildLoad2(B_, i64, jp, "");
-  LLVMValueRef c = LLVMBuildICmp(B_, LLVMIntSLE, LLVMBuildAdd(B_, j, i64c(k, k->W), ""), j1, "");
-  LLVMBuildCondBr(B_, c, vb, sc);
-  LLVMPositionBuilderAtEnd(B_, vb);
-  j = LLVMBuildLoad2(B_, i64, jp, "");
-  fn(k, k->W, j, cl);
-  LLVMBuildStore(B_, LLVMBuildAdd(B_, j, i64c(k, k->W), ""), jp);
-  LLVMBuildBr(B_, vc);
-  LLVMPositionBuilderAtEnd(B_, sc);
-  j = LLVMBuildLoad2(B_, i64, jp, "");
-  LLVMBuildCondBr(B_, LLVMBuildICmp(B_, LLVMIntSLT, j, j1, ""), sb, done);
-  LLVMPositionBuilderAtEnd(B_, sb);
-  j = LLVMBuildLoad2(B_, i64, jp, "");
-  fn(k, 1, j, cl);
-  LLVMBuildStore(B_, LLVMBuildAdd(B_, j, i64c(k, 1), ""), jp);
-  LLVMBuildBr(B_, sc);
-  LLVMPositionBuilderAtEnd(B_, done);
+  if (parts > 1) emit_counted(k, jp, j1, k->W, parts, fn, cl, "vloopN");
+  emit_counted(k, jp, j1, k->W, 1, fn, cl, "vloop");
+  emit_counted(k, jp, j1, 1, 1, fn, cl, "sloop");
+}
+
+static void emit_loop(kern *k, LLVMValueRef j0, LLVMValueRef j1, body_fn fn, void *cl) {
+  emit_loop_parts(k, j0, j1, 1, fn, cl);
 }
 
 /* ---- evaluation ----------------------------------------------------------- */
@@ -419,13 +425,13 @@ static void optimizer_aux(kern *k, int32_t opi) {
 
 /* ---- row reductions ----------------------------------------------------------- */
 
-enum { MAXACC = 4 };
+enum { MAXACC = 4, PARTS = 4 };
 typedef void (*red_fn)(kern *k, pos *p, LLVMValueRef *vals, void *cl);
 
 typedef struct red_job {
   int n;
   bool max[MAXACC];
-  LLVMValueRef vacc[MAXACC], sacc[MAXACC];
+  LLVMValueRef vacc[MAXACC][PARTS], sacc[MAXACC];
   red_fn fn;
   void *cl;
 } red_job;
@@ -434,13 +440,13 @@ static LLVMValueRef *fresh_cache(kern *k) {
   return ptc_xcalloc((size_t)k->f->nvalues + 1, sizeof(LLVMValueRef));
 }
 
-static void red_body(kern *k, int lanes, LLVMValueRef j, void *cl) {
+static void red_body(kern *k, int lanes, LLVMValueRef j, int part, void *cl) {
   red_job *r = cl;
   pos p = {lanes, j, fresh_cache(k)};
   LLVMValueRef vals[MAXACC];
   r->fn(k, &p, vals, r->cl);
   for (int a = 0; a < r->n; a++) {
-    LLVMValueRef acc = lanes > 1 ? r->vacc[a] : r->sacc[a];
+    LLVMValueRef acc = lanes > 1 ? r->vacc[a][part] : r->sacc[a];
     LLVMTypeRef t = ptc__cg_f32(k->g, lanes);
     LLVMValueRef cur = LLVMBuildLoad2(B_, t, acc, "");
     LLVMValueRef nv = r->max[a] ? ptc__cg_fmax(k->g, vals[a], cur)
@@ -450,24 +456,34 @@ static void red_body(kern *k, int lanes, LLVMValueRef j, void *cl) {
   free(p.cache);
 }
 
-/* Reduces n expressions over columns [0, bound) of the current row. */
+/* Reduces n expressions over columns [0, bound) of the current row, with
+ * PARTS vector accumulators each, combined in a fixed order. */
 static void row_reduce(kern *k, int64_t bound, int n, const bool *is_max, red_fn fn, void *cl,
                        LLVMValueRef *out) {
   red_job r = {.n = n, .fn = fn, .cl = cl};
   for (int a = 0; a < n; a++) {
     r.max[a] = is_max[a];
     double id = is_max[a] ? -INFINITY : 0.0;
-    r.vacc[a] = ptc__cg_alloca(k->g, ptc__cg_f32(k->g, k->W), "vacc");
+    for (int u = 0; u < PARTS; u++) {
+      r.vacc[a][u] = ptc__cg_alloca(k->g, ptc__cg_f32(k->g, k->W), "vacc");
+      LLVMBuildStore(B_, CF(k->W, id), r.vacc[a][u]);
+    }
     r.sacc[a] = ptc__cg_alloca(k->g, ptc__cg_f32(k->g, 1), "sacc");
-    LLVMBuildStore(B_, CF(k->W, id), r.vacc[a]);
     LLVMBuildStore(B_, CF(1, id), r.sacc[a]);
   }
-  emit_loop(k, i64c(k, 0), i64c(k, bound), red_body, &r);
+  emit_loop_parts(k, i64c(k, 0), i64c(k, bound), bound >= PARTS * k->W ? PARTS : 1, red_body, &r);
   for (int a = 0; a < n; a++) {
-    LLVMValueRef v = LLVMBuildLoad2(B_, ptc__cg_f32(k->g, k->W), r.vacc[a], "");
+    LLVMValueRef v[PARTS];
+    for (int u = 0; u < PARTS; u++) v[u] = LLVMBuildLoad2(B_, ptc__cg_f32(k->g, k->W), r.vacc[a][u], "");
     LLVMValueRef s = LLVMBuildLoad2(B_, ptc__cg_f32(k->g, 1), r.sacc[a], "");
-    out[a] = is_max[a] ? ptc__cg_fmax(k->g, s, ptc__cg_hmax(k->g, v))
-                       : LLVMBuildFAdd(B_, ptc__cg_hsum(k->g, v), s, "");
+    if (is_max[a]) {
+      LLVMValueRef m = ptc__cg_fmax(k->g, ptc__cg_fmax(k->g, v[1], v[0]), ptc__cg_fmax(k->g, v[3], v[2]));
+      out[a] = ptc__cg_fmax(k->g, s, ptc__cg_hmax(k->g, m));
+    } else {
+      LLVMValueRef m = LLVMBuildFAdd(B_, LLVMBuildFAdd(B_, v[0], v[1], ""),
+                                     LLVMBuildFAdd(B_, v[2], v[3], ""), "");
+      out[a] = LLVMBuildFAdd(B_, ptc__cg_hsum(k->g, m), s, "");
+    }
   }
 }
 
@@ -564,9 +580,11 @@ static void norm_stats(kern *k, int32_t opi, bool centred) {
   aux[1] = LLVMBuildFDiv(B_, CF(1, 1.0), ptc__cg_intrinsic(k->g, "llvm.sqrt", &var, 1), "rs");
 }
 
-/* Column index vector j, j+1, ... as i64 */
+/* Column indices j, j+1, ... as i32 (a row is shorter than 2^31: checked
+ * when the kernel is made), cheaper to compare than i64 lanes. */
 static LLVMValueRef columns(kern *k, pos *p) {
-  LLVMValueRef j = ptc__cg_splat(k->g, p->j, p->lanes);
+  LLVMValueRef j32 = LLVMBuildTrunc(B_, p->j, ptc__cg_i32(k->g, 1), "");
+  LLVMValueRef j = ptc__cg_splat(k->g, j32, p->lanes);
   return p->lanes > 1 ? LLVMBuildAdd(B_, j, k->iota, "") : j;
 }
 
@@ -607,13 +625,14 @@ static LLVMValueRef rowop_elem(kern *k, int32_t opi, int32_t r, pos *p) {
     LLVMValueRef x = eval(k, op->in[1], p);
     LLVMValueRef sm = LLVMBuildFMul(B_, ptc__cg_exp(k->g, LLVMBuildFSub(B_, x, a0, "")), a1, "");
     LLVMValueRef c = columns(k, p);
-    LLVMValueRef hit = LLVMBuildICmp(B_, LLVMIntEQ, c, ptc__cg_splat(k->g, aux[3], l), "");
+    LLVMValueRef t32 = LLVMBuildTrunc(B_, aux[3], ptc__cg_i32(k->g, 1), "");
+    LLVMValueRef hit = LLVMBuildICmp(B_, LLVMIntEQ, c, ptc__cg_splat(k->g, t32, l), "");
     LLVMValueRef d = LLVMBuildFSub(
         B_, sm, LLVMBuildSelect(B_, hit, CF(l, 1.0), CF(l, 0.0), ""), "");
     LLVMValueRef v = LLVMBuildFMul(B_, ptc__cg_splat(k->g, aux[2], l), d, "");
     int64_t classes = ptc_op_attr_int(op, "classes", k->L);
     if (classes < k->L)
-      v = LLVMBuildSelect(B_, LLVMBuildICmp(B_, LLVMIntSLT, c, ptc__cg_ci64(k->g, l, classes), ""),
+      v = LLVMBuildSelect(B_, LLVMBuildICmp(B_, LLVMIntSLT, c, ptc__cg_ci32(k->g, l, classes), ""),
                           v, CF(l, 0.0), "");
     return v;
   }
@@ -738,7 +757,8 @@ static LLVMValueRef acc_expr(kern *k, const accout *a, pos *p) {
   return e;
 }
 
-static void seg_body(kern *k, int lanes, LLVMValueRef j, void *cl) {
+static void seg_body(kern *k, int lanes, LLVMValueRef j, int part, void *cl) {
+  (void)part;
   seg *s = cl;
   pos p = {lanes, j, fresh_cache(k)};
   LLVMValueRef eidx = LLVMBuildAdd(B_, LLVMBuildMul(B_, k->rowidx, i64c(k, k->L), ""), j, "");
@@ -950,9 +970,9 @@ static void kern_free(kern *k) {
   free(k->aux);
 }
 
-int ptc__cg_emit_group(ptc_cg *g, ptc_func *f, const ptc_group_sig *sig) {
+int ptc__cg_emit_group(ptc_cg *g, ptc_func *f, const ptc_group_sig *sig, LLVMValueRef *fn) {
   kern kk = {.g = g, .B = g->B, .f = f, .sig = sig, .W = g->W,
-             .rowwise = sig->kind == PTC_GROUP_ROWWISE, .ctx = f->mod->ctx};
+             .rowwise = sig->kind == PTC_GROUP_ROWWISE};
   kern *k = &kk;
   size_t nv = (size_t)f->nvalues + 1;
   k->nslot = sig->nin + sig->nout;
@@ -984,6 +1004,7 @@ int ptc__cg_emit_group(ptc_cg *g, ptc_func *f, const ptc_group_sig *sig) {
   char name[48];
   ptc_group_kernel_name(sig->id, name, sizeof name);
   k->fn = LLVMAddFunction(g->M, name, LLVMFunctionType(i32, params, 3, 0));
+  *fn = k->fn;
   LLVMAddAttributeAtIndex(k->fn, LLVMAttributeFunctionIndex,
                           LLVMCreateEnumAttribute(C, LLVMGetEnumAttributeKindForName("nounwind", 8), 0));
   if (g->cpu) LLVMAddTargetDependentFunctionAttr(k->fn, "target-cpu", g->cpu);
@@ -1008,7 +1029,7 @@ int ptc__cg_emit_group(ptc_cg *g, ptc_func *f, const ptc_group_sig *sig) {
   LLVMBuildStore(B_, ptc__cg_ci32(g, 1, 0), k->status);
   {
     LLVMValueRef lanes[64];
-    for (int i = 0; i < k->W; i++) lanes[i] = LLVMConstInt(i64, (unsigned long long)i, 0);
+    for (int i = 0; i < k->W; i++) lanes[i] = LLVMConstInt(i32, (unsigned long long)i, 0);
     k->iota = LLVMConstVector(lanes, (unsigned)k->W);
   }
 

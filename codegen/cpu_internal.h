@@ -62,8 +62,8 @@ LLVMValueRef ptc__cg_tanh(ptc_cg *g, LLVMValueRef x);
 
 /* ---- cpu_emit.c ------------------------------------------------------------ */
 
-/* Adds the kernel `ptc_k<id>` of one group to g->M.  Returns 0, or -1
- * after reporting at the group's op (an op the emitter does not know). */
-int ptc__cg_emit_group(ptc_cg *g, ptc_func *f, const ptc_group_sig *sig);
+/* Adds the kernel `ptc_k<id>` of one group to g->M and sets *fn to it.
+ * Returns 0 (the group analysis admits only ops the emitter knows). */
+int ptc__cg_emit_group(ptc_cg *g, ptc_func *f, const ptc_group_sig *sig, LLVMValueRef *fn);
 
 #endif /* PTC_CODEGEN_CPU_INTERNAL_H */

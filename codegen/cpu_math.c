@@ -160,10 +160,17 @@ static LLVMValueRef isnan_(ptc_cg *g, LLVMValueRef x) {
  * subnormals with a single rounding. */
 LLVMValueRef ptc__cg_exp(ptc_cg *g, LLVMValueRef x) {
   int L = ptc__cg_lanes(x);
-  LLVMValueRef xc = intr2(g, "llvm.maxnum", x, CF(-104.0)); /* drops a NaN; restored below */
-  xc = intr2(g, "llvm.minnum", xc, CF(89.0));
-  LLVMValueRef t = MUL(xc, CF(1.44269504088896341));
-  LLVMValueRef n = ptc__cg_intrinsic(g, "llvm.rint", &t, 1);
+  /* clamp with compare-and-select (plain max/min instructions; a NaN goes
+   * through as garbage here and is restored at the end) */
+  LLVMValueRef xc = LLVMBuildSelect(g->B, LLVMBuildFCmp(g->B, LLVMRealOLT, x, CF(-104.0), ""),
+                                    CF(-104.0), x, "");
+  xc = LLVMBuildSelect(g->B, LLVMBuildFCmp(g->B, LLVMRealOGT, xc, CF(89.0), ""), CF(89.0), xc, "");
+  /* n = rint(x / ln 2) by adding 1.5 * 2^23: n lands in the mantissa's low
+   * bits, read back as an integer; kf - 1.5 * 2^23 is n as a float */
+  LLVMValueRef kf = FMA(xc, CF(1.44269504088896341), CF(12582912.0));
+  LLVMTypeRef it = ptc__cg_i32(g, L);
+  LLVMValueRef ni = LLVMBuildSub(g->B, LLVMBuildBitCast(g->B, kf, it, ""), CI(0x4B400000), "");
+  LLVMValueRef n = SUB(kf, CF(12582912.0));
   LLVMValueRef r = FMA(n, CF(-0.693359375), xc);
   r = FMA(n, CF(2.12194440e-4), r);
   LLVMValueRef p = CF(1.9875691500e-4);
@@ -174,7 +181,6 @@ LLVMValueRef ptc__cg_exp(ptc_cg *g, LLVMValueRef x) {
   p = FMA(p, r, CF(5.0000001201e-1));
   LLVMValueRef y = FMA(p, MUL(r, r), r);
   y = ADD(y, CF(1.0));
-  LLVMValueRef ni = LLVMBuildFPToSI(g->B, n, ptc__cg_i32(g, L), "");
   LLVMValueRef n1 = LLVMBuildAShr(g->B, ni, CI(1), "");
   LLVMValueRef n2 = LLVMBuildSub(g->B, ni, n1, "");
   LLVMTypeRef ft = ptc__cg_f32(g, L);

@@ -484,6 +484,11 @@ int ptc_group_analyze(ptc_func *f, int32_t first, int32_t end, const int32_t *la
   sig->iter = g.x;
   sig->row_len = g.rowwise ? g.x.dims[g.x.rank - 1] : 1;
   sig->work = ptc_type_numel(&g.x) / sig->row_len;
+  if (sig->row_len > INT32_MAX) { /* kernels index columns with 32 bits */
+    fail(&g, first, "rows of %lld elements are too long for a kernel (at most 2^31 - 1)",
+         (long long)sig->row_len);
+    goto out;
+  }
 
   for (int32_t i = first; i < end; i++) {
     const ptc_op *op = &f->ops[i];

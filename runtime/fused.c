@@ -104,7 +104,7 @@ ptrt_fused_fn ptrt_fused_kernel(const ptrt_fused *lib, const ptc_group_sig *sig)
 
 /* ---- running ----------------------------------------------------------- */
 
-enum { MAX_CHUNKS_ACC = 256, PARTIAL_BUDGET = 4 << 20 /* bytes */ };
+enum { MAX_CHUNKS_ACC = 32, PARTIAL_BUDGET = 4 << 20 /* bytes */ };
 
 static int64_t acc_floats(const ptc_group_sig *sig, const ptc_func *f) {
   int64_t n = 0;

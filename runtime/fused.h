@@ -14,7 +14,9 @@
  * input of the same shape (an in-place update); no other overlap.
  *
  * This file is the loader and the launcher; the executor (exec.c) calls
- * it.  It does not need LLVM: the .so was linked by ptc.
+ * it: at a group's first op it runs the group and skips to sig->end.  A
+ * group's values that are not among its outputs never exist in memory, so
+ * they need no buffer.  It does not need LLVM: the .so was linked by ptc.
  *
  * Ownership: ptrt_fused_open returns an object the caller releases with
  * ptrt_fused_close; signatures it hands out live as long as it does.
