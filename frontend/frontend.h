@@ -45,7 +45,7 @@ ptc_module *ptc_frontend_compile(ptc_ctx *ctx, const char *name,
  * error naming the limit instead of eating the machine. */
 typedef struct ptc_frontend_limits {
   int64_t max_ops;    /* ops in @forward (default 1,000,000) */
-  int64_t max_params; /* parameters (default 20,000) */
+  int64_t max_params; /* parameter tensors (default 1,000,000) */
   int64_t max_steps;  /* statements run + repeat iterations (default 10,000,000) */
   int64_t max_repeat; /* iterations of one repeat (default 1,000,000) */
 } ptc_frontend_limits;
