@@ -3,13 +3,13 @@
  * plan.c writes the plan directory (docs/plan.md): manifest.json (format,
  * version, the files with their sizes and SHA-256), step.ptir (the final
  * IR: the schedule ptrun executes) and report.txt (what a person reads:
- * parameters, memory by category, FLOPs).  Generated kernels will join it
- * here.  The reader is runtime/plan.c; the two agree on the format through
+ * parameters, memory by category, FLOPs), and kernels.so when the module
+ * has fused groups (cpu.c).  The reader is runtime/plan.c; the two agree on the format through
  * PTC_PLAN_FORMAT / PTC_PLAN_VERSION and the round-trip test
  * tests/unit/test_rt_plan.c.
  *
  * Errors are reported through ptc_error on the module's context; functions
- * return 0 or -1.  Nothing here needs LLVM or the runtime.
+ * return 0 or -1.  Nothing here needs the runtime; only cpu.c needs LLVM.
  */
 #ifndef PTC_CODEGEN_H
 #define PTC_CODEGEN_H
@@ -29,13 +29,20 @@ ptc_func *ptc_plan_entry(const ptc_module *m);
  * replaced only by a complete one.  An existing `dir` that is not a plan
  * (a file, or a directory with other contents) is refused. */
 int ptc_plan_write(ptc_module *m, const char *dir);
+/* The same for a CPU target of the fused kernels ("cpu", "cpu:generic",
+ * "cpu:NAME": ptc_codegen_cpu).  When m has groups (the `fuse` pass), they
+ * are compiled to kernels.so in the plan, listed with its checksum, and the
+ * manifest's "kernels" records what they need (target, cpu, requires); a
+ * ptc without LLVM refuses such a module. */
+int ptc_plan_write_target(ptc_module *m, const char *dir, const char *target);
 
 /* Appends the human-readable report of report.txt. */
 void ptc_plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *entry);
 
 /* ---- liveness.c: where values live when a function runs op by op ---- */
 
-enum { PTC_LIVE_VAR, PTC_LIVE_ARG, PTC_LIVE_TRANSIENT };
+enum { PTC_LIVE_VAR, PTC_LIVE_ARG, PTC_LIVE_TRANSIENT,
+       PTC_LIVE_NONE /* inside a fused group only: no buffer */ };
 enum { PTC_LIVE_END = -2 }; /* `last` of a buffer kept to the end of the run */
 typedef enum ptc_assign_mode {
   PTC_ASSIGN_NOW = 1,  /* copy at the op: nothing reads the variable after it */
@@ -61,8 +68,11 @@ typedef struct ptc_liveness {
 } ptc_liveness;
 
 /* in_place: optimizer updates write their variables directly (what a
- * training run does); loss_only: run only what the first result needs. */
-void ptc_liveness_compute(ptc_liveness *l, const ptc_func *f, bool in_place, bool loss_only);
+ * training run does); loss_only: run only what the first result needs;
+ * groups: each `group = N` run executes as one fused kernel call (values
+ * internal to a group get no buffer; not with loss_only). */
+void ptc_liveness_compute(ptc_liveness *l, const ptc_func *f, bool in_place, bool loss_only,
+                          bool groups);
 void ptc_liveness_fini(ptc_liveness *l);
 /* Value v gets a buffer of its own at its definition. */
 bool ptc_liveness_allocates(const ptc_liveness *l, int32_t v);
@@ -70,8 +80,8 @@ bool ptc_liveness_allocates(const ptc_liveness *l, int32_t v);
  * variable an in-place update writes). */
 int32_t ptc_liveness_root(const ptc_liveness *l, int32_t v);
 
-/* The transient peak of a training run of f (in place, every op): what
- * ptrun measures as its peak. */
+/* The transient peak of a training run of f (in place, every op, groups
+ * fused): what ptrun measures as its peak. */
 int64_t ptc_plan_transient_peak(const ptc_func *f);
 
 /* ======================================================================

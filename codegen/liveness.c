@@ -20,6 +20,13 @@
  *    not transient and might change, a snapshot of it is taken at the op).
  *  - With loss_only, only the ops the first result depends on run (a step
  *    function evaluated for its loss: no backward pass, no updates).
+ *  - With groups (the `fuse` pass's `group = N` runs, executed as one
+ *    kernel call each: runtime/fused.c), a value defined in a group and
+ *    read by no op outside it lives only in the kernel's registers and gets
+ *    no buffer (PTC_LIVE_NONE).  The kernel writes all of a group's outputs
+ *    in one call, so they are allocated when the group starts, and every
+ *    buffer whose last reader is in the group is given back after its last
+ *    op: for buffers, a group is one op.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -94,8 +101,45 @@ static int32_t sole_assign(const ptc_func *f, const bool *run, const int32_t *us
   return -1;
 }
 
-void ptc_liveness_compute(ptc_liveness *l, const ptc_func *f, bool in_place, bool loss_only) {
+/* Per op: the index of the last op of its group, or the op itself. */
+static int32_t *group_last_ops(const ptc_func *f) {
+  int32_t *eff = ptc_xmalloc(((size_t)f->nops + 1) * sizeof *eff);
+  for (int32_t i = 0; i < f->nops;) {
+    int64_t g = ptc_op_group(&f->ops[i]);
+    int32_t j = i + 1;
+    if (g >= 0)
+      while (j < f->nops && ptc_op_group(&f->ops[j]) == g) j++;
+    for (int32_t k = i; k < j; k++) eff[k] = j - 1;
+    i = j;
+  }
+  return eff;
+}
+
+/* Values defined in a group and read by no op outside it: no buffer. */
+static void mark_group_internal(const ptc_func *f, const int32_t *eff, int8_t *where) {
+  bool *outside = ptc_xcalloc((size_t)f->nvalues + 1, sizeof *outside);
+  for (int32_t i = 0; i < f->nops; i++) {
+    const ptc_op *op = &f->ops[i];
+    for (int32_t a = 0; a < op->nin; a++) {
+      const ptc_value *v = &f->values[op->in[a]];
+      /* read by a lone op or by an op of another group */
+      if (v->kind != PTC_VALUE_OP || ptc_op_group(op) < 0 || eff[v->def] != eff[i])
+        outside[op->in[a]] = true;
+    }
+  }
+  for (int32_t i = 0; i < f->nops; i++) {
+    if (ptc_op_group(&f->ops[i]) < 0) continue;
+    for (int32_t r = 0; r < f->ops[i].nout; r++)
+      if (!outside[f->ops[i].out[r]]) where[f->ops[i].out[r]] = PTC_LIVE_NONE;
+  }
+  free(outside);
+}
+
+void ptc_liveness_compute(ptc_liveness *l, const ptc_func *f, bool in_place, bool loss_only,
+                          bool groups) {
   memset(l, 0, sizeof *l);
+  /* a group runs whole or not at all: a loss-only run goes op by op */
+  PTC_ASSERT(!(groups && loss_only));
   int32_t nv = f->nvalues, no = f->nops;
   l->nvalues = nv;
   l->nops = no;
@@ -121,6 +165,12 @@ void ptc_liveness_compute(ptc_liveness *l, const ptc_func *f, bool in_place, boo
   }
   for (int32_t i = 0; i < no; i++)
     if (l->run[i] && f->ops[i].code == PTC_OP_RESHAPE) l->root[f->ops[i].out[0]] = f->ops[i].in[0];
+  /* eff[i]: where op i's reads and writes end, for buffers */
+  int32_t *eff = NULL;
+  if (groups) {
+    eff = group_last_ops(f);
+    mark_group_internal(f, eff, l->where);
+  }
 
   /* in-place updates: the result takes its variable's storage */
   if (in_place && !loss_only) {
@@ -149,9 +199,11 @@ void ptc_liveness_compute(ptc_liveness *l, const ptc_func *f, bool in_place, boo
     int32_t nin = loss_only && op->code == PTC_OP_RETURN && op->nin > 0 ? 1 : op->nin;
     for (int32_t k = 0; k < op->nout + nin; k++) {
       int32_t r = root_of(l->root, k < op->nout ? op->out[k] : op->in[k - op->nout]);
-      if (l->where[r] == PTC_LIVE_TRANSIENT && l->last[r] < i) l->last[r] = i;
+      int32_t at = eff ? eff[i] : i;
+      if (l->where[r] == PTC_LIVE_TRANSIENT && l->last[r] < at) l->last[r] = at;
     }
   }
+  free(eff);
   /* when each assign commits */
   for (int32_t i = 0; i < no; i++) {
     const ptc_op *op = &f->ops[i];
@@ -216,7 +268,7 @@ void ptc_liveness_fini(ptc_liveness *l) {
 
 int64_t ptc_plan_transient_peak(const ptc_func *f) {
   ptc_liveness l;
-  ptc_liveness_compute(&l, f, true, false);
+  ptc_liveness_compute(&l, f, true, false, true);
   int64_t p = l.peak;
   ptc_liveness_fini(&l);
   return p;

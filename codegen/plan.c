@@ -1,5 +1,5 @@
 /* plan.c -- writes a plan directory: manifest.json, step.ptir, report.txt
- * (docs/plan.md).
+ * and, when the module has fused groups, kernels.so (docs/plan.md).
  *
  * The directory is built under a temporary name next to the destination
  * and renamed into place, so a failed write leaves nothing half-made and a
@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "codegen/codegen.h"
+#include "ptc_config.h"
 
 ptc_func *ptc_plan_entry(const ptc_module *m) {
   ptc_func *f = ptc_module_find_func(m, "step");
@@ -207,6 +208,71 @@ static json_t *file_entry(const char *name, const char *data, size_t len) {
   return json_pack("{s:s,s:I,s:s}", "name", name, "bytes", (json_int_t)len, "sha256", hex);
 }
 
+#if PTC_HAVE_LLVM
+/* Whole file into a heap buffer; NULL with errno set. */
+static char *slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  ptc_buf b;
+  ptc_buf_init(&b);
+  char chunk[65536];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) ptc_buf_put(&b, chunk, n);
+  int err = ferror(f) ? EIO : 0;
+  fclose(f);
+  if (err) {
+    ptc_buf_fini(&b);
+    errno = err;
+    return NULL;
+  }
+  if (!b.data) ptc_buf_put(&b, "", 0);
+  *len = b.len;
+  return b.data;
+}
+#endif
+
+static bool has_groups(const ptc_module *m) {
+  for (int32_t i = 0; i < m->nfuncs; i++)
+    for (int32_t k = 0; k < m->funcs[i]->nops; k++)
+      if (ptc_op_group(&m->funcs[i]->ops[k]) >= 0) return true;
+  return false;
+}
+
+/* Compiles the groups into tmp/kernels.so; appends its file entry to files
+ * and returns the code generator's description (for the manifest's
+ * "kernels"), or NULL after reporting. */
+static json_t *write_kernels(ptc_module *m, const char *target, const char *tmp,
+                             json_t *files) {
+#if PTC_HAVE_LLVM
+  char *so = join(tmp, "kernels.so");
+  ptc_buf info;
+  ptc_buf_init(&info);
+  json_t *desc = NULL;
+  if (ptc_codegen_cpu(m, target, so, &info) != 0) goto out;
+  size_t len = 0;
+  char *data = slurp(so, &len);
+  if (!data) {
+    ptc_error(m->ctx, ptc_loc_unknown, "cannot read back '%s': %s", so, strerror(errno));
+    goto out;
+  }
+  json_array_append_new(files, file_entry("kernels.so", data, len));
+  free(data);
+  json_error_t jerr;
+  desc = json_loadb(info.data ? info.data : "", info.len, 0, &jerr);
+  PTC_ASSERT(desc); /* the code generator writes valid JSON */
+out:
+  ptc_buf_fini(&info);
+  free(so);
+  return desc;
+#else
+  (void)target;
+  (void)tmp;
+  (void)files;
+  (void)m;
+  return NULL; /* refused before the plan was started */
+#endif
+}
+
 static json_t *mesh_json(const ptc_mesh *m) {
   json_t *o = json_object();
   for (int32_t i = 0; i < m->naxes; i++)
@@ -214,12 +280,22 @@ static json_t *mesh_json(const ptc_mesh *m) {
   return o;
 }
 
-int ptc_plan_write(ptc_module *m, const char *dir) {
+int ptc_plan_write(ptc_module *m, const char *dir) { return ptc_plan_write_target(m, dir, "cpu"); }
+
+int ptc_plan_write_target(ptc_module *m, const char *dir, const char *target) {
   ptc_ctx *ctx = m->ctx;
   ptc_func *entry = ptc_plan_entry(m);
   if (!entry) {
     ptc_error(ctx, ptc_loc_unknown, "cannot write a plan for @%s: it has no @step or "
               "@forward function to run; write the IR with --emit=ir", m->name);
+    return -1;
+  }
+  bool kernels = has_groups(m);
+  if (kernels && !PTC_HAVE_LLVM) {
+    ptc_error(ctx, ptc_loc_unknown, "cannot write a plan for @%s: it has fused groups (the "
+              "'fuse' pass) and this ptc was built without LLVM to compile them; drop "
+              "'fuse' from --pass-pipeline, or build ptc with LLVM (llvm-dev) and "
+              "reconfigure", m->name);
     return -1;
   }
   int ex = existing(ctx, dir);
@@ -253,11 +329,18 @@ int ptc_plan_write(ptc_module *m, const char *dir) {
   json_t *files = json_array();
   json_array_append_new(files, file_entry("step.ptir", irs, ir.len));
   json_array_append_new(files, file_entry("report.txt", reps, rep.len));
+  json_t *kdesc = NULL;
+  if (kernels && !(kdesc = write_kernels(m, target, tmp, files))) {
+    json_decref(files);
+    goto out;
+  }
   man = json_pack("{s:s,s:i,s:s,s:s,s:o,s:s,s:s,s:s,s:o}", "format", PTC_PLAN_FORMAT,
                   "version", PTC_PLAN_VERSION, "ptc_version", PTC_VERSION_STRING, "model",
                   m->name, "mesh", mesh_json(&m->mesh), "target", "cpu", "entry",
                   entry->name, "checksum", "sha256", "files", files);
   PTC_ASSERT(man);
+  /* what the kernels were built for: ptrun checks "requires" on its CPU */
+  if (kdesc) json_object_set_new(man, "kernels", kdesc);
   mtext = json_dumps(man, JSON_INDENT(2));
   PTC_ASSERT(mtext);
   size_t mlen = strlen(mtext);

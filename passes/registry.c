@@ -19,7 +19,7 @@ static const ptc_pass_info *const registry[] = {
 
 /* What `ptc model.ptg` runs when --pass-pipeline is not given.  Later stages
  * (autodiff, optimizer, shard, ...) are appended here as they land. */
-static const char default_pipeline[] = "canonicalize,cse,autodiff,optimizer,cse,dce";
+static const char default_pipeline[] = "canonicalize,cse,autodiff,optimizer,cse,dce,fuse";
 
 const ptc_pass_info *const *ptc_pass_registry(int32_t *n) {
   *n = PTC_ARRAY_LEN(registry);

@@ -14,10 +14,16 @@
  * nothing is allocated).  `live` counts the bytes of transient buffers in
  * use, `peak` its high-water mark; both follow the last-use analysis
  * exactly, so the measured peak equals ptrt_program_planned_peak.
+ *
+ * Fused groups (opts.fused): at the first op of a group the executor
+ * allocates the group's outputs, runs its kernel over the thread pool
+ * (ptrt_fused_run) and skips the group's other ops; values internal to the
+ * group have no buffer (liveness.c).
  */
 #include <stdio.h>
 
 #include "codegen/codegen.h"
+#include "runtime/fused.h"
 #include "runtime/internal.h"
 
 typedef struct cached {
@@ -59,6 +65,10 @@ struct ptrt_program {
   bool profile;
   double prof_s[PTC_OP_COUNT];
   int64_t prof_n[PTC_OP_COUNT];
+  const ptrt_fused *fused; /* borrowed, or NULL */
+  void **group_bufs;       /* a group's inputs then outputs */
+  double prof_fused_s;
+  int64_t prof_fused_n;
 };
 
 /* ---- the buffer cache -------------------------------------------------- */
@@ -94,11 +104,20 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
   ptc_ctx *ctx = env->ctx;
   ptrt_program_opts o = {0};
   if (opts) o = *opts;
+  if (o.loss_only) o.fused = NULL; /* a group runs whole: go op by op */
   ptc_liveness lv;
-  ptc_liveness_compute(&lv, f, o.in_place, o.loss_only);
+  ptc_liveness_compute(&lv, f, o.in_place, o.loss_only, o.fused != NULL);
   int bad = 0;
-  for (int32_t i = 0; i < f->nops; i++)
+  int32_t max_group = 0;
+  for (int32_t i = 0; i < f->nops; i++) {
+    const ptc_group_sig *sig = o.fused ? ptrt_fused_group_at(o.fused, i) : NULL;
+    if (sig) { /* its ops run inside the kernel */
+      if (sig->nin + sig->nout > max_group) max_group = sig->nin + sig->nout;
+      i = sig->end - 1;
+      continue;
+    }
     if (lv.run[i] && ptrt_kernel_check(ctx, f, &f->ops[i]) != 0) bad++;
+  }
   for (int32_t i = 0; i < f->nargs; i++) {
     ptc_dtype t = f->values[f->args[i]].type.dtype;
     if (t != PTC_DTYPE_F32 && t != PTC_DTYPE_I32 && t != PTC_DTYPE_I64) {
@@ -117,6 +136,8 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
   p->vars = vars;
   p->opts = o;
   p->live_plan = lv;
+  p->fused = o.fused;
+  p->group_bufs = ptc_xcalloc((size_t)max_group + 1, sizeof *p->group_bufs);
   p->nv = f->nvalues;
   p->nops = f->nops;
   size_t nv = (size_t)p->nv + 1, no = (size_t)p->nops + 1;
@@ -187,6 +208,7 @@ void ptrt_program_destroy(ptrt_program *p) {
   free(p->res_buf);
   free(p->res_bytes);
   free(p->pend);
+  free(p->group_bufs);
   free(p);
 }
 
@@ -234,12 +256,13 @@ static int acquire(ptrt_program *p, int32_t v) {
   return 0;
 }
 
-/* The first non-finite element of op i's float results, reported. */
+/* The first non-finite element of op i's float results, reported (results
+ * internal to a fused group have no buffer and are skipped). */
 static int check_finite(ptrt_program *p, int32_t i) {
   const ptc_op *op = &p->f->ops[i];
   for (int32_t r = 0; r < op->nout; r++) {
     int32_t v = op->out[r];
-    if (p->f->values[v].type.dtype != PTC_DTYPE_F32) continue;
+    if (p->f->values[v].type.dtype != PTC_DTYPE_F32 || !p->data[v]) continue;
     const float *x = p->data[v];
     int64_t n = ptc_type_numel(&p->f->values[v].type);
     for (int64_t k = 0; k < n; k++)
@@ -321,6 +344,30 @@ static int run_op(ptrt_program *p, int32_t i, bool do_commit) {
   return 0;
 }
 
+/* A fused group, at its first op; 0 or -1 (reported). */
+static int run_group(ptrt_program *p, const ptc_group_sig *sig) {
+  for (int32_t o = 0; o < sig->nout; o++) {
+    int32_t v = sig->out[o];
+    if (ptc_liveness_allocates(&p->live_plan, v)) {
+      if (acquire(p, v) != 0) return -1;
+    } else { /* an in-place update of a variable */
+      p->data[v] = p->data[ptc_liveness_root(&p->live_plan, v)];
+    }
+  }
+  for (int32_t a = 0; a < sig->nin; a++) p->group_bufs[a] = p->data[sig->in[a]];
+  for (int32_t o = 0; o < sig->nout; o++) p->group_bufs[sig->nin + o] = p->data[sig->out[o]];
+  double t0 = p->profile ? ptrt_now() : 0;
+  if (ptrt_fused_run(p->env.ctx, p->fused, sig, p->group_bufs, p->env.pool) != 0) return -1;
+  if (p->profile) {
+    p->prof_fused_s += ptrt_now() - t0;
+    p->prof_fused_n++;
+  }
+  if (p->check_finite)
+    for (int32_t i = sig->first; i < sig->end; i++)
+      if (check_finite(p, i) != 0) return -1;
+  return 0;
+}
+
 int ptrt_program_run(ptrt_program *p, bool do_commit) {
   /* an update that wrote its variable in place cannot be taken back */
   PTC_ASSERT(do_commit || !p->has_in_place);
@@ -330,7 +377,13 @@ int ptrt_program_run(ptrt_program *p, bool do_commit) {
   const ptc_liveness *lv = &p->live_plan;
   for (int32_t i = 0; i < p->nops && rc == 0; i++) {
     if (!lv->run[i]) continue;
-    rc = run_op(p, i, do_commit);
+    const ptc_group_sig *sig = p->fused ? ptrt_fused_group_at(p->fused, i) : NULL;
+    if (sig) {
+      rc = run_group(p, sig);
+      i = sig->end - 1; /* liveness frees the group's buffers after its last op */
+    } else {
+      rc = run_op(p, i, do_commit);
+    }
     for (int32_t k = lv->free_at[i]; k < lv->free_at[i + 1]; k++) release(p, lv->free_idx[k]);
   }
   if (rc == 0)
@@ -351,7 +404,7 @@ int ptrt_program_run(ptrt_program *p, bool do_commit) {
 /* ---- profile and costs ----------------------------------------------- */
 
 void ptrt_program_print_profile(const ptrt_program *p, FILE *out) {
-  double total = 0;
+  double total = p->prof_fused_s;
   for (int i = 0; i < PTC_OP_COUNT; i++) total += p->prof_s[i];
   if (total <= 0) return;
   int order[PTC_OP_COUNT];
@@ -363,12 +416,23 @@ void ptrt_program_print_profile(const ptrt_program *p, FILE *out) {
       order[j - 1] = t;
     }
   fprintf(out, "time by op kind (all runs):\n");
+  bool fused_done = p->prof_fused_s <= 0;
   for (int i = 0; i < PTC_OP_COUNT && p->prof_s[order[i]] > 0; i++) {
     int c = order[i];
+    if (!fused_done && p->prof_fused_s >= p->prof_s[c]) {
+      fprintf(out, "  %-20s %10.1f ms %5.1f%%  %lld calls\n", "fused groups",
+              1e3 * p->prof_fused_s, 100 * p->prof_fused_s / total,
+              (long long)p->prof_fused_n);
+      fused_done = true;
+    }
     fprintf(out, "  %-20s %10.1f ms %5.1f%%  %lld calls\n",
             ptc_opinfo_get((ptc_opcode)c)->name, 1e3 * p->prof_s[c],
             100 * p->prof_s[c] / total, (long long)p->prof_n[c]);
   }
+  if (!fused_done)
+    fprintf(out, "  %-20s %10.1f ms %5.1f%%  %lld calls\n", "fused groups",
+            1e3 * p->prof_fused_s, 100 * p->prof_fused_s / total,
+            (long long)p->prof_fused_n);
 }
 
 double ptrt_func_flops(const ptc_func *f) {

@@ -4,7 +4,9 @@
  * Order of checks: the directory, manifest.json (JSON, format name,
  * version, target, checksum algorithm, file list), each listed file's
  * presence, size and SHA-256, then step.ptir through the parser and the
- * verifier.  Each refusal is one diagnostic naming the file and the
+ * verifier, then the fused kernels (kernels.so, when listed): the CPU has
+ * every extension they were built for, and they load with a kernel for
+ * every group of the entry function.  Each refusal is one diagnostic naming the file and the
  * problem, and says what to do (recompile with `ptc MODEL -o PLAN`).
  */
 #include <errno.h>
@@ -14,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "runtime/fused.h"
 #include "runtime/ptrt.h"
 
 #define RECOMPILE "recompile the model with 'ptc MODEL.ptg -o %s'"
@@ -228,7 +231,7 @@ ptrt_plan *ptrt_plan_open(ptc_ctx *ctx, const char *dir) {
   }
   char *ir = NULL;
   size_t ir_len = 0;
-  bool have_ir = false;
+  bool have_ir = false, have_kernels = false;
   for (size_t i = 0; i < json_array_size(files); i++) {
     json_t *e = json_array_get(files, i);
     if (!json_is_object(e)) {
@@ -244,6 +247,7 @@ ptrt_plan *ptrt_plan_open(ptc_ctx *ctx, const char *dir) {
       return fail(p, root);
     }
     have_ir |= is_ir;
+    have_kernels |= json_is_string(nm) && strcmp(json_string_value(nm), "kernels.so") == 0;
   }
   if (!have_ir) {
     ptrt_file_error(ctx, mpath, "lists no step.ptir, the schedule to run; " RECOMPILE, dir);
@@ -272,12 +276,31 @@ ptrt_plan *ptrt_plan_open(ptc_ctx *ctx, const char *dir) {
   }
   p->training = strcmp(entry, "step") == 0;
   p->forward = ptc_module_find_func(p->mod, "forward");
+  if (have_kernels) {
+    char *kpath_heap = join(dir, "kernels.so");
+    const char *kpath = ptc_intern_cstr(ctx, kpath_heap);
+    free(kpath_heap);
+    json_t *info = json_object_get(root, "kernels");
+    json_t *req = json_object_get(info, "requires"), *cpu = json_object_get(info, "cpu");
+    if (!json_is_object(info) || !json_is_string(req)) {
+      ptrt_file_error(ctx, mpath, "lists kernels.so but not the CPU features it needs "
+                      "('kernels.requires'): the manifest is damaged; " RECOMPILE, dir);
+      return fail(p, root);
+    }
+    if (ptrt_fused_check_cpu(ctx, kpath, json_is_string(cpu) ? json_string_value(cpu) : NULL,
+                             json_string_value(req)) != 0)
+      return fail(p, root);
+    /* kpath has a '/', so dlopen takes it as a path, not a name to search */
+    p->fused = ptrt_fused_open(ctx, kpath, p->entry);
+    if (!p->fused) return fail(p, root);
+  }
   json_decref(root);
   return p;
 }
 
 void ptrt_plan_close(ptrt_plan *p) {
   if (!p) return;
+  ptrt_fused_close(p->fused);
   ptc_module_destroy(p->mod);
   free(p->dir);
   free(p->model);

@@ -125,6 +125,8 @@ const ptrt_comm *ptrt_comm_single(void);
 #define PTRT_PLAN_FORMAT "ptc-plan"
 #define PTRT_PLAN_VERSION 1
 
+typedef struct ptrt_fused ptrt_fused; /* fused.h */
+
 typedef struct ptrt_plan {
   char *dir;       /* heap */
   char *model;     /* heap: the manifest's model name */
@@ -133,6 +135,8 @@ typedef struct ptrt_plan {
   ptc_func *entry; /* @step (training) or @forward (evaluation only) */
   ptc_func *forward; /* @forward when present (may equal entry), else NULL */
   bool training;   /* entry is @step */
+  ptrt_fused *fused; /* owned: the kernels of the entry's fused groups
+                        (kernels.so), or NULL when the plan has none */
 } ptrt_plan;
 
 /* Opens and checks a plan: the directory, manifest.json (format, version,
@@ -239,6 +243,9 @@ typedef struct ptrt_program_opts {
    * step evaluated on validation data, without backward pass or updates.
    * Only result 0 is available. */
   bool loss_only;
+  /* The fused kernels of f's groups (borrowed; NULL: every op runs on its
+   * own).  Each group runs as one kernel call; not with loss_only. */
+  const ptrt_fused *fused;
 } ptrt_program_opts;
 
 /* Prepares f to run over vars: checks that every op it will run has a

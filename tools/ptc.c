@@ -33,6 +33,7 @@ typedef enum opt_id {
   O_BATCH,
   O_SEQ,
   O_MESH,
+  O_TARGET,
   O_PIPELINE,
   O_PRINT_BEFORE_ALL,
   O_PRINT_AFTER_ALL,
@@ -90,6 +91,10 @@ static const option options[] = {
      "'-' (standard output) or ends in .ptir or .dot, write the IR (or "
      "graph) text there instead",
      NULL},
+    {"target", 0, ARG_REQUIRED, O_TARGET, "cpu|cpu:generic|cpu:NAME",
+     "the CPU the plan's fused kernels are built for: this machine (default "
+     "cpu), any x86-64 (cpu:generic) or a named one such as cpu:x86-64-v3",
+     NULL},
     {"report", 0, ARG_NONE, O_REPORT, NULL,
      "print a summary: mesh, parameters, ops by kind, forward FLOPs", NULL},
     {"print-ir-before-all", 0, ARG_NONE, O_PRINT_BEFORE_ALL, NULL,
@@ -129,6 +134,7 @@ typedef struct driver {
   char **owned; /* heap strings the defines point into (--batch, --seq) */
   int32_t nowned;
   const char *mesh_text;
+  const char *target; /* --target: cpu, cpu:generic, cpu:NAME */
   const char *pipeline_text; /* NULL: the default for the input language */
   const char *emit_text;
   emit_kind emit;
@@ -331,6 +337,14 @@ static int apply_option(driver *d, const option *o, const char *val) {
     break;
   }
   case O_MESH: d->mesh_text = val; break;
+  case O_TARGET:
+    if (strcmp(val, "cpu") != 0 && strncmp(val, "cpu:", 4) != 0) {
+      ptc_error(d->ctx, ptc_loc_unknown, "--target '%s': the targets are cpu (this "
+                "machine), cpu:generic (any x86-64) and cpu:NAME (e.g. cpu:x86-64-v3)", val);
+      return EXIT_USER;
+    }
+    d->target = val;
+    break;
   case O_PIPELINE: d->pipeline_text = val; break;
   case O_PRINT_BEFORE_ALL: d->pm.print_before_all = true; break;
   case O_PRINT_AFTER_ALL: d->pm.print_after_all = true; break;
@@ -602,7 +616,7 @@ static bool wants_plan(const driver *d) {
 
 static int write_plan(driver *d, ptc_module *m) {
 #if PTC_HAVE_PLAN
-  return ptc_plan_write(m, d->out_path);
+  return ptc_plan_write_target(m, d->out_path, d->target ? d->target : "cpu");
 #else
   ptc_error(d->ctx, ptc_loc_unknown,
             "-o '%s': this ptc was built without plan output (install libjansson-dev "

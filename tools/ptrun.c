@@ -572,7 +572,7 @@ static int setup(run *r) {
     if (ptrt_load_checkpoint(r->ctx, c->resume, r->vars, &done) != 0) return -1;
     r->first_step = done + 1;
   }
-  ptrt_program_opts topts = {.in_place = r->plan->training};
+  ptrt_program_opts topts = {.in_place = r->plan->training, .fused = r->plan->fused};
   r->train.prog = ptrt_program_create(&r->env, r->train.f, r->vars, &topts);
   if (!r->train.prog) return -1;
   if (r->val.f) {
