@@ -114,4 +114,8 @@ bool ptc_codegen_cpu_can_link(char *why, size_t len);
  * looking at what a group became).  Returns 0 or -1 (reported). */
 int ptc_codegen_cpu_ir(ptc_module *m, const char *target, ptc_buf *ir);
 
+/* digest.c: SHA-256 of data as 64 hex digits and a NUL (the checksum of
+ * every plan file). */
+void ptc_sha256_hex(const void *data, size_t len, char out[65]);
+
 #endif /* PTC_CODEGEN_H */

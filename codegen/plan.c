@@ -12,7 +12,6 @@
 #include <dirent.h>
 #include <errno.h>
 #include <jansson.h>
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,19 +28,9 @@ ptc_func *ptc_plan_entry(const ptc_module *m) {
 
 /* ---- the report ------------------------------------------------------- */
 
-static void human_bytes(ptc_buf *b, double v) {
-  static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  int u = 0;
-  while (v >= 1024.0 && u < PTC_ARRAY_LEN(units) - 1) {
-    v /= 1024.0;
-    u++;
-  }
-  ptc_buf_printf(b, u ? "%.1f %s" : "%.0f %s", v, units[u]);
-}
-
 static void bytes_row(ptc_buf *b, const char *what, int64_t n, const char *note) {
   ptc_buf_printf(b, "  %-20s %14lld  (", what, (long long)n);
-  human_bytes(b, (double)n);
+  ptc_buf_put_bytes(b, (double)n);
   ptc_buf_printf(b, ")%s%s\n", note ? "  " : "", note ? note : "");
 }
 
@@ -131,15 +120,6 @@ void ptc_plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f) {
 
 /* ---- files --------------------------------------------------------------- */
 
-static void sha256_hex(const void *data, size_t len, char out[65]) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  int ok = EVP_Digest(data, len, md, &n, EVP_sha256(), NULL);
-  PTC_ASSERT(ok == 1 && n == 32);
-  for (unsigned i = 0; i < n; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
-  out[64] = '\0';
-}
-
 static char *join(const char *dir, const char *name) {
   size_t n = strlen(dir) + strlen(name) + 2;
   char *s = ptc_xmalloc(n);
@@ -204,7 +184,7 @@ static int existing(ptc_ctx *ctx, const char *dir) {
 
 static json_t *file_entry(const char *name, const char *data, size_t len) {
   char hex[65];
-  sha256_hex(data, len, hex);
+  ptc_sha256_hex(data, len, hex);
   return json_pack("{s:s,s:I,s:s}", "name", name, "bytes", (json_int_t)len, "sha256", hex);
 }
 

@@ -176,3 +176,13 @@ void ptc_buf_put_double(ptc_buf *b, double v) {
   if (!strpbrk(tmp, ".eEn")) strcat(tmp, ".0");
   ptc_buf_puts(b, tmp);
 }
+
+void ptc_buf_put_bytes(ptc_buf *b, double v) {
+  static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int u = 0;
+  while (v >= 1024.0 && u < PTC_ARRAY_LEN(units) - 1) {
+    v /= 1024.0;
+    u++;
+  }
+  ptc_buf_printf(b, u ? "%.1f %s" : "%.0f %s", v, units[u]);
+}

@@ -11,24 +11,15 @@
  */
 #include <errno.h>
 #include <jansson.h>
-#include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "codegen/codegen.h"
 #include "runtime/fused.h"
 #include "runtime/ptrt.h"
 
 #define RECOMPILE "recompile the model with 'ptc MODEL.ptg -o %s'"
-
-void ptrt_sha256_hex(const void *data, size_t len, char out[65]) {
-  unsigned char md[EVP_MAX_MD_SIZE];
-  unsigned int n = 0;
-  int ok = EVP_Digest(data, len, md, &n, EVP_sha256(), NULL);
-  PTC_ASSERT(ok == 1 && n == 32);
-  for (unsigned i = 0; i < n; i++) snprintf(out + 2 * i, 3, "%02x", md[i]);
-  out[64] = '\0';
-}
 
 static char *join(const char *dir, const char *name) {
   size_t n = strlen(dir) + strlen(name) + 2;
@@ -121,7 +112,7 @@ static int check_file(ptc_ctx *ctx, const char *dir, const char *mpath, json_t *
     goto out;
   }
   char got[65];
-  ptrt_sha256_hex(data, len, got);
+  ptc_sha256_hex(data, len, got);
   if (strcmp(got, want) != 0) {
     ptrt_file_error(ctx, path, "SHA-256 %.12s... does not match %.12s... in the "
                     "manifest: the file is corrupted or was changed after ptc wrote "

@@ -149,7 +149,6 @@ void ptrt_plan_close(ptrt_plan *p);
 /* Lower-case hex SHA-256 of data (65 bytes with the NUL).  Shared with the
  * plan writer's tests; the writer has its own copy (codegen/ links no
  * runtime). */
-void ptrt_sha256_hex(const void *data, size_t len, char out[65]);
 
 /* ======================================================================
  * init.c -- variables and their counter-based initialisation

@@ -514,16 +514,6 @@ static int cmp_count_desc(const void *a, const void *b) {
   return x[1] < y[1] ? -1 : x[1] > y[1];
 }
 
-static void human_bytes(ptc_buf *b, double v) {
-  static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  int u = 0;
-  while (v >= 1024.0 && u < PTC_ARRAY_LEN(units) - 1) {
-    v /= 1024.0;
-    u++;
-  }
-  ptc_buf_printf(b, u ? "%.1f %s" : "%.0f %s", v, units[u]);
-}
-
 static void human_flops(ptc_buf *b, double v) {
   static const char *const units[] = {"", "k", "M", "G", "T", "P", "E"};
   int u = 0;
@@ -558,12 +548,12 @@ static void write_report(ptc_buf *b, const ptc_module *m) {
   ptc_buf_printf(b, "param tensors: %d\n", ntrain);
   ptc_buf_printf(b, "parameters: %lld\n", (long long)ptc_module_param_count(m));
   ptc_buf_printf(b, "parameter bytes: %lld (", (long long)bytes);
-  human_bytes(b, (double)bytes);
+  ptc_buf_put_bytes(b, (double)bytes);
   ptc_buf_puts(b, ")\n");
   if (ntrain < m->nparams) {
     ptc_buf_printf(b, "state tensors: %d\n", m->nparams - ntrain);
     ptc_buf_printf(b, "state bytes: %lld (", (long long)state_bytes);
-    human_bytes(b, (double)state_bytes);
+    ptc_buf_put_bytes(b, (double)state_bytes);
     ptc_buf_puts(b, ")\n");
   }
   ptc_buf_printf(b, "functions: %d\n", m->nfuncs);

@@ -381,13 +381,11 @@ static int feed_args(run *r, binding *b, const ptrt_tokens *tk, const ptrt_st *s
 }
 
 static void human_bytes(char *out, size_t cap, double v) {
-  static const char *const units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (v >= 1024.0 && u < PTC_ARRAY_LEN(units) - 1) {
-    v /= 1024.0;
-    u++;
-  }
-  snprintf(out, cap, u ? "%.1f %s" : "%.0f %s", v, units[u]);
+  ptc_buf b;
+  ptc_buf_init(&b);
+  ptc_buf_put_bytes(&b, v);
+  snprintf(out, cap, "%s", b.data);
+  ptc_buf_fini(&b);
 }
 
 static void log_json(run *r, json_t *o) {

@@ -87,9 +87,9 @@ static void replace_in_file(const char *file, const char *from, const char *to) 
 
 static void test_sha256(void) {
   char hex[65];
-  ptrt_sha256_hex("abc", 3, hex);
+  ptc_sha256_hex("abc", 3, hex);
   CHECK_STR(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-  ptrt_sha256_hex("", 0, hex);
+  ptc_sha256_hex("", 0, hex);
   CHECK_STR(hex, "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
 }
 
