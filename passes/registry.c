@@ -5,6 +5,7 @@
  * list is also the order in which `ptc --help` shows passes.
  */
 #include "passes/passes.h"
+#include "ptc_config.h"
 
 #include <string.h>
 
@@ -18,8 +19,14 @@ static const ptc_pass_info *const registry[] = {
 };
 
 /* What `ptc model.ptg` runs when --pass-pipeline is not given.  Later stages
- * (autodiff, optimizer, shard, ...) are appended here as they land. */
+ * (shard, pipeline-split, ...) are inserted here as they land.  `fuse` only
+ * pays off where the LLVM code generator can compile its groups, so a ptc
+ * built without LLVM leaves it out (and its plans run op by op). */
+#if PTC_HAVE_LLVM
 static const char default_pipeline[] = "canonicalize,cse,autodiff,optimizer,cse,dce,fuse";
+#else
+static const char default_pipeline[] = "canonicalize,cse,autodiff,optimizer,cse,dce";
+#endif
 
 const ptc_pass_info *const *ptc_pass_registry(int32_t *n) {
   *n = PTC_ARRAY_LEN(registry);
