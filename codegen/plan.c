@@ -188,29 +188,6 @@ static json_t *file_entry(const char *name, const char *data, size_t len) {
   return json_pack("{s:s,s:I,s:s}", "name", name, "bytes", (json_int_t)len, "sha256", hex);
 }
 
-#if PTC_HAVE_LLVM
-/* Whole file into a heap buffer; NULL with errno set. */
-static char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  ptc_buf b;
-  ptc_buf_init(&b);
-  char chunk[65536];
-  size_t n;
-  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) ptc_buf_put(&b, chunk, n);
-  int err = ferror(f) ? EIO : 0;
-  fclose(f);
-  if (err) {
-    ptc_buf_fini(&b);
-    errno = err;
-    return NULL;
-  }
-  if (!b.data) ptc_buf_put(&b, "", 0);
-  *len = b.len;
-  return b.data;
-}
-#endif
-
 static bool has_groups(const ptc_module *m) {
   for (int32_t i = 0; i < m->nfuncs; i++)
     for (int32_t k = 0; k < m->funcs[i]->nops; k++)
@@ -230,7 +207,7 @@ static json_t *write_kernels(ptc_module *m, const char *target, const char *tmp,
   json_t *desc = NULL;
   if (ptc_codegen_cpu(m, target, so, &info) != 0) goto out;
   size_t len = 0;
-  char *data = slurp(so, &len);
+  char *data = ptc_slurp(so, &len);
   if (!data) {
     ptc_error(m->ctx, ptc_loc_unknown, "cannot read back '%s': %s", so, strerror(errno));
     goto out;

@@ -86,6 +86,10 @@ void ptc_buf_printf(ptc_buf *b, const char *fmt, ...)
 /* Shortest decimal that reads back to exactly `v` and is never spelt like an
  * integer ("1.0", "1e-05", "inf", "-inf", "nan"). */
 void ptc_buf_put_double(ptc_buf *b, double v);
+/* Reads a whole file into a NUL-terminated heap buffer (caller frees);
+ * NULL with errno set.  For callers that report errors themselves; see
+ * ptc_read_file for the reporting variant. */
+char *ptc_slurp(const char *path, size_t *len);
 /* A byte count in binary units: "512 B", "1.5 KiB", "2.1 GiB". */
 void ptc_buf_put_bytes(ptc_buf *b, double bytes);
 

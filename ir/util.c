@@ -186,3 +186,23 @@ void ptc_buf_put_bytes(ptc_buf *b, double v) {
   }
   ptc_buf_printf(b, u ? "%.1f %s" : "%.0f %s", v, units[u]);
 }
+
+char *ptc_slurp(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  ptc_buf b;
+  ptc_buf_init(&b);
+  char chunk[65536];
+  size_t n;
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) ptc_buf_put(&b, chunk, n);
+  int err = ferror(f) ? EIO : 0;
+  fclose(f);
+  if (err) {
+    ptc_buf_fini(&b);
+    errno = err;
+    return NULL;
+  }
+  if (!b.data) ptc_buf_put(&b, "", 0);
+  *len = b.len;
+  return b.data;
+}

@@ -28,26 +28,6 @@ static char *join(const char *dir, const char *name) {
   return s;
 }
 
-/* Whole file into a heap buffer; NULL with errno set. */
-static char *slurp(const char *path, size_t *len) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  ptc_buf b;
-  ptc_buf_init(&b);
-  char chunk[65536];
-  size_t n;
-  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) ptc_buf_put(&b, chunk, n);
-  int err = ferror(f) ? EIO : 0;
-  fclose(f);
-  if (err) {
-    ptc_buf_fini(&b);
-    errno = err;
-    return NULL;
-  }
-  if (!b.data) ptc_buf_put(&b, "", 0);
-  *len = b.len;
-  return b.data;
-}
 
 static bool plain_name(const char *s) {
   if (!*s || strcmp(s, ".") == 0 || strcmp(s, "..") == 0) return false;
@@ -98,7 +78,7 @@ static int check_file(ptc_ctx *ctx, const char *dir, const char *mpath, json_t *
     goto out;
   }
   size_t len = 0;
-  char *data = slurp(path, &len);
+  char *data = ptc_slurp(path, &len);
   if (!data) {
     ptrt_file_error(ctx, path, "cannot read: %s", strerror(errno));
     goto out;
