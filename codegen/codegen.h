@@ -64,7 +64,10 @@ typedef struct ptc_liveness {
   int64_t *snapshot; /* per op: bytes of the snapshot a SNAPSHOT assign takes */
   int32_t *free_at;  /* CSR over ops: free_idx[free_at[i] .. free_at[i+1]) */
   int32_t *free_idx; /*   are the roots given back after op i */
-  int64_t peak;      /* transient bytes live at once, at most */
+  int32_t *first;    /* per root: the op that allocates it (a group's first op) */
+  int64_t *offset;   /* per value: its buffer's byte offset in the arena, or -1 */
+  int64_t *snap_offset; /* per op: arena offset of a SNAPSHOT assign's copy */
+  int64_t peak;      /* the arena's size: the transient bytes a run needs */
 } ptc_liveness;
 
 /* in_place: optimizer updates write their variables directly (what a
@@ -79,6 +82,12 @@ bool ptc_liveness_allocates(const ptc_liveness *l, int32_t v);
 /* The value whose buffer v uses (v itself, a reshape's source, or the
  * variable an in-place update writes). */
 int32_t ptc_liveness_root(const ptc_liveness *l, int32_t v);
+/* Checks the static plan: no two buffers (snapshots included) whose
+ * lifetimes intersect share a byte of the arena, each is 64-byte aligned
+ * and inside it.  Returns the number of violations; describes the first in
+ * why (may be NULL). */
+int32_t ptc_liveness_check_overlap(const ptc_liveness *l, const ptc_func *f, char *why,
+                                   size_t len);
 
 /* The transient peak of a training run of f (in place, every op, groups
  * fused): what ptrun measures as its peak. */

@@ -3,9 +3,9 @@
  *
  * One analysis serves two readers: ptrun's executor (runtime/exec.c), which
  * allocates and frees by it, and the plan's report (plan.c), which states
- * the transient peak it implies -- so the report's figure is the peak
- * ptrun measures.  The compiler's memory-plan pass will replace both with
- * static offsets; until then this is the plan.
+ * the arena size it implies -- so the report's figure is the peak ptrun
+ * measures.  The plan is static: every transient buffer gets a byte offset
+ * in one arena (place() below), which ptrun allocates once.
  *
  * Rules:
  *  - Arguments and variables (params, state) have storage of their own and
@@ -28,6 +28,7 @@
  *    buffer whose last reader is in the group is given back after its last
  *    op: for buffers, a group is one op.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -135,6 +136,8 @@ static void mark_group_internal(const ptc_func *f, const int32_t *eff, int8_t *w
   free(outside);
 }
 
+static void place(ptc_liveness *l, const ptc_func *f);
+
 void ptc_liveness_compute(ptc_liveness *l, const ptc_func *f, bool in_place, bool loss_only,
                           bool groups) {
   memset(l, 0, sizeof *l);
@@ -151,6 +154,9 @@ void ptc_liveness_compute(ptc_liveness *l, const ptc_func *f, bool in_place, boo
   l->assign = ptc_xcalloc((size_t)no + 1, sizeof *l->assign);
   l->snapshot = ptc_xcalloc((size_t)no + 1, sizeof *l->snapshot);
   l->free_at = ptc_xcalloc((size_t)no + 2, sizeof *l->free_at);
+  l->first = ptc_xcalloc((size_t)nv + 1, sizeof *l->first);
+  l->offset = ptc_xcalloc((size_t)nv + 1, sizeof *l->offset);
+  l->snap_offset = ptc_xcalloc((size_t)no + 1, sizeof *l->snap_offset);
   if (loss_only) {
     loss_cone(f, l->run);
   } else {
@@ -193,7 +199,9 @@ void ptc_liveness_compute(ptc_liveness *l, const ptc_func *f, bool in_place, boo
   }
 
   /* last readers */
+  int32_t gfirst = 0; /* the first op of op i's group (or i) */
   for (int32_t i = 0; i < no; i++) {
+    if (!eff || i == 0 || eff[i] != eff[i - 1]) gfirst = i;
     if (!l->run[i]) continue;
     const ptc_op *op = &f->ops[i];
     int32_t nin = loss_only && op->code == PTC_OP_RETURN && op->nin > 0 ? 1 : op->nin;
@@ -202,6 +210,9 @@ void ptc_liveness_compute(ptc_liveness *l, const ptc_func *f, bool in_place, boo
       int32_t at = eff ? eff[i] : i;
       if (l->where[r] == PTC_LIVE_TRANSIENT && l->last[r] < at) l->last[r] = at;
     }
+    /* a group's outputs are allocated when the group starts */
+    for (int32_t k = 0; k < op->nout; k++)
+      if (ptc_liveness_allocates(l, op->out[k])) l->first[op->out[k]] = gfirst;
   }
   free(eff);
   /* when each assign commits */
@@ -222,7 +233,7 @@ void ptc_liveness_compute(ptc_liveness *l, const ptc_func *f, bool in_place, boo
       l->snapshot[i] = ptc_type_bytes(&f->values[op->in[1]].type);
     }
   }
-  /* buffers given back after each op (CSR), and the peak that implies */
+  /* buffers given back after each op (CSR) */
   int32_t *count = ptc_xcalloc((size_t)no + 1, sizeof *count);
   for (int32_t v = 0; v < nv; v++)
     if (l->root[v] == v && l->where[v] == PTC_LIVE_TRANSIENT && l->last[v] >= 0)
@@ -234,18 +245,119 @@ void ptc_liveness_compute(ptc_liveness *l, const ptc_func *f, bool in_place, boo
     if (l->root[v] == v && l->where[v] == PTC_LIVE_TRANSIENT && l->last[v] >= 0)
       l->free_idx[l->free_at[l->last[v]] + count[l->last[v]]++] = v;
   free(count);
-  int64_t live = 0;
-  for (int32_t i = 0; i < no; i++) {
-    if (!l->run[i]) continue;
-    const ptc_op *op = &f->ops[i];
-    for (int32_t r = 0; r < op->nout; r++)
-      if (ptc_liveness_allocates(l, op->out[r]))
-        live += ptc_type_bytes(&f->values[op->out[r]].type);
-    live += l->snapshot[i];
-    if (live > l->peak) l->peak = live;
-    for (int32_t k = l->free_at[i]; k < l->free_at[i + 1]; k++)
-      live -= ptc_type_bytes(&f->values[l->free_idx[k]].type);
+  place(l, f);
+}
+
+/* ---- the static plan: one arena, an offset per buffer ------------------ */
+
+typedef struct lbuf {
+  int64_t bytes, off;
+  int32_t start, end; /* ops, inclusive: allocated before start, freed after end */
+  int32_t id;         /* a root value, or -(op + 1) for an assign's snapshot */
+} lbuf;
+
+enum { ARENA_ALIGN = 64 };
+
+static int64_t align_up(int64_t x) { return (x + ARENA_ALIGN - 1) / ARENA_ALIGN * ARENA_ALIGN; }
+
+/* Every buffer of the plan, with its lifetime (offsets not filled in). */
+static lbuf *collect(const ptc_liveness *l, const ptc_func *f, int32_t *n) {
+  lbuf *b = ptc_xcalloc((size_t)l->nvalues + (size_t)l->nops + 1, sizeof *b);
+  int32_t k = 0;
+  for (int32_t v = 0; v < l->nvalues; v++)
+    if (ptc_liveness_allocates(l, v) && l->last[v] != -1)
+      b[k++] = (lbuf){ptc_type_bytes(&f->values[v].type), -1, l->first[v],
+                      l->last[v] == PTC_LIVE_END ? l->nops : l->last[v], v};
+  for (int32_t i = 0; i < l->nops; i++)
+    if (l->run[i] && l->assign[i] == PTC_ASSIGN_SNAPSHOT)
+      b[k++] = (lbuf){l->snapshot[i], -1, i, l->nops, -(i + 1)};
+  *n = k;
+  return b;
+}
+
+static bool lives_meet(const lbuf *a, const lbuf *b) {
+  return a->start <= b->end && b->start <= a->end;
+}
+
+/* Largest first, then earliest: a deterministic order for placing. */
+static int by_size(const void *pa, const void *pb) {
+  const lbuf *a = pa, *b = pb;
+  if (a->bytes != b->bytes) return a->bytes > b->bytes ? -1 : 1;
+  if (a->start != b->start) return a->start < b->start ? -1 : 1;
+  return a->id < b->id ? -1 : a->id > b->id;
+}
+
+static int by_off(const void *pa, const void *pb) {
+  const lbuf *a = *(const lbuf *const *)pa, *b = *(const lbuf *const *)pb;
+  return a->off < b->off ? -1 : a->off > b->off;
+}
+
+/* Greedy placement: each buffer, largest first, goes at the lowest aligned
+ * offset clear of every placed buffer whose lifetime meets its own.  Sets
+ * offset, snap_offset and peak (the arena's size). */
+static void place(ptc_liveness *l, const ptc_func *f) {
+  int32_t n;
+  lbuf *b = collect(l, f, &n);
+  qsort(b, (size_t)n, sizeof *b, by_size);
+  const lbuf **near = ptc_xcalloc((size_t)n + 1, sizeof *near);
+  l->peak = 0;
+  for (int32_t i = 0; i < n; i++) {
+    int32_t m = 0;
+    for (int32_t j = 0; j < i; j++)
+      if (lives_meet(&b[i], &b[j])) near[m++] = &b[j];
+    qsort(near, (size_t)m, sizeof *near, by_off);
+    int64_t at = 0;
+    for (int32_t j = 0; j < m; j++) {
+      if (at + b[i].bytes <= near[j]->off) break; /* fits in the gap before it */
+      int64_t end = align_up(near[j]->off + near[j]->bytes);
+      if (end > at) at = end;
+    }
+    b[i].off = at;
+    if (at + b[i].bytes > l->peak) l->peak = at + b[i].bytes;
   }
+  for (int32_t v = 0; v < l->nvalues; v++) l->offset[v] = -1;
+  for (int32_t i = 0; i < n; i++) {
+    if (b[i].id >= 0) l->offset[b[i].id] = b[i].off;
+    else l->snap_offset[-b[i].id - 1] = b[i].off;
+  }
+  /* views and in-place results share their target's offset */
+  for (int32_t v = 0; v < l->nvalues; v++)
+    if (l->where[v] == PTC_LIVE_TRANSIENT) l->offset[v] = l->offset[root_of(l->root, v)];
+  free(near);
+  free(b);
+}
+
+int32_t ptc_liveness_check_overlap(const ptc_liveness *l, const ptc_func *f, char *why,
+                                   size_t len) {
+  int32_t n, bad = 0;
+  lbuf *b = collect(l, f, &n);
+  for (int32_t i = 0; i < n; i++)
+    b[i].off = b[i].id >= 0 ? l->offset[b[i].id] : l->snap_offset[-b[i].id - 1];
+  if (why && len) why[0] = 0;
+  for (int32_t i = 0; i < n; i++) {
+    if (b[i].off < 0 || b[i].off % ARENA_ALIGN || b[i].off + b[i].bytes > l->peak) {
+      if (!bad++ && why)
+        snprintf(why, len, "buffer %d at offset %lld (%lld bytes) is outside the %lld-byte "
+                 "arena or not %d-byte aligned", b[i].id, (long long)b[i].off,
+                 (long long)b[i].bytes, (long long)l->peak, ARENA_ALIGN);
+      continue;
+    }
+    for (int32_t j = i + 1; j < n; j++)
+      if (lives_meet(&b[i], &b[j]) && b[i].bytes > 0 && b[j].bytes > 0 &&
+          b[i].off < b[j].off + b[j].bytes && b[j].off < b[i].off + b[i].bytes &&
+          !bad++ && why)
+        snprintf(why, len, "buffers %d [ops %d..%d, bytes %lld..%lld) and %d [ops %d..%d, "
+                 "bytes %lld..%lld) overlap", b[i].id, b[i].start, b[i].end,
+                 (long long)b[i].off, (long long)(b[i].off + b[i].bytes), b[j].id, b[j].start,
+                 b[j].end, (long long)b[j].off, (long long)(b[j].off + b[j].bytes));
+  }
+  /* an alias must sit where its target does */
+  for (int32_t v = 0; v < l->nvalues; v++)
+    if (l->where[v] == PTC_LIVE_TRANSIENT && l->offset[v] != l->offset[root_of(l->root, v)] &&
+        !bad++ && why)
+      snprintf(why, len, "value %d is not at its buffer's offset", v);
+  free(b);
+  return bad;
 }
 
 bool ptc_liveness_allocates(const ptc_liveness *l, int32_t v) {
@@ -263,6 +375,9 @@ void ptc_liveness_fini(ptc_liveness *l) {
   free(l->snapshot);
   free(l->free_at);
   free(l->free_idx);
+  free(l->first);
+  free(l->offset);
+  free(l->snap_offset);
   memset(l, 0, sizeof *l);
 }
 

@@ -87,7 +87,7 @@ void ptc_plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f) {
   bytes_row(b, "optimizer state", sbytes, nstate ? note : NULL);
   bytes_row(b, "inputs", in_bytes, NULL);
   bytes_row(b, "transient peak", peak,
-            "activations, gradients, workspace: buffers live at once, op by op");
+            "activations, gradients, workspace: one arena, static offsets");
   bytes_row(b, "total", pbytes + sbytes + in_bytes + peak, NULL);
 
   double by_kind[PTC_OP_COUNT] = {0}, total = 0;

@@ -9,11 +9,12 @@
  * then a loop over the ops: allocate results, call the kernel, give back
  * the buffers whose last reader this op was.
  *
- * Memory: transient buffers come from a cache keyed by exact size (every
- * step asks for the same sizes in the same order, so after the first step
- * nothing is allocated).  `live` counts the bytes of transient buffers in
- * use, `peak` its high-water mark; both follow the last-use analysis
- * exactly, so the measured peak equals ptrt_program_planned_peak.
+ * Memory: the plan is static (liveness.c): every transient buffer, and
+ * every snapshot an assign takes, has a byte offset in one arena that is
+ * allocated once, when the program is made; a run never allocates.
+ * `live` counts the bytes of transient buffers in use, `peak` the highest
+ * arena byte a buffer has occupied -- the arena's size after one run, so
+ * the measured peak equals ptrt_program_planned_peak.
  *
  * Fused groups (opts.fused): at the first op of a group the executor
  * allocates the group's outputs, runs its kernel over the thread pool
@@ -26,15 +27,10 @@
 #include "runtime/fused.h"
 #include "runtime/internal.h"
 
-typedef struct cached {
-  int64_t bytes;
-  void *p;
-} cached;
-
 typedef struct pending {
   int32_t param;
   void *data;
-  bool owned;    /* a snapshot to free after committing */
+  bool owned;    /* a snapshot in the arena, counted in live until the end */
   int64_t bytes; /* of the snapshot */
 } pending;
 
@@ -58,8 +54,7 @@ struct ptrt_program {
   int32_t nres;
   pending *pend;
   int32_t npend;
-  cached *cache;
-  int32_t ncache, cap_cache;
+  char *arena; /* every transient buffer, at its planned offset */
   ptrt_mem mem;
   bool check_finite;
   bool profile;
@@ -70,28 +65,6 @@ struct ptrt_program {
   double prof_fused_s;
   int64_t prof_fused_n;
 };
-
-/* ---- the buffer cache -------------------------------------------------- */
-
-static void *buf_get(ptrt_program *p, int64_t bytes) {
-  for (int32_t i = p->ncache - 1; i >= 0; i--)
-    if (p->cache[i].bytes == bytes) {
-      void *r = p->cache[i].p;
-      p->cache[i] = p->cache[--p->ncache];
-      p->mem.cached -= bytes;
-      return r;
-    }
-  return ptrt_alloc(bytes);
-}
-
-static void buf_put(ptrt_program *p, void *ptr, int64_t bytes) {
-  if (p->ncache == p->cap_cache) {
-    p->cap_cache = p->cap_cache ? 2 * p->cap_cache : 64;
-    p->cache = ptc_xrealloc(p->cache, (size_t)p->cap_cache * sizeof *p->cache);
-  }
-  p->cache[p->ncache++] = (cached){bytes, ptr};
-  p->mem.cached += bytes;
-}
 
 /* ---- making a program ------------------------------------------------- */
 
@@ -130,8 +103,22 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
     ptc_liveness_fini(&lv);
     return NULL;
   }
+#ifndef NDEBUG
+  /* the plan's own invariant: live buffers never share a byte */
+  char why[256];
+  if (ptc_liveness_check_overlap(&lv, f, why, sizeof why) != 0)
+    ptc_fatal(__FILE__, __LINE__, "the memory plan of @%s: %s", f->name, why);
+#endif
+  char *arena = ptrt_alloc(lv.peak);
+  if (!arena) {
+    ptrt_error(ctx, "out of memory: the %lld-byte arena of @%s's transient buffers",
+               (long long)lv.peak, f->name);
+    ptc_liveness_fini(&lv);
+    return NULL;
+  }
   ptrt_program *p = ptc_xcalloc(1, sizeof *p);
   p->env = *env;
+  p->arena = arena;
   p->f = f;
   p->vars = vars;
   p->opts = o;
@@ -190,14 +177,11 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
 
 void ptrt_program_destroy(ptrt_program *p) {
   if (!p) return;
-  for (int32_t v = 0; v < p->nv; v++)
-    if (p->held[v]) ptrt_free(p->data[v]);
-  for (int32_t i = 0; i < p->ncache; i++) ptrt_free(p->cache[i].p);
+  ptrt_free(p->arena);
   for (int32_t i = 0; i < p->f->nargs; i++) ptrt_free(p->arg_buf[i]);
   const ptc_op *ret = &p->f->ops[p->nops - 1];
   for (int32_t i = 0; i < ret->nin; i++) ptrt_free(p->res_buf[i]);
   ptc_liveness_fini(&p->live_plan);
-  free(p->cache);
   free(p->bytes);
   free(p->data);
   free(p->held);
@@ -230,29 +214,25 @@ void ptrt_program_set_profile(ptrt_program *p, bool on) { p->profile = on; }
 
 /* ---- running ----------------------------------------------------------- */
 
-static void note_live(ptrt_program *p, int64_t delta) {
+/* bytes more (or fewer) in use, the last of them at arena byte end - 1 */
+static void note_live(ptrt_program *p, int64_t delta, int64_t end) {
   p->mem.live += delta;
-  if (p->mem.live > p->mem.peak) p->mem.peak = p->mem.live;
-  if (p->mem.live > p->mem.run_peak) p->mem.run_peak = p->mem.live;
+  if (end > p->mem.peak) p->mem.peak = end;
+  if (end > p->mem.run_peak) p->mem.run_peak = end;
 }
 
 static void release(ptrt_program *p, int32_t root) {
   if (!p->held[root]) return;
-  buf_put(p, p->data[root], p->bytes[root]);
   p->held[root] = false;
-  note_live(p, -p->bytes[root]);
+  note_live(p, -p->bytes[root], 0);
 }
 
 static int acquire(ptrt_program *p, int32_t v) {
-  void *b = buf_get(p, p->bytes[v]);
-  if (!b) {
-    ptrt_error(p->env.ctx, "out of memory: %lld more bytes with %lld in use",
-               (long long)p->bytes[v], (long long)p->mem.live);
-    return -1;
-  }
-  p->data[v] = b;
+  int64_t off = p->live_plan.offset[v];
+  PTC_ASSERT(off >= 0 && off + p->bytes[v] <= p->live_plan.peak);
+  p->data[v] = p->arena + off;
   p->held[v] = true;
-  note_live(p, p->bytes[v]);
+  note_live(p, p->bytes[v], off + p->bytes[v]);
   return 0;
 }
 
@@ -292,15 +272,10 @@ static int run_assign(ptrt_program *p, int32_t i, bool do_commit) {
   case PTC_ASSIGN_IN_PLACE: break;
   case PTC_ASSIGN_AT_END: p->pend[p->npend++] = (pending){param, (void *)src, false, 0}; break;
   case PTC_ASSIGN_SNAPSHOT: {
-    int64_t n = p->bytes[op->in[1]];
-    void *snap = ptrt_alloc(n);
-    if (!snap) {
-      ptrt_error(p->env.ctx, "out of memory copying the new value of @%s",
-                 p->f->mod->params[param].name);
-      return -1;
-    }
+    int64_t n = p->bytes[op->in[1]], off = p->live_plan.snap_offset[i];
+    char *snap = p->arena + off;
     memcpy(snap, src, (size_t)n);
-    note_live(p, n);
+    note_live(p, n, off + n);
     p->pend[p->npend++] = (pending){param, snap, true, n};
     break;
   }
@@ -391,10 +366,7 @@ int ptrt_program_run(ptrt_program *p, bool do_commit) {
   /* snapshots, and the values kept for the end (after an error: everything
    * still live) go back now */
   for (int32_t i = 0; i < p->npend; i++)
-    if (p->pend[i].owned) {
-      ptrt_free(p->pend[i].data);
-      note_live(p, -p->pend[i].bytes);
-    }
+    if (p->pend[i].owned) note_live(p, -p->pend[i].bytes, 0);
   for (int32_t v = 0; v < p->nv; v++)
     if (p->held[v]) release(p, v);
   p->npend = 0;

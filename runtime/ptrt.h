@@ -228,8 +228,8 @@ typedef struct ptrt_mem {
   int64_t vars;     /* the variables' allocation */
   int64_t fixed;    /* argument and result buffers */
   int64_t live;     /* transient buffers in use now */
-  int64_t peak;     /* the highest `live` seen so far */
-  int64_t run_peak; /* the highest `live` in the latest run */
+  int64_t peak;     /* the highest arena byte in use so far (end offset) */
+  int64_t run_peak; /* the same, in the latest run */
   int64_t cached;   /* freed buffers kept for reuse (not in live) */
 } ptrt_mem;
 
@@ -274,7 +274,7 @@ void ptrt_program_set_check_finite(ptrt_program *p, bool on);
 void ptrt_program_set_profile(ptrt_program *p, bool on);
 /* The time per op kind over every profiled run, largest first. */
 void ptrt_program_print_profile(const ptrt_program *p, FILE *out);
-/* The transient peak a run reaches, from the last-use analysis alone (what
+/* The size of the transient arena, from the static plan alone (what
  * ptrt_program_mem reports as peak after one run). */
 int64_t ptrt_program_planned_peak(const ptrt_program *p);
 
