@@ -1,12 +1,20 @@
 /* sgemm.c -- the machine's limit for bench/run: OpenBLAS sgemm on a large
  * square product, best of several runs, with the thread count given.
- *   sgemm N THREADS   prints "sgemm_gflops G" */
+ *   sgemm N THREADS   prints "sgemm_gflops G"
+ * Built with -DPTC_BENCH_BLIS against BLIS's CBLAS instead, it measures
+ * BLIS the same way (how the runtime's BLAS was chosen: docs/runtime.md). */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
 
+#ifdef PTC_BENCH_BLIS
+void bli_thread_set_num_threads(long n);
+#define set_threads(n) bli_thread_set_num_threads(n)
+#else
 void openblas_set_num_threads(int n);
+#define set_threads(n) openblas_set_num_threads(n)
+#endif
 
 static double now(void) {
   struct timespec ts;
@@ -21,7 +29,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: sgemm N THREADS\n");
     return 2;
   }
-  openblas_set_num_threads(threads);
+  set_threads(threads);
   size_t nn = (size_t)n * (size_t)n;
   float *a = malloc(nn * sizeof *a), *b = malloc(nn * sizeof *b), *c = malloc(nn * sizeof *c);
   if (!a || !b || !c) return 1;
