@@ -34,6 +34,53 @@ static void bytes_row(ptc_buf *b, const char *what, int64_t n, const char *note)
   ptc_buf_printf(b, ")%s%s\n", note ? "  " : "", note ? note : "");
 }
 
+/* What the transient arena holds at the op where the most bytes are live:
+ * activations (values the forward computes, up to the loss), gradients
+ * (values autodiff names %grad.<param>) and workspace (everything else the
+ * backward and the update need for a while).  The arena can exceed that
+ * moment's total by the gaps of its static placement. */
+static void transient_split(ptc_buf *b, const ptc_func *f) {
+  ptc_liveness l;
+  ptc_liveness_compute(&l, f, true, false, true);
+  const ptc_op *ret = &f->ops[f->nops - 1];
+  int32_t loss_op = -1;
+  if (ret->nin > 0 && f->values[ret->in[0]].kind == PTC_VALUE_OP)
+    loss_op = f->values[ret->in[0]].def;
+  int64_t best = -1, cat[3] = {0, 0, 0};
+  int32_t at = -1;
+  for (int32_t i = 0; i < f->nops; i++) {
+    int64_t live = 0, c[3] = {0, 0, 0};
+    for (int32_t v = 0; v < f->nvalues; v++) {
+      if (!ptc_liveness_allocates(&l, v) || l.where[v] != PTC_LIVE_TRANSIENT) continue;
+      int32_t last = l.last[v];
+      if (l.first[v] > i || (last != PTC_LIVE_END && last < i)) continue;
+      int64_t n = ptc_type_bytes(&f->values[v].type);
+      const char *name = f->values[v].name;
+      int k = name && strncmp(name, "grad.", 5) == 0 ? 1
+              : (loss_op >= 0 && l.first[v] <= loss_op) ? 0 : 2;
+      c[k] += n;
+      live += n;
+    }
+    if (live > best) {
+      best = live;
+      at = i;
+      memcpy(cat, c, sizeof cat);
+    }
+  }
+  if (at >= 0 && best > 0) {
+    const ptc_op *op = &f->ops[at];
+    ptc_buf_printf(b, "  at its fullest (op %d, %s", at, ptc_opinfo_get(op->code)->name);
+    if (op->loc.file) ptc_buf_printf(b, " at %s:%d:%d", op->loc.file, op->loc.line, op->loc.col);
+    ptc_buf_puts(b, ") the arena holds:\n");
+    bytes_row(b, "  activations", cat[0], "forward values kept for the backward");
+    bytes_row(b, "  gradients", cat[1], "%grad.<param> values");
+    bytes_row(b, "  workspace", cat[2], NULL);
+    if (l.peak > best) bytes_row(b, "  placement gaps", l.peak - best, NULL);
+  }
+  ptc_liveness_fini(&l);
+}
+
+
 void ptc_plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f) {
   ptc_buf_printf(b, "plan of @%s, written by ptc %s for target cpu\n", m->name,
                  PTC_VERSION_STRING);
@@ -60,7 +107,10 @@ void ptc_plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f) {
   for (int32_t i = 0; i < f->nresults; i++) {
     ptc_buf_puts(b, i ? ", " : " ");
     ptc_type_print(b, &f->result_types[i]);
+    const ptc_op *ret = &f->ops[f->nops - 1];
+    const char *vn = i < ret->nin ? f->values[ret->in[i]].name : NULL;
     if (i == 0) ptc_buf_puts(b, " (loss)");
+    else if (vn) ptc_buf_printf(b, " (%s)", vn);
     else ptc_buf_printf(b, " (r%d)", i);
   }
   ptc_buf_puts(b, "\n");
@@ -89,6 +139,7 @@ void ptc_plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f) {
   bytes_row(b, "transient peak", peak,
             "activations, gradients, workspace: one arena, static offsets");
   bytes_row(b, "total", pbytes + sbytes + in_bytes + peak, NULL);
+  transient_split(b, f);
 
   double by_kind[PTC_OP_COUNT] = {0}, total = 0;
   int64_t nk[PTC_OP_COUNT] = {0};
