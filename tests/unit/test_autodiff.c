@@ -31,6 +31,7 @@
 #include "ir/ir.h"
 #include "passes/passes.h"
 #include "test.h"
+#include "test_model.h"
 
 static bool covered[PTC_OP_COUNT];  /* differentiated and checked */
 static bool refused[PTC_OP_COUNT];  /* shown to be refused with a diagnostic */
@@ -878,24 +879,11 @@ static void to_f64(ptc_module *m) {
   }
 }
 
-static ptc_module *compile_model(ptc_ctx *ctx, const char *path, const char *sets) {
-  size_t len;
-  char *text = ptc_read_file(ctx, path, &len);
-  if (!text) return NULL;
-  ptc_define *defs = NULL;
-  int32_t nd = 0;
-  ptc_module *m = NULL;
-  if (ptc_defines_parse(ctx, sets, &defs, &nd) == 0)
-    m = ptc_frontend_compile(ctx, path, text, len, defs, nd);
-  free(defs);
-  free(text);
-  return m;
-}
 
 static void test_model(const char *path, const char *sets, int64_t vocab, int64_t classes) {
   ptc_ctx *ctx = ptc_ctx_create();
   ptc_ctx_set_diag_capture(ctx, true);
-  ptc_module *m32 = compile_model(ctx, path, sets);
+  ptc_module *m32 = test_compile_model(ctx, path, sets, NULL);
   CHECK_MSG(m32 != NULL, "%s: %s", path, ptc_ctx_diag_text(ctx));
   if (!m32) {
     ptc_ctx_destroy(ctx);

@@ -12,28 +12,8 @@
 #include "ir/ir.h"
 #include "passes/passes.h"
 #include "test.h"
+#include "test_model.h"
 
-static ptc_module *compile(ptc_ctx *ctx, const char *path, const char *sets) {
-  size_t len;
-  char *text = ptc_read_file(ctx, path, &len);
-  if (!text) return NULL;
-  ptc_define *defs = NULL;
-  int32_t ndefs = 0;
-  ptc_module *m = NULL;
-  if (ptc_defines_parse(ctx, sets, &defs, &ndefs) == 0)
-    m = ptc_frontend_compile(ctx, path, text, len, defs, ndefs);
-  free(defs);
-  free(text);
-  if (!m) return NULL;
-  ptc_pipeline *p = ptc_pipeline_parse(ctx, ptc_default_pipeline());
-  if (!p || ptc_pipeline_run(m, p, NULL) != 0) {
-    ptc_pipeline_destroy(p);
-    ptc_module_destroy(m);
-    return NULL;
-  }
-  ptc_pipeline_destroy(p);
-  return m;
-}
 
 /* The last op a root's buffer is live at. */
 static int32_t end_of(const ptc_liveness *l, int32_t v) {
@@ -78,7 +58,7 @@ static void check_func(const char *model, const ptc_func *f, bool in_place, bool
 static void check_model(const char *path, const char *sets) {
   ptc_ctx *ctx = ptc_ctx_create();
   ptc_ctx_set_diag_capture(ctx, true);
-  ptc_module *m = compile(ctx, path, sets);
+  ptc_module *m = test_compile_model(ctx, path, sets, ptc_default_pipeline());
   CHECK_MSG(m, "%s did not compile", path);
   if (m) {
     CHECK(m->nfuncs > 0);

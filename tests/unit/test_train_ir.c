@@ -12,33 +12,14 @@
 #include "ir/ir.h"
 #include "passes/passes.h"
 #include "test.h"
+#include "test_model.h"
 
-static ptc_module *compile(ptc_ctx *ctx, const char *path, const char *sets) {
-  size_t len;
-  char *text = ptc_read_file(ctx, path, &len);
-  if (!text) return NULL;
-  ptc_define *defs = NULL;
-  int32_t ndefs = 0;
-  ptc_module *m = NULL;
-  if (ptc_defines_parse(ctx, sets, &defs, &ndefs) == 0)
-    m = ptc_frontend_compile(ctx, path, text, len, defs, ndefs);
-  free(defs);
-  free(text);
-  if (!m) return NULL;
-  ptc_pipeline *p = ptc_pipeline_parse(ctx, "canonicalize,cse,autodiff,optimizer,cse,dce");
-  if (!p || ptc_pipeline_run(m, p, NULL) != 0) {
-    ptc_pipeline_destroy(p);
-    ptc_module_destroy(m);
-    return NULL;
-  }
-  ptc_pipeline_destroy(p);
-  return m;
-}
 
 static void train(const char *path, const char *sets, int steps, double lr) {
   ptc_ctx *ctx = ptc_ctx_create();
   ptc_ctx_set_diag_capture(ctx, true);
-  ptc_module *m = compile(ctx, path, sets);
+  ptc_module *m = test_compile_model(ctx, path, sets,
+                                    "canonicalize,cse,autodiff,optimizer,cse,dce");
   CHECK_MSG(m != NULL, "%s: %s", path, ptc_ctx_diag_text(ctx));
   if (!m) {
     ptc_ctx_destroy(ctx);
