@@ -497,16 +497,8 @@ static void test_manager(void) {
 }
 
 static char *slurp(const char *path) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return NULL;
-  ptc_buf b;
-  ptc_buf_init(&b);
-  char chunk[4096];
-  size_t n;
-  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) ptc_buf_put(&b, chunk, n);
-  fclose(f);
-  if (!b.data) ptc_buf_put(&b, "", 0);
-  return b.data;
+  size_t len;
+  return ptc_slurp(path, &len);
 }
 
 static void test_dump_dir(void) {

@@ -7,23 +7,8 @@
 
 #include "runtime/ptrt.h"
 #include "test.h"
+#include "test_files.h"
 
-static char root[256];
-
-static const char *file(const char *name) {
-  static char buf[8][512];
-  static int k;
-  char *p = buf[k++ % 8];
-  snprintf(p, 512, "%s/%s", root, name);
-  return p;
-}
-
-static void write_raw(const char *name, const void *data, size_t n) {
-  FILE *f = fopen(file(name), "wb");
-  PTC_ASSERT(f);
-  if (n) PTC_ASSERT(fwrite(data, 1, n, f) == n);
-  fclose(f);
-}
 
 static void test_format(void) {
   ptc_ctx *ctx = ptc_ctx_create();
@@ -159,14 +144,10 @@ static void test_weights(void) {
 }
 
 int main(void) {
-  const char *tmp = getenv("TMPDIR");
-  snprintf(root, sizeof root, "%s/test_rt_st.XXXXXX", tmp && *tmp ? tmp : "/tmp");
-  PTC_ASSERT(mkdtemp(root));
+  scratch_init("test_rt_st");
   test_format();
   test_bad_files();
   test_weights();
-  char cmd[600];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
-  if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", root);
+  scratch_fini();
   return test_report("test_rt_safetensors");
 }
