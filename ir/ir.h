@@ -226,6 +226,24 @@ void ptc_sharding_print(ptc_buf *b, const ptc_sharding *s, int32_t rank,
 bool ptc_sharding_eq(const ptc_sharding *a, const ptc_sharding *b,
                      int32_t rank);
 
+/* The local view.  Rank r of the world sits at mesh coordinates
+ * ptc_mesh_coord(m, r): row-major over the axes in mesh order (pp, dp, tp),
+ * the last axis fastest, so tp groups are runs of consecutive ranks.  A
+ * dimension split over the axes `axes` is cut into ptc_shard_parts equal
+ * contiguous pieces, and the device at `coord` holds piece
+ * ptc_shard_index(m, axes, coord): a mixed-radix number whose major digit is
+ * the lowest mesh axis.  So splitting a piece further over an axis minor to
+ * all of its axes cuts the device's contiguous block into contiguous blocks,
+ * which is the invariant all_gather, reduce_scatter and shard keep. */
+int64_t ptc_shard_parts(const ptc_mesh *m, uint8_t axes);
+int64_t ptc_shard_index(const ptc_mesh *m, uint8_t axes, const int32_t *coord);
+void ptc_mesh_coord(const ptc_mesh *m, int64_t rank, int32_t *coord);
+int64_t ptc_mesh_rank(const ptc_mesh *m, const int32_t *coord);
+/* The shape one device holds: each split dimension divided by its parts
+ * (s may be NULL or absent: the global type). */
+void ptc_local_type(const ptc_mesh *m, const ptc_type *global, const ptc_sharding *s,
+                    ptc_type *local);
+
 /* ======================================================================
  * Attributes
  * ====================================================================== */
@@ -405,6 +423,13 @@ ptc_func *ptc_module_find_func(const ptc_module *m, const char *name);
 
 /* Deep copy (same ctx); caller owns the result. */
 ptc_module *ptc_module_clone(const ptc_module *m);
+/* A copy whose types are what one device holds (ptc_local_type of every
+ * param, value and result; shardings kept, so a kernel can still tell
+ * which dimensions are split and where its piece starts).  Identical on
+ * every device of an SPMD module, so the runtime, the memory planner and
+ * the kernel generator all run on it.  Not meant to be verified or printed:
+ * shape rules speak of global shapes.  Caller owns the result. */
+ptc_module *ptc_module_localize(const ptc_module *m);
 
 /* ---- func.c ------------------------------------------------------------ */
 

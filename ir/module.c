@@ -237,3 +237,22 @@ ptc_module *ptc_module_clone(const ptc_module *m) {
   for (int32_t i = 0; i < m->nfuncs; i++) func_clone(d, m->funcs[i]);
   return d;
 }
+
+ptc_module *ptc_module_localize(const ptc_module *m) {
+  ptc_module *d = ptc_module_clone(m);
+  const ptc_mesh *mesh = &d->mesh;
+  for (int32_t i = 0; i < d->nparams; i++)
+    ptc_local_type(mesh, &m->params[i].type, &m->params[i].shard, &d->params[i].type);
+  for (int32_t fi = 0; fi < d->nfuncs; fi++) {
+    ptc_func *f = d->funcs[fi];
+    for (int32_t v = 0; v < f->nvalues; v++) {
+      ptc_type g = f->values[v].type;
+      ptc_local_type(mesh, &g, &f->values[v].shard, &f->values[v].type);
+    }
+    for (int32_t r = 0; r < f->nresults; r++) {
+      ptc_type g = f->result_types[r];
+      ptc_local_type(mesh, &g, &f->result_shards[r], &f->result_types[r]);
+    }
+  }
+  return d;
+}

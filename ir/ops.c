@@ -580,6 +580,22 @@ static int reduce_kind(const ptc_infer *inf) {
   return fail(inf, "op = %s is not a reduction; use sum, mean, max or min", op);
 }
 
+/* all_gather, reduce_scatter and shard take or add axis `ax` as the *minor*
+ * split of dimension dim, so that a device's piece stays one contiguous
+ * block of the next coarser piece: every other axis splitting dim must come
+ * before ax in the mesh.  `what` is "gather" or "split". */
+static int minor_axis_check(const ptc_infer *inf, const ptc_sharding *s, int64_t dim,
+                            int ax, const char *what) {
+  uint8_t later = (uint8_t)(s->dim_axes[dim] & ~((2u << ax) - 1u));
+  if (!later) return 0;
+  int b = 0;
+  while (!(later & (1u << b))) b++;
+  return fail(inf, "cannot %s dimension %lld over %s: it is also split over %s, "
+              "which is minor to %s in the mesh; gather %s first", what, (long long)dim,
+              inf->mod->mesh.axes[ax].name, inf->mod->mesh.axes[b].name,
+              inf->mod->mesh.axes[ax].name, inf->mod->mesh.axes[b].name);
+}
+
 static int infer_all_reduce(ptc_infer *inf) {
   int ax;
   if (mesh_axis(inf, &ax) || reduce_kind(inf)) return -1;
@@ -606,6 +622,7 @@ static int infer_all_gather(ptc_infer *inf) {
     return fail(inf, "dimension %lld of the operand is not split over %s, so "
                 "there is nothing to gather", (long long)dim,
                 inf->mod->mesh.axes[ax].name);
+  if (minor_axis_check(inf, &s, dim, ax, "gather")) return -1;
   s.dim_axes[dim] &= (uint8_t)~(1u << ax);
   return set_shard(inf, 0, &s);
 }
@@ -623,8 +640,40 @@ static int infer_reduce_scatter(ptc_infer *inf) {
                 (long long)n, inf->mod->mesh.axes[ax].name);
   ptc_sharding s = inf->in_shard[0];
   if (!s.present) return 0;
+  if (s.dim_axes[dim] & (1u << ax))
+    return fail(inf, "dimension %lld is already split over %s", (long long)dim,
+                inf->mod->mesh.axes[ax].name);
+  if (minor_axis_check(inf, &s, dim, ax, "split")) return -1;
   s.partial &= (uint8_t)~(1u << ax);
   s.dim_axes[dim] |= (uint8_t)(1u << ax);
+  int64_t parts = ptc_shard_parts(&inf->mod->mesh, s.dim_axes[dim]);
+  if (inf->in[0].dims[dim] % parts)
+    return fail(inf, "dimension %lld of size %lld does not divide into %lld pieces",
+                (long long)dim, (long long)inf->in[0].dims[dim], (long long)parts);
+  return set_shard(inf, 0, &s);
+}
+
+static int infer_shard(ptc_infer *inf) {
+  int ax;
+  if (mesh_axis(inf, &ax)) return -1;
+  int64_t dim = attr_i(inf, "dim", 0);
+  if (check_axis(inf, "dim", dim, inf->in[0].rank)) return -1;
+  inf->out[0] = inf->in[0];
+  ptc_sharding s = inf->in_shard[0];
+  if (!s.present) {
+    memset(&s, 0, sizeof s);
+    s.present = true;
+  }
+  if (minor_axis_check(inf, &s, dim, ax, "split")) return -1;
+  if (s.partial & (1u << ax))
+    return fail(inf, "the operand is a partial sum over %s; reduce it (all_reduce "
+                "or reduce_scatter) instead of taking a piece",
+                inf->mod->mesh.axes[ax].name);
+  s.dim_axes[dim] |= (uint8_t)(1u << ax);
+  int64_t parts = ptc_shard_parts(&inf->mod->mesh, s.dim_axes[dim]);
+  if (inf->in[0].dims[dim] % parts)
+    return fail(inf, "dimension %lld of size %lld does not divide into %lld pieces",
+                (long long)dim, (long long)inf->in[0].dims[dim], (long long)parts);
   return set_shard(inf, 0, &s);
 }
 
@@ -777,6 +826,7 @@ static double flops_per_out(const cost_in *c) { return out_numel(c); }
 #define flops_broadcast_to flops_zero
 #define flops_embedding flops_zero
 #define flops_all_gather flops_zero
+#define flops_shard flops_zero
 #define flops_broadcast flops_zero
 #define flops_send flops_zero
 #define flops_recv flops_zero

@@ -270,3 +270,40 @@ bool ptc_sharding_eq(const ptc_sharding *a, const ptc_sharding *b, int32_t rank)
     if (a->dim_axes[d] != b->dim_axes[d]) return false;
   return true;
 }
+
+/* ---- the local view ------------------------------------------------------ */
+
+int64_t ptc_shard_parts(const ptc_mesh *m, uint8_t axes) {
+  int64_t n = 1;
+  for (int i = 0; i < m->naxes; i++)
+    if (axes & (1u << i)) n *= m->axes[i].size;
+  return n;
+}
+
+void ptc_local_type(const ptc_mesh *m, const ptc_type *global, const ptc_sharding *s,
+                    ptc_type *local) {
+  *local = *global;
+  if (!s || !s->present) return;
+  for (int32_t d = 0; d < global->rank; d++)
+    if (s->dim_axes[d]) local->dims[d] = global->dims[d] / ptc_shard_parts(m, s->dim_axes[d]);
+}
+
+int64_t ptc_shard_index(const ptc_mesh *m, uint8_t axes, const int32_t *coord) {
+  int64_t idx = 0;
+  for (int i = 0; i < m->naxes; i++)
+    if (axes & (1u << i)) idx = idx * m->axes[i].size + coord[i];
+  return idx;
+}
+
+void ptc_mesh_coord(const ptc_mesh *m, int64_t rank, int32_t *coord) {
+  for (int i = m->naxes - 1; i >= 0; i--) {
+    coord[i] = (int32_t)(rank % m->axes[i].size);
+    rank /= m->axes[i].size;
+  }
+}
+
+int64_t ptc_mesh_rank(const ptc_mesh *m, const int32_t *coord) {
+  int64_t r = 0;
+  for (int i = 0; i < m->naxes; i++) r = r * m->axes[i].size + coord[i];
+  return r;
+}

@@ -92,31 +92,75 @@ typedef enum ptrt_reduce {
   PTRT_REDUCE_MIN,
 } ptrt_reduce;
 
-/* One rank's view of the mesh.  Collectives work in place on f32 buffers
- * over the ranks of one mesh axis (an index into the module's mesh).
- * Today only the one-rank communicator exists, where every collective is
- * the identity; an MPI communicator fills the same slots. */
+/* Counters and context a communicator keeps; mutable through the const
+ * table (the table itself never changes after creation). */
+typedef struct ptrt_comm_state {
+  /* Bytes this rank sent per mesh axis since creation, under the ring
+   * model: all_reduce of B bytes over n ranks sends 2(n-1)/n*B, all_gather
+   * and reduce_scatter (n-1)/n*B of the *whole* (gathered / unscattered)
+   * buffer, broadcast B on the root's ring ((n-1)/n*B per rank counted
+   * here), send B to its peer.  Counted from the calls actually issued. */
+  double sent[PTC_MAX_MESH_AXES];
+  int64_t calls[PTC_MAX_MESH_AXES];
+  /* What the caller is doing, for error and timeout messages: the kernels
+   * write "all_reduce over tp at step.ptir:120:5 (gpt2.ptg:31:9)" before
+   * each call.  NUL-terminated. */
+  char what[256];
+} ptrt_comm_state;
+
+/* One rank's view of the mesh.  Collectives work on f32 buffers over the
+ * ranks of one mesh axis (an index into the module's mesh): the group of
+ * ranks whose coordinates agree on every other axis, ordered by their
+ * coordinate on this one.  The one-rank communicator makes every
+ * collective the identity; the MPI one (comm_mpi.c) fills the same slots.
+ * Every call returns 0, or -1 after reporting (never hangs: a peer that
+ * does not answer within the timeout ends the run with a message naming
+ * this rank and state->what). */
 typedef struct ptrt_comm ptrt_comm;
 struct ptrt_comm {
   const char *name; /* "single", "mpi" */
   int rank, size;   /* in the world */
+  ptc_mesh mesh;    /* the plan's mesh (naxes 0 for the one-rank table) */
+  int32_t coord[PTC_MAX_MESH_AXES]; /* ptc_mesh_coord(&mesh, rank) */
   int (*all_reduce)(const ptrt_comm *c, int axis, ptrt_reduce op, float *buf,
                     int64_t n);
-  /* out (n * axis size) gathers in (n) from each rank of the axis */
+  /* out (n * axis size) gathers in (n) from each rank of the axis, in the
+   * order of their coordinate on it */
   int (*all_gather)(const ptrt_comm *c, int axis, const float *in, float *out,
                     int64_t n);
-  /* out (n / axis size) gets this rank's part of the reduced in (n) */
+  /* out (n / axis size) gets this rank's part (block number coord[axis])
+   * of the reduction of in (n) over the axis */
   int (*reduce_scatter)(const ptrt_comm *c, int axis, ptrt_reduce op,
                         const float *in, float *out, int64_t n);
   int (*broadcast)(const ptrt_comm *c, int axis, int root, float *buf, int64_t n);
-  /* pipeline transfers to/from a stage along pp; NULL: not supported */
+  /* pipeline transfers to/from a world rank; NULL: not supported */
   int (*send)(const ptrt_comm *c, int peer, int tag, const void *buf, int64_t bytes);
   int (*recv)(const ptrt_comm *c, int peer, int tag, void *buf, int64_t bytes);
-  void *impl; /* the implementation's state */
+  /* Agreement across the world (e.g. "every rank finished the step"):
+   * all_reduce of one double with max; NULL on the one-rank table. */
+  int (*world_max)(const ptrt_comm *c, double *v);
+  ptrt_comm_state *state; /* owned by the implementation; never NULL */
+  void *impl;             /* the implementation's state */
 };
 
-/* The one-rank communicator (a constant table; nothing to destroy). */
+/* The one-rank communicator (a process-wide table; nothing to destroy). */
 const ptrt_comm *ptrt_comm_single(void);
+
+/* comm_mpi.c (when built with MPI: PTC_HAVE_MPI).  Whether this process was
+ * started by a launcher with more than one rank (OMPI_COMM_WORLD_SIZE,
+ * PMI_SIZE, SLURM_NTASKS, PMIX_RANK...) -- decides, before MPI_Init,
+ * whether ptrun needs MPI at all. */
+bool ptrt_launched_multi(void);
+/* MPI_Init_thread (once per process), checks that the world size equals
+ * the mesh's device count (else reports both and what to run), splits one
+ * communicator per mesh axis, and returns the table.  timeout_s bounds
+ * every wait on a peer.  NULL after reporting (the caller exits 1; other
+ * ranks then stop at their own timeout or when the launcher kills them). */
+ptrt_comm *ptrt_comm_mpi_create(ptc_ctx *ctx, const ptc_mesh *mesh, double timeout_s);
+/* Frees the axis communicators and calls MPI_Finalize. */
+void ptrt_comm_mpi_destroy(ptrt_comm *c);
+/* Ends every rank now (MPI_Abort) after printing msg on this one. */
+void ptrt_comm_abort(const ptrt_comm *c, int code);
 
 /* ======================================================================
  * plan.c -- reading a plan directory (docs/plan.md)

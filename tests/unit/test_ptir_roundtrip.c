@@ -259,6 +259,8 @@ static ptc_module *build_everything(ptc_ctx *ctx) {
      NULL, NULL, L);
   op(f, PTC_OP_BROADCAST, IN(x), AT(ptc_attr_sym("axis", "dp"), ptc_attr_int("root", 1)),
      NULL, NULL, L);
+  op(f, PTC_OP_SHARD, IN(ar), AT(ptc_attr_sym("axis", "tp"), ptc_attr_int("dim", 1)), NULL,
+     NULL, L);
   op(f, PTC_OP_SEND, IN(x), AT(ptc_attr_int("peer", 1), ptc_attr_int("tag", 3)), NULL,
      NULL, L);
   int32_t rv = op(f, PTC_OP_RECV, NOIN, AT(ptc_attr_int("peer", 0)), &x_t, &x_s, L);
