@@ -15,17 +15,19 @@ static const ptc_pass_info *const registry[] = {
     &ptc_pass_dce,          /* dead-code elimination */
     &ptc_pass_autodiff,     /* @forward -> @step: loss and parameter gradients */
     &ptc_pass_optimizer,    /* AdamW / SGD updates, gradient clipping */
+    &ptc_pass_shard,        /* layouts over the mesh: dp, tp, sp, ZeRO */
+    &ptc_pass_partition,    /* SPMD rewrite with explicit collectives */
     &ptc_pass_fuse,         /* element-wise and row ops into kernels */
 };
 
-/* What `ptc model.ptg` runs when --pass-pipeline is not given.  Later stages
- * (shard, pipeline-split, ...) are inserted here as they land.  `fuse` only
+/* What `ptc model.ptg` runs when --pass-pipeline is not given.  shard and
+ * partition do nothing on a one-device mesh.  `fuse` only
  * pays off where the LLVM code generator can compile its groups, so a ptc
  * built without LLVM leaves it out (and its plans run op by op). */
 #if PTC_HAVE_LLVM
-static const char default_pipeline[] = "canonicalize,cse,autodiff,optimizer,cse,dce,fuse";
+static const char default_pipeline[] = "canonicalize,cse,autodiff,optimizer,cse,dce,shard,partition,cse,fuse";
 #else
-static const char default_pipeline[] = "canonicalize,cse,autodiff,optimizer,cse,dce";
+static const char default_pipeline[] = "canonicalize,cse,autodiff,optimizer,cse,dce,shard,partition,cse";
 #endif
 
 const ptc_pass_info *const *ptc_pass_registry(int32_t *n) {

@@ -33,6 +33,8 @@ typedef enum opt_id {
   O_BATCH,
   O_SEQ,
   O_MESH,
+  O_ZERO,
+  O_SEQ_PAR,
   O_TARGET,
   O_PIPELINE,
   O_PRINT_BEFORE_ALL,
@@ -74,6 +76,14 @@ static const option options[] = {
     {"mesh", 0, ARG_REQUIRED, O_MESH, "SHAPE",
      "device mesh: 8 (dp), 2x4 (dp x tp), 2x2x2 (pp x dp x tp) or "
      "pp=2,dp=2,tp=2 (default: one device)",
+     NULL},
+    {"zero", 0, ARG_REQUIRED, O_ZERO, "0|1|2|3",
+     "ZeRO stage over dp: 1 shards optimizer state, 2 also gradients, 3 also "
+     "parameters (default 0; sets shard{zero=N} in the default pipeline)",
+     NULL},
+    {"sequence-parallel", 0, ARG_NONE, O_SEQ_PAR, NULL,
+     "split activations outside tensor-parallel regions on their sequence "
+     "dimension over tp (Megatron's sequence parallelism)",
      NULL},
     {"pass-pipeline", 0, ARG_REQUIRED, O_PIPELINE, "P",
      "passes to run, e.g. 'canonicalize{max-iterations=4},cse,dce' "
@@ -134,6 +144,9 @@ typedef struct driver {
   char **owned; /* heap strings the defines point into (--batch, --seq) */
   int32_t nowned;
   const char *mesh_text;
+  int zero;             /* --zero, -1 when not given */
+  bool sequence_parallel;
+  char *pipeline_owned; /* the default pipeline with shard options */
   const char *target; /* --target: cpu, cpu:generic, cpu:NAME */
   const char *pipeline_text; /* NULL: the default for the input language */
   const char *emit_text;
@@ -148,6 +161,7 @@ typedef struct driver {
 static void driver_fini(driver *d) {
   for (int32_t i = 0; i < d->nowned; i++) free(d->owned[i]);
   free(d->owned);
+  free(d->pipeline_owned);
   free(d->defines);
 }
 
@@ -337,6 +351,15 @@ static int apply_option(driver *d, const option *o, const char *val) {
     break;
   }
   case O_MESH: d->mesh_text = val; break;
+  case O_ZERO:
+    if (strlen(val) != 1 || val[0] < '0' || val[0] > '3') {
+      ptc_error(d->ctx, ptc_loc_unknown, "--zero '%s': the ZeRO stages are 0, 1, 2 and 3",
+                val);
+      return EXIT_USER;
+    }
+    d->zero = val[0] - '0';
+    break;
+  case O_SEQ_PAR: d->sequence_parallel = true; break;
   case O_TARGET:
     if (strcmp(val, "cpu") != 0 && strncmp(val, "cpu:", 4) != 0) {
       ptc_error(d->ctx, ptc_loc_unknown, "--target '%s': the targets are cpu (this "
@@ -648,6 +671,22 @@ static int run(driver *d) {
     return EXIT_USER;
   }
   const char *ptext = d->pipeline_text;
+  if (ptext && (d->zero >= 0 || d->sequence_parallel)) {
+    ptc_error(d->ctx, ptc_loc_unknown, "--zero and --sequence-parallel set options of the "
+              "default pipeline's shard pass; with --pass-pipeline write them there, e.g. "
+              "shard{zero=2,sequence-parallel=true}");
+    return EXIT_USER;
+  }
+  if (!ptext && d->lang == LANG_PTG && (d->zero >= 0 || d->sequence_parallel)) {
+    const char *dp = ptc_default_pipeline(), *at = strstr(dp, "shard,");
+    PTC_ASSERT(at);
+    size_t n = strlen(dp) + 64;
+    d->pipeline_owned = ptc_xmalloc(n);
+    snprintf(d->pipeline_owned, n, "%.*sshard{zero=%d,sequence-parallel=%s}%s",
+             (int)(at - dp), dp, d->zero < 0 ? 0 : d->zero,
+             d->sequence_parallel ? "true" : "false", at + 5);
+    ptext = d->pipeline_owned;
+  }
   if (!ptext) ptext = d->lang == LANG_PTG ? ptc_default_pipeline() : "";
   ptc_pipeline *pipe = ptc_pipeline_parse(d->ctx, ptext);
   if (!pipe) return EXIT_USER;
@@ -694,6 +733,7 @@ int main(int argc, char **argv) {
   driver d;
   memset(&d, 0, sizeof d);
   d.ctx = ptc_ctx_create();
+  d.zero = -1;
   ptc_pm_config_init(&d.pm);
   int status = parse_args(&d, argc, argv);
   if (status == 0) {

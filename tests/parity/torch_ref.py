@@ -176,8 +176,9 @@ def gpt2_loss(w, c, tok, tgt):
     for i in range(c["layers"]):
         p = "h%d." % i
         a = ln(x, w[p + "ln1.g"], w[p + "ln1.b"])
-        q, k, v = (a @ w[p + "attn.qkv.w"] + w[p + "attn.qkv.b"]).split(d, dim=-1)
-        o = attention(*(t.reshape(B, T, H, d // H) for t in (q, k, v)))
+        # columns grouped by head: [heads, 3, head_dim] (models/gpt2.ptg)
+        qkv = (a @ w[p + "attn.qkv.w"] + w[p + "attn.qkv.b"]).reshape(B, T, H, 3, d // H)
+        o = attention(qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2])
         x = x + o.reshape(B, T, d) @ w[p + "attn.proj.w"] + w[p + "attn.proj.b"]
         m = ln(x, w[p + "ln2.g"], w[p + "ln2.b"])
         h = torch.nn.functional.gelu(m @ w[p + "mlp.fc.w"] + w[p + "mlp.fc.b"], approximate="tanh")

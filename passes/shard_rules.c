@@ -1,0 +1,307 @@
+/* shard_rules.c -- how each op may be split: its dimension factors.
+ *
+ * An op's loop nest has one index per *factor*; a factor names one
+ * dimension (or none) of each operand and each result.  Splitting a factor
+ * over a mesh axis splits all of those dimensions the same way and lets
+ * every device run the op on its pieces:
+ *   - a factor every result has (a batch or feature index) just splits the
+ *     results;
+ *   - a factor some result lacks (matmul's contracting index, the rows a
+ *     reduce_sum or cross_entropy sums over, the ids of embedding_grad)
+ *     leaves those results as partial sums over the axis;
+ *   - a factor only results have (broadcast_to's new dims, embedding_grad's
+ *     table rows, constant) means each device computes its piece from whole
+ *     operands;
+ *   - a `whole` factor (the softmax axis, a norm's feature dim, attention's
+ *     sequence and head dims, a slice's axis) must not be split.
+ * This is the factor view of GSPMD / Shardy's sharding rules; one table of
+ * rules serves propagation, partitioning and the check of a partitioned op.
+ */
+#include <string.h>
+
+#include "passes/sharding.h"
+
+static void add_factor(ptc_shard_rule *r, bool whole) {
+  PTC_ASSERT(r->nf < PTC_SR_MAX_FACTORS);
+  memset(r->dim[r->nf], -1, sizeof r->dim[r->nf]);
+  r->whole[r->nf] = whole;
+  r->nf++;
+}
+
+static const ptc_type *vt(const ptc_func *f, int32_t v) { return &f->values[v].type; }
+
+/* One factor per dim of result `res`, operands aligned from the right
+ * (NumPy broadcasting): an operand dim of the same size maps, a broadcast
+ * one (size 1) does not. */
+static void rule_broadcasting(const ptc_func *f, const ptc_op *op, ptc_shard_rule *r,
+                              int32_t res) {
+  const ptc_type *o = vt(f, op->out[res]);
+  for (int32_t d = 0; d < o->rank; d++) {
+    add_factor(r, false);
+    for (int32_t j = 0; j < op->nout; j++) {
+      const ptc_type *t = vt(f, op->out[j]);
+      int32_t a = d - (o->rank - t->rank);
+      if (a >= 0 && t->dims[a] == o->dims[d]) r->dim[r->nf - 1][op->nin + j] = (int8_t)a;
+    }
+    for (int32_t i = 0; i < op->nin; i++) {
+      const ptc_type *t = vt(f, op->in[i]);
+      int32_t a = d - (o->rank - t->rank);
+      if (a >= 0 && t->dims[a] == o->dims[d] && o->dims[d] != 1)
+        r->dim[r->nf - 1][i] = (int8_t)a;
+    }
+  }
+}
+
+/* Operand i and result `res` share every dim, in order. */
+static void rule_same(const ptc_func *f, const ptc_op *op, ptc_shard_rule *r, int32_t i,
+                      int32_t res, int32_t whole_dim) {
+  const ptc_type *t = vt(f, op->in[i]);
+  for (int32_t d = 0; d < t->rank; d++) {
+    add_factor(r, d == whole_dim);
+    r->dim[r->nf - 1][i] = (int8_t)d;
+    if (res >= 0) r->dim[r->nf - 1][op->nin + res] = (int8_t)d;
+  }
+}
+
+static int32_t norm_axis(int64_t a, int32_t rank) { return (int32_t)(a < 0 ? a + rank : a); }
+
+/* reshape: dims group where running products meet; within a group the
+ * first dim of size > 1 on each side carries the split (a contiguous block
+ * of the merged dim is a block of its leading dim), the rest stay whole. */
+static void rule_reshape(const ptc_func *f, const ptc_op *op, ptc_shard_rule *r) {
+  const ptc_type *a = vt(f, op->in[0]), *b = vt(f, op->out[0]);
+  int32_t i = 0, j = 0;
+  while (i < a->rank || j < b->rank) {
+    int32_t i0 = i, j0 = j;
+    int64_t pa = 1, pb = 1;
+    if (i < a->rank) pa = a->dims[i++];
+    if (j < b->rank) pb = b->dims[j++];
+    while (pa != pb) {
+      if (pa < pb && i < a->rank) pa *= a->dims[i++];
+      else if (pb < pa && j < b->rank) pb *= b->dims[j++];
+      else break;
+    }
+    /* size-1 dims that follow join this group */
+    if (pa == pb) {
+      while (i < a->rank && a->dims[i] == 1) i++;
+      while (j < b->rank && b->dims[j] == 1) j++;
+    }
+    int32_t la = -1, lb = -1;
+    for (int32_t k = i0; k < i && la < 0; k++)
+      if (a->dims[k] > 1) la = k;
+    for (int32_t k = j0; k < j && lb < 0; k++)
+      if (b->dims[k] > 1) lb = k;
+    if (la >= 0 && lb >= 0) {
+      add_factor(r, false);
+      r->dim[r->nf - 1][0] = (int8_t)la;
+      r->dim[r->nf - 1][1] = (int8_t)lb;
+    }
+    for (int32_t k = i0; k < i; k++)
+      if (k != la) {
+        add_factor(r, true);
+        r->dim[r->nf - 1][0] = (int8_t)k;
+      }
+    for (int32_t k = j0; k < j; k++)
+      if (k != lb) {
+        add_factor(r, true);
+        r->dim[r->nf - 1][1] = (int8_t)k;
+      }
+  }
+}
+
+static void rule_matmul(const ptc_func *f, const ptc_op *op, ptc_shard_rule *r) {
+  const ptc_type *a = vt(f, op->in[0]), *b = vt(f, op->in[1]), *o = vt(f, op->out[0]);
+  bool ta = ptc_op_attr_bool(op, "transpose_a", false);
+  bool tb = ptc_op_attr_bool(op, "transpose_b", false);
+  int32_t nb = o->rank - 2;
+  for (int32_t d = 0; d < nb; d++) { /* batch dims, broadcast from the right */
+    add_factor(r, false);
+    r->dim[r->nf - 1][2] = (int8_t)d;
+    int32_t x = d - (nb - (a->rank - 2)), y = d - (nb - (b->rank - 2));
+    if (x >= 0 && a->dims[x] == o->dims[d] && o->dims[d] != 1) r->dim[r->nf - 1][0] = (int8_t)x;
+    if (y >= 0 && b->dims[y] == o->dims[d] && o->dims[d] != 1) r->dim[r->nf - 1][1] = (int8_t)y;
+  }
+  add_factor(r, false); /* M */
+  r->dim[r->nf - 1][0] = (int8_t)(a->rank - (ta ? 1 : 2));
+  r->dim[r->nf - 1][2] = (int8_t)(o->rank - 2);
+  add_factor(r, false); /* N */
+  r->dim[r->nf - 1][1] = (int8_t)(b->rank - (tb ? 2 : 1));
+  r->dim[r->nf - 1][2] = (int8_t)(o->rank - 1);
+  add_factor(r, false); /* K: contracted */
+  r->dim[r->nf - 1][0] = (int8_t)(a->rank - (ta ? 2 : 1));
+  r->dim[r->nf - 1][1] = (int8_t)(b->rank - (tb ? 1 : 2));
+}
+
+/* attention(q [B,T,H,D], k [B,S,G,D], v [B,S,G,E]) -> o [B,T,H,E], and its
+ * gradient (g first; results dq, dk, dv).  Batch and heads split (a block
+ * of query heads keeps its block of key/value heads); the rest is whole. */
+static void rule_attention(const ptc_op *op, ptc_shard_rule *r, int at) {
+  bool grad = op->code == PTC_OP_ATTENTION_GRAD;
+  int q = at, k = at + 1, v = at + 2;
+  int nin = op->nin;
+  add_factor(r, false); /* B */
+  int8_t *B = r->dim[r->nf - 1];
+  add_factor(r, false); /* H */
+  int8_t *H = r->dim[r->nf - 1];
+  for (int i = 0; i < op->nin; i++) B[i] = 0, H[i] = 2;
+  for (int j = 0; j < op->nout; j++) B[nin + j] = 0, H[nin + j] = 2;
+  add_factor(r, true); /* T */
+  r->dim[r->nf - 1][q] = 1;
+  if (grad) r->dim[r->nf - 1][0] = 1, r->dim[r->nf - 1][nin] = 1;
+  else r->dim[r->nf - 1][nin] = 1;
+  add_factor(r, true); /* S */
+  r->dim[r->nf - 1][k] = 1, r->dim[r->nf - 1][v] = 1;
+  if (grad) r->dim[r->nf - 1][nin + 1] = 1, r->dim[r->nf - 1][nin + 2] = 1;
+  add_factor(r, true); /* D */
+  r->dim[r->nf - 1][q] = 3, r->dim[r->nf - 1][k] = 3;
+  if (grad) r->dim[r->nf - 1][nin] = 3, r->dim[r->nf - 1][nin + 1] = 3;
+  add_factor(r, true); /* E */
+  r->dim[r->nf - 1][v] = 3;
+  if (grad) r->dim[r->nf - 1][0] = 3, r->dim[r->nf - 1][nin + 2] = 3;
+  else r->dim[r->nf - 1][nin] = 3;
+}
+
+bool ptc_shard_rule_get(const ptc_func *f, const ptc_op *op, ptc_shard_rule *r) {
+  memset(r, 0, sizeof *r);
+  if (op->nin + op->nout > PTC_SR_MAX_IO) return false;
+  const ptc_opinfo *info = ptc_opinfo_get(op->code);
+  if (info->flags & PTC_OPF_ELEMENTWISE) {
+    rule_broadcasting(f, op, r, 0);
+    return true;
+  }
+  switch (op->code) {
+  case PTC_OP_CONSTANT:
+  case PTC_OP_BROADCAST_TO:
+    rule_broadcasting(f, op, r, 0);
+    return true;
+  case PTC_OP_ADAMW:
+  case PTC_OP_SGD:
+    rule_broadcasting(f, op, r, 0);
+    return true;
+  case PTC_OP_RESHAPE:
+    rule_reshape(f, op, r);
+    return true;
+  case PTC_OP_TRANSPOSE: {
+    const ptc_attr *p = ptc_op_attr(op, "perm");
+    const ptc_type *o = vt(f, op->out[0]);
+    for (int32_t d = 0; d < o->rank; d++) {
+      add_factor(r, false);
+      r->dim[r->nf - 1][0] = (int8_t)p->u.ints.v[d];
+      r->dim[r->nf - 1][1] = (int8_t)d;
+    }
+    return true;
+  }
+  case PTC_OP_SLICE:
+  case PTC_OP_PAD:
+  case PTC_OP_SOFTMAX:
+    rule_same(f, op, r, 0, 0,
+              norm_axis(ptc_op_attr_int(op, "axis", 0), vt(f, op->in[0])->rank));
+    return true;
+  case PTC_OP_SOFTMAX_GRAD: {
+    int32_t ax = norm_axis(ptc_op_attr_int(op, "axis", 0), vt(f, op->in[0])->rank);
+    rule_same(f, op, r, 0, 0, ax);
+    for (int32_t d = 0; d < r->nf; d++) r->dim[d][1] = (int8_t)d;
+    return true;
+  }
+  case PTC_OP_CONCAT: {
+    int32_t ax = norm_axis(ptc_op_attr_int(op, "axis", 0), vt(f, op->out[0])->rank);
+    const ptc_type *o = vt(f, op->out[0]);
+    for (int32_t d = 0; d < o->rank; d++) {
+      add_factor(r, d == ax);
+      for (int32_t i = 0; i < op->nin; i++) r->dim[d][i] = (int8_t)d;
+      r->dim[d][op->nin] = (int8_t)d;
+    }
+    return true;
+  }
+  case PTC_OP_REDUCE_SUM:
+  case PTC_OP_REDUCE_MEAN:
+  case PTC_OP_REDUCE_MAX: {
+    const ptc_type *t = vt(f, op->in[0]);
+    const ptc_attr *ax = ptc_op_attr(op, "axes");
+    bool keep = ptc_op_attr_bool(op, "keepdim", false);
+    int32_t od = 0;
+    for (int32_t d = 0; d < t->rank; d++) {
+      bool red = false;
+      for (int32_t k = 0; k < ax->u.ints.n; k++)
+        red |= norm_axis(ax->u.ints.v[k], t->rank) == d;
+      add_factor(r, red && op->code == PTC_OP_REDUCE_MAX);
+      r->dim[d][0] = (int8_t)d;
+      if (!red) r->dim[d][1] = (int8_t)od;
+      if (!red || keep) od++;
+    }
+    return true;
+  }
+  case PTC_OP_MATMUL:
+    rule_matmul(f, op, r);
+    return true;
+  case PTC_OP_EMBEDDING: { /* ids [...], table [V, D] -> [..., D] */
+    const ptc_type *ids = vt(f, op->in[0]);
+    for (int32_t d = 0; d < ids->rank; d++) {
+      add_factor(r, false);
+      r->dim[d][0] = (int8_t)d;
+      r->dim[d][2] = (int8_t)d;
+    }
+    add_factor(r, false); /* D */
+    r->dim[r->nf - 1][1] = 1;
+    r->dim[r->nf - 1][2] = (int8_t)ids->rank;
+    add_factor(r, false); /* V: rows outside a device's block give zeros */
+    r->dim[r->nf - 1][1] = 0;
+    return true;
+  }
+  case PTC_OP_EMBEDDING_GRAD: { /* g [..., D], ids [...] -> [V, D] */
+    const ptc_type *ids = vt(f, op->in[1]);
+    for (int32_t d = 0; d < ids->rank; d++) {
+      add_factor(r, false);
+      r->dim[d][0] = (int8_t)d;
+      r->dim[d][1] = (int8_t)d;
+    }
+    add_factor(r, false); /* D */
+    r->dim[r->nf - 1][0] = (int8_t)ids->rank;
+    r->dim[r->nf - 1][2] = 1;
+    add_factor(r, false); /* V: each device scatters into its block */
+    r->dim[r->nf - 1][2] = 0;
+    return true;
+  }
+  case PTC_OP_LAYERNORM:
+  case PTC_OP_RMSNORM: {
+    const ptc_type *x = vt(f, op->in[0]);
+    rule_same(f, op, r, 0, 0, x->rank - 1);
+    for (int32_t i = 1; i < op->nin; i++) r->dim[x->rank - 1][i] = 0;
+    return true;
+  }
+  case PTC_OP_LAYERNORM_GRAD:
+  case PTC_OP_RMSNORM_GRAD: { /* g, x, gamma -> dx, dgamma[, dbeta] */
+    const ptc_type *x = vt(f, op->in[1]);
+    rule_same(f, op, r, 1, 0, x->rank - 1);
+    for (int32_t d = 0; d < x->rank; d++) r->dim[d][0] = (int8_t)d;
+    r->dim[x->rank - 1][2] = 0;
+    for (int32_t j = 1; j < op->nout; j++) r->dim[x->rank - 1][op->nin + j] = 0;
+    return true;
+  }
+  case PTC_OP_ROPE:
+    rule_same(f, op, r, 0, 0, -1);
+    r->whole[1] = r->whole[3] = true; /* seq (positions) and head_dim */
+    return true;
+  case PTC_OP_ATTENTION:
+    rule_attention(op, r, 0);
+    return true;
+  case PTC_OP_ATTENTION_GRAD:
+    rule_attention(op, r, 1);
+    return true;
+  case PTC_OP_CROSS_ENTROPY:
+  case PTC_OP_CROSS_ENTROPY_GRAD: {
+    int at = op->code == PTC_OP_CROSS_ENTROPY ? 0 : 1;
+    bool grad = at == 1;
+    const ptc_type *l = vt(f, op->in[at]);
+    for (int32_t d = 0; d < l->rank; d++) {
+      add_factor(r, d == l->rank - 1);
+      r->dim[d][at] = (int8_t)d;
+      if (d < l->rank - 1) r->dim[d][at + 1] = (int8_t)d;
+      if (grad) r->dim[d][op->nin] = (int8_t)d;
+    }
+    return true;
+  }
+  default:
+    return false; /* collectives, transfers, assign, return: handled by callers */
+  }
+}
