@@ -529,6 +529,30 @@ typedef struct ptc_cost {
 /* Cost of one op of f (global, i.e. for the whole unsharded tensor). */
 ptc_cost ptc_op_cost(const ptc_func *f, const ptc_op *op);
 
+/* ---- shard_rules.c: how each op may be split ------------------------------ */
+
+#define PTC_SR_MAX_FACTORS 24
+#define PTC_SR_MAX_IO 12 /* operands + results */
+
+/* The factors of one op (see shard_rules.c).  dim[f][io] is the dimension
+ * factor f indexes in operand io (io < nin) or result io - nin, or -1. */
+typedef struct ptc_shard_rule {
+  int32_t nf;
+  int8_t dim[PTC_SR_MAX_FACTORS][PTC_SR_MAX_IO];
+  bool whole[PTC_SR_MAX_FACTORS];
+} ptc_shard_rule;
+
+/* Fills r for op; false when the op has no rule (collectives, transfers,
+ * assign, return, or more than PTC_SR_MAX_IO operands and results). */
+bool ptc_shard_rule_get(const ptc_func *f, const ptc_op *op, ptc_shard_rule *r);
+
+/* Checks op of a partitioned function: its operands' layouts must agree on
+ * every factor (no operand partial, no axis on two factors, no split of a
+ * whole factor) and its results must be laid out as those factors make
+ * them; `assign` must write the variable's stored layout and `return`
+ * whole values.  Reports at the op and returns -1 when not. */
+int ptc_shard_check_op(ptc_func *f, const ptc_op *op);
+
 /* ---- verify.c ---------------------------------------------------------- */
 
 /* Checks every invariant of the module; reports the first broken one with

@@ -737,11 +737,9 @@ static int infer_adamw(ptc_infer *inf) {
       need_param_shaped(inf, 3, "the second moment") ||
       need_scalar_f32(inf, 4, "the learning rate") || need_scalar_f32(inf, 5, "the step"))
     return -1;
+  /* layouts: like any computing op, checked in a partitioned module by
+   * ptc_shard_check_op (ZeRO updates a piece of a whole parameter) */
   for (int r = 0; r < 3; r++) inf->out[r] = inf->in[r == 0 ? 0 : r + 1];
-  for (int r = 0; r < 3; r++)
-    if (inf->in_shard[r == 0 ? 0 : r + 1].present &&
-        set_shard(inf, r, &inf->in_shard[r == 0 ? 0 : r + 1]))
-      return -1;
   return 0;
 }
 
@@ -752,8 +750,6 @@ static int infer_sgd(ptc_infer *inf) {
     return -1;
   inf->out[0] = inf->in[0];
   inf->out[1] = inf->in[2];
-  if (inf->in_shard[0].present && set_shard(inf, 0, &inf->in_shard[0])) return -1;
-  if (inf->in_shard[2].present && set_shard(inf, 1, &inf->in_shard[2])) return -1;
   return 0;
 }
 

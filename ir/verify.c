@@ -109,6 +109,11 @@ int ptc_verify_func(ptc_func *f) {
   /* defined[v]: 1 once v is available (args and param reads from the start) */
   char *defined = ptc_xcalloc((size_t)f->nvalues + 1, 1);
   char lbl[300];
+  /* a partitioned module (the partition pass's output) runs op by op on
+   * each device's pieces: every op must be consistent with its operands'
+   * layouts (ir/shard_rules.c) */
+  const ptc_attr *pa = ptc_module_get_attr(m, "partitioned");
+  bool partitioned = pa && pa->kind == PTC_ATTR_BOOL && pa->u.b;
 
   for (int32_t i = 0; i < f->nargs; i++) {
     int32_t id = f->args[i];
@@ -202,6 +207,7 @@ int ptc_verify_func(ptc_func *f) {
     ptc_type out_t[8];
     ptc_sharding out_s[8];
     if (ptc__op_check(f, &a, op->attrs, out_t, out_s) < 0) goto out;
+    if (partitioned && ptc_shard_check_op(f, op) < 0) goto out;
     for (int32_t r = 0; r < op->nout; r++) defined[op->out[r]] = 1;
   }
 

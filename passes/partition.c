@@ -52,7 +52,6 @@
 #include <string.h>
 
 #include "passes/passes.h"
-#include "passes/sharding.h"
 
 /* ---- helpers ------------------------------------------------------------- */
 
@@ -324,6 +323,8 @@ static int32_t zero_dim(const prop *P, const ptc_type *t, const ptc_sharding *s)
 static void zero(prop *P, ptc_func *f, const int32_t *def_op, int stage) {
   if (P->dp < 0 || stage == 0) return;
   uint8_t dp = (uint8_t)(1u << P->dp);
+  bool *moved = calloc((size_t)(f->nvalues + 1), sizeof *moved);
+  PTC_ASSERT(moved);
   for (int32_t oi = 0; oi < f->nops; oi++) {
     ptc_op *op = &f->ops[oi];
     if (op->code != PTC_OP_ADAMW && op->code != PTC_OP_SGD) continue;
@@ -341,6 +342,7 @@ static void zero(prop *P, ptc_func *f, const int32_t *def_op, int stage) {
     int32_t g = op->in[1];
     while (f->values[g].kind == PTC_VALUE_OP) {
       f->values[g].shard = z;
+      moved[g] = true;
       ptc_op *prod = &f->ops[def_op[g]];
       if (!(ptc_opinfo_get(prod->code)->flags & PTC_OPF_ELEMENTWISE)) break;
       int32_t next = -1;
@@ -350,6 +352,21 @@ static void zero(prop *P, ptc_func *f, const int32_t *def_op, int stage) {
       g = next;
     }
   }
+  /* what else reads the split gradients (the global norm) follows them, so
+   * the norm is summed from the pieces instead of gathering them back */
+  for (int32_t oi = 0; oi < f->nops; oi++) {
+    ptc_op *op = &f->ops[oi];
+    if (op->code == PTC_OP_ADAMW || op->code == PTC_OP_SGD || op->code == PTC_OP_ASSIGN)
+      continue;
+    bool any = false;
+    for (int32_t i = 0; i < op->nin; i++) any |= moved[op->in[i]];
+    bool mine = false;
+    for (int32_t j = 0; j < op->nout; j++) mine |= moved[op->out[j]];
+    if (!any || mine) continue;
+    infer_op(P, f, oi);
+    for (int32_t j = 0; j < op->nout; j++) moved[op->out[j]] = true;
+  }
+  free(moved);
 }
 
 static int32_t *def_ops(const ptc_func *f) {
@@ -677,6 +694,8 @@ static int run_partition(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
     rc = partition_func(&P);
   }
   free(P.cache);
+  ptc_attr done = ptc_attr_bool("partitioned", true);
+  ptc_module_set_attr(m, &done);
   *changed = true;
   return rc;
 }

@@ -19,7 +19,7 @@
  */
 #include <string.h>
 
-#include "passes/sharding.h"
+#include "ir.h"
 
 static void add_factor(ptc_shard_rule *r, bool whole) {
   PTC_ASSERT(r->nf < PTC_SR_MAX_FACTORS);
@@ -304,4 +304,127 @@ bool ptc_shard_rule_get(const ptc_func *f, const ptc_op *op, ptc_shard_rule *r) 
   default:
     return false; /* collectives, transfers, assign, return: handled by callers */
   }
+}
+
+/* ---- checking a partitioned op ------------------------------------------- */
+
+static void layout_text(char *buf, size_t n, const ptc_func *f, const ptc_sharding *s,
+                        int32_t rank) {
+  ptc_buf b;
+  ptc_buf_init(&b);
+  ptc_sharding_print(&b, s, rank, &f->mod->mesh);
+  snprintf(buf, n, "%s", b.data && b.data[0] ? b.data : "shard<>");
+  ptc_buf_fini(&b);
+}
+
+static int check_fail(ptc_func *f, const ptc_op *op, const char *fmt, const char *a,
+                      const char *b) {
+  char msg[512];
+  snprintf(msg, sizeof msg, fmt, a, b);
+  ptc_error(f->mod->ctx, op->loc, "%s: %s", ptc_opinfo_get(op->code)->name, msg);
+  return -1;
+}
+
+int ptc_shard_check_op(ptc_func *f, const ptc_op *op) {
+  const ptc_mesh *m = &f->mod->mesh;
+  char t1[128], t2[128];
+  if (op->code == PTC_OP_ASSIGN) {
+    const ptc_param *p = &f->mod->params[f->values[op->in[0]].def];
+    const ptc_value *v = &f->values[op->in[1]];
+    if (ptc_sharding_eq(&v->shard, &p->shard, v->type.rank)) return 0;
+    layout_text(t1, sizeof t1, f, &v->shard, v->type.rank);
+    layout_text(t2, sizeof t2, f, &p->shard, v->type.rank);
+    return check_fail(f, op, "the new value is laid out %s but the variable is stored %s",
+                      t1, t2);
+  }
+  if (op->code == PTC_OP_RETURN) {
+    for (int32_t i = 0; i < op->nin; i++) {
+      const ptc_value *v = &f->values[op->in[i]];
+      bool whole = !v->shard.partial;
+      for (int32_t d = 0; d < v->type.rank; d++) whole &= v->shard.dim_axes[d] == 0;
+      if (!whole) {
+        layout_text(t1, sizeof t1, f, &v->shard, v->type.rank);
+        return check_fail(f, op, "returns a value laid out %s%s; results must be whole "
+                          "on every device", t1, "");
+      }
+    }
+    return 0;
+  }
+  ptc_shard_rule r;
+  if (!ptc_shard_rule_get(f, op, &r)) return 0; /* collectives: their shape rules check */
+  uint8_t fax[PTC_SR_MAX_FACTORS] = {0};
+  bool seen[PTC_SR_MAX_FACTORS] = {0};
+  for (int32_t i = 0; i < op->nin; i++) {
+    const ptc_value *v = &f->values[op->in[i]];
+    if (v->shard.partial) {
+      layout_text(t1, sizeof t1, f, &v->shard, v->type.rank);
+      snprintf(t2, sizeof t2, "%d", i);
+      return check_fail(f, op, "operand %2$s is a partial sum (%1$s); reduce it before "
+                        "use", t1, t2);
+    }
+    uint8_t covered[PTC_MAX_RANK] = {0};
+    for (int32_t fi = 0; fi < r.nf; fi++) {
+      int32_t d = r.dim[fi][i];
+      if (d < 0) continue;
+      covered[d] = 1;
+      uint8_t ax = v->shard.dim_axes[d];
+      if (!seen[fi]) {
+        seen[fi] = true;
+        fax[fi] = ax;
+      } else if (fax[fi] != ax) {
+        layout_text(t1, sizeof t1, f, &v->shard, v->type.rank);
+        snprintf(t2, sizeof t2, "%d", i);
+        return check_fail(f, op, "operand %2$s (%1$s) is split differently from the "
+                          "operands before it on a dimension they share", t1, t2);
+      }
+    }
+    for (int32_t d = 0; d < v->type.rank; d++)
+      if (!covered[d] && v->shard.dim_axes[d]) {
+        layout_text(t1, sizeof t1, f, &v->shard, v->type.rank);
+        snprintf(t2, sizeof t2, "%d", i);
+        return check_fail(f, op, "operand %2$s (%1$s) is split on a dimension the op "
+                          "broadcasts", t1, t2);
+      }
+  }
+  /* factors no operand has take their split from the results */
+  for (int32_t fi = 0; fi < r.nf; fi++) {
+    if (seen[fi]) continue;
+    for (int32_t j = 0; j < op->nout; j++) {
+      int32_t d = r.dim[fi][op->nin + j];
+      if (d >= 0) {
+        fax[fi] = f->values[op->out[j]].shard.dim_axes[d];
+        break;
+      }
+    }
+  }
+  uint8_t used = 0;
+  for (int32_t fi = 0; fi < r.nf; fi++) {
+    if (!fax[fi]) continue;
+    if (r.whole[fi] || (used & fax[fi])) {
+      snprintf(t1, sizeof t1, "%s", r.whole[fi] ? "a dimension it needs whole" :
+               "two dimensions with one mesh axis");
+      return check_fail(f, op, "its operands are split on %s%s", t1, "");
+    }
+    used |= fax[fi];
+    (void)m;
+  }
+  for (int32_t j = 0; j < op->nout; j++) {
+    const ptc_value *v = &f->values[op->out[j]];
+    ptc_sharding want;
+    memset(&want, 0, sizeof want);
+    want.present = true;
+    for (int32_t fi = 0; fi < r.nf; fi++) {
+      if (!fax[fi]) continue;
+      int32_t d = r.dim[fi][op->nin + j];
+      if (d >= 0) want.dim_axes[d] |= fax[fi];
+      else want.partial |= fax[fi];
+    }
+    if (!ptc_sharding_eq(&v->shard, &want, v->type.rank)) {
+      layout_text(t1, sizeof t1, f, &v->shard, v->type.rank);
+      layout_text(t2, sizeof t2, f, &want, v->type.rank);
+      return check_fail(f, op, "its result is laid out %s, but its operands make it %s",
+                        t1, t2);
+    }
+  }
+  return 0;
 }
