@@ -97,18 +97,34 @@ static bool factor_fits(const ptc_mesh *m, const ptc_func *f, const ptc_op *op,
   return true;
 }
 
-/* A candidate source for factor splits: io's layout `s`. */
+/* A split that could not be carried through an op: the first dim of the
+ * factor that does not divide. */
+typedef struct misfit {
+  int32_t from_io, io, dim;
+  uint8_t axes;
+} misfit;
+
+/* A candidate source for factor splits: io's layout `s`.  A split that does
+ * not divide some dim of the factor is noted in *bad (may be NULL). */
 static void take_from(const ptc_mesh *m, const ptc_func *f, const ptc_op *op,
                       const ptc_shard_rule *r, int32_t io, const ptc_sharding *s,
                       bool contract_only, const bool *contract, uint8_t *fax, bool *set,
-                      uint8_t *used) {
+                      uint8_t *used, misfit *bad) {
   if (!s || !s->present) return;
   for (int32_t fi = 0; fi < r->nf; fi++) {
     if (set[fi] || r->whole[fi] || (contract_only && !contract[fi])) continue;
     int32_t d = r->dim[fi][io];
     if (d < 0) continue;
     uint8_t ax = s->dim_axes[d];
-    if (!ax || (ax & *used) || !factor_fits(m, f, op, r, fi, ax)) continue;
+    if (!ax || (ax & *used)) continue;
+    if (!factor_fits(m, f, op, r, fi, ax)) {
+      for (int32_t k = 0; bad && bad->io < 0 && k < op->nin + op->nout; k++) {
+        int32_t dk = r->dim[fi][k];
+        if (dk >= 0 && !divides(m, vty(f, io_value(op, k))->dims[dk], ax))
+          *bad = (misfit){io, k, dk, ax};
+      }
+      continue;
+    }
     fax[fi] = ax;
     set[fi] = true;
     *used |= ax;
@@ -194,7 +210,7 @@ static void tp_anchor(prop *P, ptc_func *f, const ptc_op *op) {
 
 /* Forward inference of one op's result layouts; undecided parameters it
  * reads adopt what the op implies. */
-static void infer_op(prop *P, ptc_func *f, int32_t oi) {
+static int infer_op(prop *P, ptc_func *f, int32_t oi) {
   ptc_op *op = &f->ops[oi];
   ptc_shard_rule r;
   if (op->code == PTC_OP_ASSIGN) {
@@ -202,7 +218,7 @@ static void infer_op(prop *P, ptc_func *f, int32_t oi) {
     int32_t p = f->values[op->in[0]].def;
     const ptc_sharding *s = known_layout(P, f, op->in[1]);
     if (!P->decided[p] && s) set_param(P, p, s);
-    return;
+    return 0;
   }
   if (!ptc_shard_rule_get(f, op, &r)) {
     for (int32_t j = 0; j < op->nout; j++) {
@@ -211,18 +227,40 @@ static void infer_op(prop *P, ptc_func *f, int32_t oi) {
         P->known[op->out[j]] = true;
       }
     }
-    return;
+    return 0;
   }
   tp_anchor(P, f, op);
   uint8_t fax[PTC_SR_MAX_FACTORS] = {0};
   bool set[PTC_SR_MAX_FACTORS] = {0}, contract[PTC_SR_MAX_FACTORS];
   contracting(op, &r, contract);
   uint8_t used = 0;
+  misfit bad = {-1, -1, -1, 0};
   for (int pass = 0; pass < 2; pass++) /* parameters first, then activations */
     for (int32_t i = 0; i < op->nin; i++)
       if (is_param(f, op->in[i]) == (pass == 0))
         take_from(P->mesh, f, op, &r, i, known_layout(P, f, op->in[i]), false, contract,
-                  fax, set, &used);
+                  fax, set, &used, &bad);
+  if (bad.io >= 0 && !(used & bad.axes)) {
+    /* an activation split that this op cannot carry: the model does not
+     * divide over the mesh as asked */
+    char axn[64] = "";
+    for (int a = 0; a < P->mesh->naxes; a++)
+      if (bad.axes & (1u << a))
+        snprintf(axn + strlen(axn), sizeof axn - strlen(axn), "%s%s", axn[0] ? "," : "",
+                 P->mesh->axes[a].name);
+    const ptc_type *t = vty(f, io_value(op, bad.io));
+    ptc_error(P->m->ctx, op->loc,
+              "shard: %s: dimension %d (size %lld) of its %s %d cannot be split over %s "
+              "(%lld devices), but its operand %d arrives split that way; make that size "
+              "a multiple of %lld (e.g. heads or kv_heads divisible by tp) or use a mesh "
+              "with a smaller %s",
+              ptc_opinfo_get(op->code)->name, bad.dim, (long long)t->dims[bad.dim],
+              bad.io < op->nin ? "operand" : "result",
+              bad.io < op->nin ? bad.io : bad.io - op->nin, axn,
+              (long long)ptc_shard_parts(P->mesh, bad.axes), bad.from_io,
+              (long long)ptc_shard_parts(P->mesh, bad.axes), axn);
+    return -1;
+  }
   for (int32_t i = 0; i < op->nin; i++) {
     if (!is_param(f, op->in[i])) continue;
     int32_t p = f->values[op->in[i]].def;
@@ -236,6 +274,7 @@ static void infer_op(prop *P, ptc_func *f, int32_t oi) {
     f->values[v].shard.partial = 0;
     P->known[v] = true;
   }
+  return 0;
 }
 
 /* Whether factor fi of op maps to no operand (its results can be produced
@@ -363,7 +402,7 @@ static void zero(prop *P, ptc_func *f, const int32_t *def_op, int stage) {
     bool mine = false;
     for (int32_t j = 0; j < op->nout; j++) mine |= moved[op->out[j]];
     if (!any || mine) continue;
-    infer_op(P, f, oi);
+    if (infer_op(P, f, oi) != 0) break;
     for (int32_t j = 0; j < op->nout; j++) moved[op->out[j]] = true;
   }
   free(moved);
@@ -426,7 +465,9 @@ static int run_shard(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
       P.known[v] = true;
     }
     if (rc == 0) {
-      for (int32_t oi = 0; oi < f->nops; oi++) infer_op(&P, f, oi);
+      for (int32_t oi = 0; oi < f->nops && rc == 0; oi++) rc = infer_op(&P, f, oi);
+    }
+    if (rc == 0) {
       int32_t *def = def_ops(f);
       for (int it = 0; it < 4 && backward_sweep(&P, f, def); it++) {
       }
@@ -632,7 +673,7 @@ static int partition_func(part *P) {
         for (int32_t i = 0; i < nin; i++)
           if (is_param(f, op.in[i]) == (pass == 1)) {
             ptc_sharding s = f->values[op.in[i]].shard;
-            take_from(P->mesh, f, &op, &r, i, &s, true, contract, fax, set, &used);
+            take_from(P->mesh, f, &op, &r, i, &s, true, contract, fax, set, &used, NULL);
           }
         /* a contracting factor an activation has is the activation's call:
          * a parameter split there (ZeRO-3 storage) is gathered instead */
@@ -642,7 +683,7 @@ static int partition_func(part *P) {
       }
       for (int32_t j = 0; j < op.nout; j++)
         take_from(P->mesh, f, &op, &r, nin + j, &want[op.out[j]], false, contract, fax, set,
-                  &used);
+                  &used, NULL);
     }
     /* operands as the factors want them */
     for (int32_t i = 0; i < nin; i++) {
