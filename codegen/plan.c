@@ -81,7 +81,42 @@ static void transient_split(ptc_buf *b, const ptc_func *f) {
 }
 
 
+/* Bytes each rank sends per step, per mesh axis (ptc_comm_volume). */
+static void comm_rows(ptc_buf *b, const ptc_func *f) {
+  const ptc_mesh *mesh = &f->mod->mesh;
+  double sent[PTC_MAX_MESH_AXES];
+  int64_t calls[PTC_MAX_MESH_AXES];
+  ptc_comm_volume(f, sent, calls);
+  ptc_buf_puts(b, "\ncommunication per step, each rank (ring model: all_reduce 2(n-1)/n, "
+               "all_gather and reduce_scatter (n-1)/n of the whole buffer):\n");
+  for (int a = 0; a < mesh->naxes; a++) {
+    ptc_buf_printf(b, "  %-4s %16.0f bytes  (", mesh->axes[a].name, sent[a]);
+    ptc_buf_put_bytes(b, sent[a]);
+    ptc_buf_printf(b, ")  in %lld collectives\n", (long long)calls[a]);
+  }
+}
+
+static bool partitioned(const ptc_module *m) {
+  const ptc_attr *a = ptc_module_get_attr(m, "partitioned");
+  return a && a->kind == PTC_ATTR_BOOL && a->u.b && ptc_mesh_size(&m->mesh) > 1;
+}
+
+static void plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f, bool local);
+
 void ptc_plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f) {
+  if (!partitioned(m)) {
+    plan_report(b, m, f, false);
+    return;
+  }
+  /* sizes, memory and FLOPs of one rank: the module as each device holds it */
+  ptc_module *lm = ptc_module_localize(m);
+  const ptc_func *lf = ptc_module_find_func(lm, f->name);
+  plan_report(b, lm, lf, true);
+  comm_rows(b, f);
+  ptc_module_destroy(lm);
+}
+
+static void plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f, bool local) {
   ptc_buf_printf(b, "plan of @%s, written by ptc %s for target cpu\n", m->name,
                  PTC_VERSION_STRING);
   ptc_buf_puts(b, "mesh: ");
@@ -127,8 +162,12 @@ void ptc_plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f) {
       nstate++;
     }
   }
-  ptc_buf_printf(b, "\nparameters: %lld in %lld tensors\n", (long long)pcount,
-                 (long long)ntrain);
+  if (local)
+    ptc_buf_printf(b, "\nparameters: %lld in %lld tensors on each rank (its pieces)\n",
+                   (long long)pcount, (long long)ntrain);
+  else
+    ptc_buf_printf(b, "\nparameters: %lld in %lld tensors\n", (long long)pcount,
+                   (long long)ntrain);
   int64_t peak = ptc_plan_transient_peak(f);
   ptc_buf_puts(b, "\nmemory per rank (bytes):\n");
   bytes_row(b, "parameters", pbytes, NULL);
@@ -149,8 +188,8 @@ void ptc_plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f) {
     nk[f->ops[i].code]++;
     total += fl;
   }
-  ptc_buf_printf(b, "\nflops per step: %.0f (%.3g GFLOP), model FLOPs of @%s by ptc_op_cost\n",
-                 total, total / 1e9, f->name);
+  ptc_buf_printf(b, "\nflops per step%s: %.0f (%.3g GFLOP), model FLOPs of @%s by "
+                 "ptc_op_cost\n", local ? " on each rank" : "", total, total / 1e9, f->name);
   for (;;) { /* kinds by share, largest first */
     int best = -1;
     for (int k = 0; k < PTC_OP_COUNT; k++)
@@ -337,8 +376,12 @@ int ptc_plan_write_target(ptc_module *m, const char *dir, const char *target) {
   json_t *files = json_array();
   json_array_append_new(files, file_entry("step.ptir", irs, ir.len));
   json_array_append_new(files, file_entry("report.txt", reps, rep.len));
-  json_t *kdesc = NULL;
-  if (kernels && !(kdesc = write_kernels(m, target, tmp, files))) {
+  json_t *kdesc;
+  /* kernels are compiled for the shapes each rank holds */
+  ptc_module *km = kernels && partitioned(m) ? ptc_module_localize(m) : NULL;
+  kdesc = kernels ? write_kernels(km ? km : m, target, tmp, files) : NULL;
+  if (km) ptc_module_destroy(km);
+  if (kernels && !kdesc) {
     json_decref(files);
     goto out;
   }

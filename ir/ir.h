@@ -553,6 +553,15 @@ bool ptc_shard_rule_get(const ptc_func *f, const ptc_op *op, ptc_shard_rule *r);
  * whole values.  Reports at the op and returns -1 when not. */
 int ptc_shard_check_op(ptc_func *f, const ptc_op *op);
 
+/* Bytes one device sends per call of f, per mesh axis, under the ring
+ * model, and the number of collectives per axis (sent, calls: arrays of
+ * PTC_MAX_MESH_AXES): all_reduce of B local bytes over n devices sends
+ * 2(n-1)/n*B, all_gather (n-1)/n of its local result, reduce_scatter
+ * (n-1)/n of its local operand, broadcast (n-1)/n*B, send B (counted on
+ * pp); shard sends nothing.  The runtime's communicators count the same
+ * way from the calls they make, so the two can be compared. */
+void ptc_comm_volume(const ptc_func *f, double *sent, int64_t *calls);
+
 /* ---- verify.c ---------------------------------------------------------- */
 
 /* Checks every invariant of the module; reports the first broken one with

@@ -354,9 +354,18 @@ int ptc_shard_check_op(ptc_func *f, const ptc_op *op) {
   if (!ptc_shard_rule_get(f, op, &r)) return 0; /* collectives: their shape rules check */
   uint8_t fax[PTC_SR_MAX_FACTORS] = {0};
   bool seen[PTC_SR_MAX_FACTORS] = {0};
+  /* add and sub of partial sums over the same axes give a partial sum */
+  uint8_t sum_partial = 0;
+  if (op->code == PTC_OP_ADD || op->code == PTC_OP_SUB) {
+    sum_partial = f->values[op->in[0]].shard.partial;
+    for (int32_t i = 0; i < op->nin; i++)
+      if (f->values[op->in[i]].shard.partial != sum_partial ||
+          !ptc_type_eq(&f->values[op->in[i]].type, &f->values[op->out[0]].type))
+        sum_partial = 0;
+  }
   for (int32_t i = 0; i < op->nin; i++) {
     const ptc_value *v = &f->values[op->in[i]];
-    if (v->shard.partial) {
+    if (v->shard.partial & ~sum_partial) {
       layout_text(t1, sizeof t1, f, &v->shard, v->type.rank);
       snprintf(t2, sizeof t2, "%d", i);
       return check_fail(f, op, "operand %2$s is a partial sum (%1$s); reduce it before "
@@ -413,6 +422,7 @@ int ptc_shard_check_op(ptc_func *f, const ptc_op *op) {
     ptc_sharding want;
     memset(&want, 0, sizeof want);
     want.present = true;
+    want.partial = sum_partial;
     for (int32_t fi = 0; fi < r.nf; fi++) {
       if (!fax[fi]) continue;
       int32_t d = r.dim[fi][op->nin + j];
@@ -427,4 +437,41 @@ int ptc_shard_check_op(ptc_func *f, const ptc_op *op) {
     }
   }
   return 0;
+}
+
+/* ---- communication volume --------------------------------------------------- */
+
+void ptc_comm_volume(const ptc_func *f, double *sent, int64_t *calls) {
+  const ptc_mesh *m = &f->mod->mesh;
+  for (int a = 0; a < PTC_MAX_MESH_AXES; a++) sent[a] = 0, calls[a] = 0;
+  for (int32_t i = 0; i < f->nops; i++) {
+    const ptc_op *op = &f->ops[i];
+    if (!(ptc_opinfo_get(op->code)->flags & PTC_OPF_COLLECTIVE) || op->code == PTC_OP_SHARD)
+      continue;
+    const ptc_attr *ax = ptc_op_attr(op, "axis");
+    int a = ax ? ptc_mesh_axis(m, ax->u.s, strlen(ax->u.s)) : -1;
+    if (op->code == PTC_OP_SEND || op->code == PTC_OP_RECV) {
+      a = ptc_mesh_axis(m, "pp", 2);
+      if (a < 0) a = 0;
+    }
+    if (a < 0 || a >= m->naxes) continue;
+    double n = (double)m->axes[a].size;
+    if (n <= 1 && op->code != PTC_OP_SEND) continue;
+    ptc_type in, out;
+    const ptc_value *vi = op->nin ? &f->values[op->in[0]] : NULL;
+    const ptc_value *vo = op->nout ? &f->values[op->out[0]] : NULL;
+    if (vi) ptc_local_type(m, &vi->type, &vi->shard, &in);
+    if (vo) ptc_local_type(m, &vo->type, &vo->shard, &out);
+    double b = 0;
+    switch (op->code) {
+    case PTC_OP_ALL_REDUCE: b = 2 * (n - 1) / n * (double)ptc_type_bytes(&in); break;
+    case PTC_OP_ALL_GATHER: b = (n - 1) / n * (double)ptc_type_bytes(&out); break;
+    case PTC_OP_REDUCE_SCATTER: b = (n - 1) / n * (double)ptc_type_bytes(&in); break;
+    case PTC_OP_BROADCAST: b = (n - 1) / n * (double)ptc_type_bytes(&in); break;
+    case PTC_OP_SEND: b = (double)ptc_type_bytes(&in); break;
+    default: break;
+    }
+    sent[a] += b;
+    calls[a]++;
+  }
 }

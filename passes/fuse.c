@@ -132,6 +132,24 @@ static int32_t fuse_func(ptc_func *f, const ptc_pass_opts *o, int64_t *next_id) 
 
 static int fuse_run(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   int64_t next_id = max_group_id(m) + 1;
+  const ptc_attr *pa = ptc_module_get_attr(m, "partitioned");
+  if (pa && pa->kind == PTC_ATTR_BOOL && pa->u.b && ptc_mesh_size(&m->mesh) > 1) {
+    /* a partitioned module runs on each rank's pieces: decide groups on the
+     * shapes a rank holds (what the kernels are compiled for), then copy
+     * them onto the same ops here */
+    ptc_module *lm = ptc_module_localize(m);
+    for (int32_t k = 0; k < m->nfuncs; k++) {
+      if (fuse_func(lm->funcs[k], o, &next_id) == 0) continue;
+      *changed = true;
+      for (int32_t i = 0; i < m->funcs[k]->nops; i++) {
+        int64_t id = ptc_op_group(&lm->funcs[k]->ops[i]);
+        if (id >= 0 && ptc_op_group(&m->funcs[k]->ops[i]) < 0)
+          set_group(m, &m->funcs[k]->ops[i], id);
+      }
+    }
+    ptc_module_destroy(lm);
+    return 0;
+  }
   for (int32_t k = 0; k < m->nfuncs; k++)
     if (fuse_func(m->funcs[k], o, &next_id) > 0) *changed = true;
   return 0;

@@ -552,6 +552,9 @@ static int axes_list(uint8_t mask, int *out) {
 static int32_t reshard(part *P, int32_t v, ptc_sharding to, ptc_loc loc) {
   ptc_sharding cur = P->f->values[v].shard;
   int32_t rank = vty(P->f, v)->rank;
+  /* partial sums the target keeps stay (only when the dims already agree) */
+  uint8_t kept = (uint8_t)(to.partial & cur.partial);
+  cur.partial &= (uint8_t)~kept;
   to.partial = 0;
   /* 1. partial sums: reduce_scatter into a dim the target splits, when the
    *    axis lands as that dim's minor split; else all_reduce */
@@ -613,6 +616,26 @@ static void forget_params(part *P) {
   for (int32_t i = 0; i < P->ncache; i++)
     if (!is_param(P->f, P->cache[i].from)) P->cache[k++] = P->cache[i];
   P->ncache = k;
+}
+
+/* Whether v (defined by op `at`) differs from its target only by partial
+ * sums and is used only by add/sub: then it stays partial and the sum is
+ * reduced once. */
+static bool partial_for_sums(const ptc_func *f, int32_t v, int32_t at, const ptc_sharding *want) {
+  const ptc_sharding *s = &f->values[v].shard;
+  if (!s->partial) return false;
+  for (int32_t d = 0; d < vty(f, v)->rank; d++)
+    if (s->dim_axes[d] != want->dim_axes[d]) return false;
+  bool used = false;
+  for (int32_t i = at + 1; i < f->nops; i++) {
+    const ptc_op *op = &f->ops[i];
+    for (int32_t k = 0; k < op->nin; k++) {
+      if (op->in[k] != v) continue;
+      if (op->code != PTC_OP_ADD && op->code != PTC_OP_SUB) return false;
+      used = true;
+    }
+  }
+  return used;
 }
 
 static int partition_func(part *P) {
@@ -685,10 +708,25 @@ static int partition_func(part *P) {
         take_from(P->mesh, f, &op, &r, nin + j, &want[op.out[j]], false, contract, fax, set,
                   &used, NULL);
     }
+    /* a sum of partial sums over the same axes is itself one: add and sub
+     * keep them (one reduction instead of one per operand, e.g. the two
+     * gradients of a tied embedding) */
+    uint8_t keep_partial = 0;
+    if ((op.code == PTC_OP_ADD || op.code == PTC_OP_SUB) && has_rule) {
+      keep_partial = f->values[op.in[0]].shard.partial;
+      for (int32_t i = 0; i < nin; i++) {
+        const ptc_value *vi = &f->values[op.in[i]];
+        if (vi->shard.partial != keep_partial || !ptc_type_eq(&vi->type, vty(f, op.out[0])))
+          keep_partial = 0;
+      }
+      for (int32_t fi = 0; fi < r.nf; fi++)
+        if (fax[fi] & keep_partial) keep_partial = 0;
+    }
     /* operands as the factors want them */
     for (int32_t i = 0; i < nin; i++) {
       int32_t v = f->ops[P->pos].in[i];
       ptc_sharding need = has_rule ? layout_of(&op, &r, fax, i, vty(f, v)->rank) : replicated();
+      need.partial = keep_partial;
       int32_t nv = as_layout(P, v, &need, loc);
       if (nv < 0) { rc = -1; break; }
       f->ops[P->pos].in[i] = nv;
@@ -700,12 +738,14 @@ static int partition_func(part *P) {
       int32_t v = f->ops[oi].out[j];
       f->values[v].shard = has_rule ? layout_of(&op, &r, fax, nin + j, vty(f, v)->rank)
                                     : replicated();
+      f->values[v].shard.partial |= keep_partial;
     }
     int32_t after = oi + 1;
     for (int32_t j = 0; j < op.nout && rc == 0; j++) {
       int32_t v = f->ops[oi].out[j];
       if (v >= nwant) continue;
       if (ptc_sharding_eq(&f->values[v].shard, &want[v], vty(f, v)->rank)) continue;
+      if (partial_for_sums(f, v, oi, &want[v])) continue; /* reduced after the sum */
       P->pos = after;
       int32_t nv = reshard(P, v, want[v], loc);
       if (nv < 0) { rc = -1; break; }

@@ -609,6 +609,46 @@ static void write_report(ptc_buf *b, const ptc_module *m) {
     human_flops(b, flops);
     ptc_buf_puts(b, " per call, whole mesh)\n");
   }
+  const ptc_attr *pa = ptc_module_get_attr(m, "partitioned");
+  if (!pa || pa->kind != PTC_ATTR_BOOL || !pa->u.b || ptc_mesh_size(&m->mesh) <= 1) return;
+  /* SPMD: every rank holds pieces of the same shapes and runs the same ops */
+  ptc_module *lm = ptc_module_localize(m);
+  int64_t lp = 0, lpb = 0, lsb = 0;
+  for (int32_t i = 0; i < lm->nparams; i++) {
+    if (lm->params[i].trainable) {
+      lp += ptc_type_numel(&lm->params[i].type);
+      lpb += ptc_type_bytes(&lm->params[i].type);
+    } else {
+      lsb += ptc_type_bytes(&lm->params[i].type);
+    }
+  }
+  ptc_buf_printf(b, "per rank (each of %lld):\n", (long long)ptc_mesh_size(&m->mesh));
+  ptc_buf_printf(b, "  parameters: %lld\n", (long long)lp);
+  ptc_buf_printf(b, "  parameter bytes: %lld (", (long long)lpb);
+  ptc_buf_put_bytes(b, (double)lpb);
+  ptc_buf_printf(b, ")\n  state bytes: %lld (", (long long)lsb);
+  ptc_buf_put_bytes(b, (double)lsb);
+  ptc_buf_puts(b, ")\n");
+  for (int32_t i = 0; i < lm->nfuncs; i++) {
+    const ptc_func *f = lm->funcs[i];
+    double flops = 0;
+    for (int32_t k = 0; k < f->nops; k++) flops += ptc_op_cost(f, &f->ops[k]).flops;
+    ptc_buf_printf(b, "  flops @%s: %.0f (", f->name, flops);
+    human_flops(b, flops);
+    ptc_buf_puts(b, " per call)\n");
+  }
+  for (int32_t i = 0; i < m->nfuncs; i++) {
+    double sent[PTC_MAX_MESH_AXES];
+    int64_t calls[PTC_MAX_MESH_AXES];
+    ptc_comm_volume(m->funcs[i], sent, calls);
+    for (int a = 0; a < m->mesh.naxes; a++) {
+      ptc_buf_printf(b, "  sent @%s %s: %.0f bytes (", m->funcs[i]->name, m->mesh.axes[a].name,
+                     sent[a]);
+      ptc_buf_put_bytes(b, sent[a]);
+      ptc_buf_printf(b, ") in %lld collectives per call, ring model\n", (long long)calls[a]);
+    }
+  }
+  ptc_module_destroy(lm);
 }
 
 static int write_stdout(ptc_ctx *ctx, const ptc_buf *b) {
