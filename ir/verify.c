@@ -269,7 +269,17 @@ int ptc_verify_func(ptc_func *f) {
     free(ns.slots);
   }
   /* fused groups (group.c): contiguous, unique, each a valid kernel */
-  if (ptc_group_verify(f) < 0) goto out;
+  if (partitioned && ptc_mesh_size(&m->mesh) > 1) {
+    /* kernels run on each rank's pieces: check groups on those shapes */
+    ptc_module *lm = ptc_module_localize(m);
+    int32_t k = 0;
+    while (k < lm->nfuncs && strcmp(lm->funcs[k]->name, f->name) != 0) k++;
+    int grc = k < lm->nfuncs ? ptc_group_verify(lm->funcs[k]) : 0;
+    ptc_module_destroy(lm);
+    if (grc < 0) goto out;
+  } else if (ptc_group_verify(f) < 0) {
+    goto out;
+  }
   rc = 0;
 out:
   free(defined);

@@ -287,7 +287,7 @@ static bool output_only(const ptc_op *op, const ptc_shard_rule *r, int32_t fi) {
 
 /* Backward sweep: an op's operand produced by an op whose factor for that
  * dim is output-only takes the split the user's factor has. */
-static bool backward_sweep(prop *P, ptc_func *f, const int32_t *def_op) {
+static bool backward_sweep(prop *P, ptc_func *f, const int32_t *def_op, bool *moved) {
   bool changed = false;
   for (int32_t oi = f->nops - 1; oi >= 0; oi--) {
     ptc_op *op = &f->ops[oi];
@@ -311,11 +311,14 @@ static bool backward_sweep(prop *P, ptc_func *f, const int32_t *def_op) {
         }
         if (!want || f->values[v].shard.dim_axes[d]) continue;
         if (used_axes(&f->values[v].shard, vty(f, v)->rank) & want) continue;
+        bool ew = (ptc_opinfo_get(prod->code)->flags & PTC_OPF_ELEMENTWISE) != 0;
         for (int32_t pf = 0; pf < pr.nf; pf++)
-          if (pr.dim[pf][prod->nin + res] == d && output_only(prod, &pr, pf) &&
-              divides(P->mesh, vty(f, v)->dims[d], want)) {
+          if (pr.dim[pf][prod->nin + res] == d && (output_only(prod, &pr, pf) || ew) &&
+              !pr.whole[pf] && divides(P->mesh, vty(f, v)->dims[d], want)) {
             f->values[v].shard.dim_axes[d] = want;
+            moved[v] = true;
             changed = true;
+            break;
           }
       }
     }
@@ -345,6 +348,23 @@ static void sequence_parallel(prop *P, ptc_func *f) {
       if (ok && divides(P->mesh, t->dims[sd], (uint8_t)(s->dim_axes[sd] | tp)))
         s->dim_axes[sd] |= tp;
     }
+  }
+}
+
+/* Ops reading a value whose layout a later stage changed (moved[v]) derive
+ * their results again, unless those were set too; marks what it changes. */
+static void reinfer(prop *P, ptc_func *f, bool *moved) {
+  for (int32_t oi = 0; oi < f->nops; oi++) {
+    ptc_op *op = &f->ops[oi];
+    if (op->code == PTC_OP_ADAMW || op->code == PTC_OP_SGD || op->code == PTC_OP_ASSIGN)
+      continue;
+    bool any = false;
+    for (int32_t i = 0; i < op->nin; i++) any |= moved[op->in[i]];
+    bool mine = false;
+    for (int32_t j = 0; j < op->nout; j++) mine |= moved[op->out[j]];
+    if (!any || mine) continue;
+    if (infer_op(P, f, oi) != 0) break;
+    for (int32_t j = 0; j < op->nout; j++) moved[op->out[j]] = true;
   }
 }
 
@@ -384,27 +404,19 @@ static void zero(prop *P, ptc_func *f, const int32_t *def_op, int stage) {
       moved[g] = true;
       ptc_op *prod = &f->ops[def_op[g]];
       if (!(ptc_opinfo_get(prod->code)->flags & PTC_OPF_ELEMENTWISE)) break;
-      int32_t next = -1;
+      int32_t next = -1, n = 0;
       for (int32_t i = 0; i < prod->nin; i++)
-        if (ptc_type_eq(vty(f, prod->in[i]), t) && !is_param(f, prod->in[i])) next = prod->in[i];
-      if (next < 0) break;
+        if (ptc_type_eq(vty(f, prod->in[i]), t) && !is_param(f, prod->in[i])) {
+          next = prod->in[i];
+          n++;
+        }
+      if (n != 1) break; /* a sum of gradients (tied weights) is split once, after */
       g = next;
     }
   }
   /* what else reads the split gradients (the global norm) follows them, so
    * the norm is summed from the pieces instead of gathering them back */
-  for (int32_t oi = 0; oi < f->nops; oi++) {
-    ptc_op *op = &f->ops[oi];
-    if (op->code == PTC_OP_ADAMW || op->code == PTC_OP_SGD || op->code == PTC_OP_ASSIGN)
-      continue;
-    bool any = false;
-    for (int32_t i = 0; i < op->nin; i++) any |= moved[op->in[i]];
-    bool mine = false;
-    for (int32_t j = 0; j < op->nout; j++) mine |= moved[op->out[j]];
-    if (!any || mine) continue;
-    if (infer_op(P, f, oi) != 0) break;
-    for (int32_t j = 0; j < op->nout; j++) moved[op->out[j]] = true;
-  }
+  reinfer(P, f, moved);
   free(moved);
 }
 
@@ -469,8 +481,12 @@ static int run_shard(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
     }
     if (rc == 0) {
       int32_t *def = def_ops(f);
-      for (int it = 0; it < 4 && backward_sweep(&P, f, def); it++) {
+      bool *moved = calloc((size_t)(f->nvalues + 1), sizeof *moved);
+      PTC_ASSERT(moved);
+      for (int it = 0; it < 4 && backward_sweep(&P, f, def, moved); it++) {
       }
+      reinfer(&P, f, moved);
+      free(moved);
       if (sp) sequence_parallel(&P, f);
       zero(&P, f, def, stage);
       free(def);
@@ -656,8 +672,10 @@ static int partition_func(part *P) {
   }
   bool backward = false;
   int rc = 0;
+  int32_t orig = -1; /* index of the op in the function as it came in */
   for (int32_t oi = 0; oi < f->nops && rc == 0; oi++) {
-    if (!backward && loss_op >= 0 && oi > loss_op) {
+    orig++;
+    if (!backward && loss_op >= 0 && orig > loss_op) {
       backward = true;
       forget_params(P);
     }
@@ -688,15 +706,34 @@ static int partition_func(part *P) {
     int32_t nin = op.nin;
     uint8_t fax[PTC_SR_MAX_FACTORS] = {0};
     bool has_rule = ptc_shard_rule_get(f, &f->ops[oi], &r);
+    /* a sum of partial sums over the same axes is itself one: add and sub
+     * keep them (one reduction instead of one per operand, e.g. the two
+     * gradients of a tied embedding); those axes then split no factor */
+    uint8_t keep_partial = 0;
+    if ((op.code == PTC_OP_ADD || op.code == PTC_OP_SUB) && has_rule) {
+      keep_partial = f->values[op.in[0]].shard.partial;
+      for (int32_t i = 0; i < nin; i++) {
+        const ptc_value *vi = &f->values[op.in[i]];
+        if (vi->shard.partial != keep_partial || !ptc_type_eq(&vi->type, vty(f, op.out[0])))
+          keep_partial = 0;
+      }
+    }
     if (has_rule) {
       bool set[PTC_SR_MAX_FACTORS] = {0}, contract[PTC_SR_MAX_FACTORS];
       contracting(&op, &r, contract);
-      uint8_t used = 0;
+      uint8_t used = keep_partial;
+      /* axes the results are split over are not for a parameter's
+       * contracting split (a ZeRO-3 table's rows are gathered, not summed) */
+      uint8_t res_axes = 0;
+      for (int32_t j = 0; j < op.nout; j++)
+        res_axes |= used_axes(&want[op.out[j]], vty(f, op.out[j])->rank);
       for (int pass = 0; pass < 2; pass++) {
         for (int32_t i = 0; i < nin; i++)
           if (is_param(f, op.in[i]) == (pass == 1)) {
             ptc_sharding s = f->values[op.in[i]].shard;
-            take_from(P->mesh, f, &op, &r, i, &s, true, contract, fax, set, &used, NULL);
+            uint8_t u = pass == 1 ? (uint8_t)(used | res_axes) : used;
+            take_from(P->mesh, f, &op, &r, i, &s, true, contract, fax, set, &u, NULL);
+            used |= (uint8_t)(u & ~(pass == 1 ? res_axes : 0));
           }
         /* a contracting factor an activation has is the activation's call:
          * a parameter split there (ZeRO-3 storage) is gathered instead */
@@ -707,20 +744,6 @@ static int partition_func(part *P) {
       for (int32_t j = 0; j < op.nout; j++)
         take_from(P->mesh, f, &op, &r, nin + j, &want[op.out[j]], false, contract, fax, set,
                   &used, NULL);
-    }
-    /* a sum of partial sums over the same axes is itself one: add and sub
-     * keep them (one reduction instead of one per operand, e.g. the two
-     * gradients of a tied embedding) */
-    uint8_t keep_partial = 0;
-    if ((op.code == PTC_OP_ADD || op.code == PTC_OP_SUB) && has_rule) {
-      keep_partial = f->values[op.in[0]].shard.partial;
-      for (int32_t i = 0; i < nin; i++) {
-        const ptc_value *vi = &f->values[op.in[i]];
-        if (vi->shard.partial != keep_partial || !ptc_type_eq(&vi->type, vty(f, op.out[0])))
-          keep_partial = 0;
-      }
-      for (int32_t fi = 0; fi < r.nf; fi++)
-        if (fax[fi] & keep_partial) keep_partial = 0;
     }
     /* operands as the factors want them */
     for (int32_t i = 0; i < nin; i++) {
