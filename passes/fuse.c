@@ -138,12 +138,26 @@ static int fuse_run(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
      * shapes a rank holds (what the kernels are compiled for), then copy
      * them onto the same ops here */
     ptc_module *lm = ptc_module_localize(m);
+    const int64_t keep_out = INT64_MAX; /* a group no kernel gets */
     for (int32_t k = 0; k < m->nfuncs; k++) {
-      if (fuse_func(lm->funcs[k], o, &next_id) == 0) continue;
+      /* generated kernels average over the rows they see; a mean over rows
+       * split across the mesh needs the runtime's kernel (global count) */
+      ptc_func *lf = lm->funcs[k];
+      for (int32_t i = 0; i < lf->nops; i++) {
+        ptc_op *op = &lf->ops[i];
+        if (op->code != PTC_OP_CROSS_ENTROPY && op->code != PTC_OP_CROSS_ENTROPY_GRAD &&
+            op->code != PTC_OP_REDUCE_MEAN)
+          continue;
+        const ptc_value *x = &lf->values[op->in[op->code == PTC_OP_CROSS_ENTROPY_GRAD ? 1 : 0]];
+        bool split = false;
+        for (int32_t d = 0; d < x->type.rank; d++) split |= x->shard.dim_axes[d] != 0;
+        if (split && ptc_op_group(op) < 0) set_group(lm, op, keep_out);
+      }
+      if (fuse_func(lf, o, &next_id) == 0) continue;
       *changed = true;
       for (int32_t i = 0; i < m->funcs[k]->nops; i++) {
         int64_t id = ptc_op_group(&lm->funcs[k]->ops[i]);
-        if (id >= 0 && ptc_op_group(&m->funcs[k]->ops[i]) < 0)
+        if (id >= 0 && id != keep_out && ptc_op_group(&m->funcs[k]->ops[i]) < 0)
           set_group(m, &m->funcs[k]->ops[i], id);
       }
     }
