@@ -420,6 +420,8 @@ const ptc_attr *ptc_module_get_attr(const ptc_module *m, const char *name);
 /* Functions are owned by the module. */
 ptc_func *ptc_module_add_func(ptc_module *m, const char *name, ptc_loc loc);
 ptc_func *ptc_module_find_func(const ptc_module *m, const char *name);
+/* Removes and frees f (a function of m). */
+void ptc_module_remove_func(ptc_module *m, ptc_func *f);
 
 /* Deep copy (same ctx); caller owns the result. */
 ptc_module *ptc_module_clone(const ptc_module *m);

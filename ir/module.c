@@ -256,3 +256,13 @@ ptc_module *ptc_module_localize(const ptc_module *m) {
   }
   return d;
 }
+
+void ptc_module_remove_func(ptc_module *m, ptc_func *f) {
+  for (int32_t i = 0; i < m->nfuncs; i++) {
+    if (m->funcs[i] != f) continue;
+    func_free(f);
+    memmove(&m->funcs[i], &m->funcs[i + 1], (size_t)(m->nfuncs - i - 1) * sizeof *m->funcs);
+    m->nfuncs--;
+    return;
+  }
+}

@@ -81,6 +81,12 @@ static int32_t sum_all(ptc_func *f, int32_t g, ptc_loc loc) {
 static int32_t add_state(ptc_module *m, int32_t p, const char *suffix) {
   char name[1024];
   snprintf(name, sizeof name, "%s.%s", m->params[p].name, suffix);
+  /* pipeline stages holding one tied parameter share its moments' names
+   * (each stage keeps its own copy) */
+  int32_t have = ptc_module_find_param(m, name);
+  if (have >= 0 && !m->params[have].trainable &&
+      ptc_type_eq(&m->params[have].type, &m->params[p].type))
+    return have;
   ptc_param copy = m->params[p]; /* add_param may move m->params */
   ptc_init zeros = {PTC_INIT_ZEROS, 0, 0};
   int32_t s = ptc_module_add_param(m, name, &copy.type, zeros, copy.loc);
@@ -90,14 +96,33 @@ static int32_t add_state(ptc_module *m, int32_t p, const char *suffix) {
   return s;
 }
 
+static int optimize_func(ptc_module *m, ptc_func *f, const ptc_pass_opts *o, bool *changed,
+                         bool staged);
+
 static int run_optimizer(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   ptc_ctx *ctx = m->ctx;
   ptc_func *f = ptc_module_find_func(m, "step");
-  if (!f) {
-    ptc_error(ctx, m->loc, "optimizer: the module has no function @step; run "
-              "autodiff first (--pass-pipeline=...,autodiff,optimizer)");
-    return -1;
+  if (f) return optimize_func(m, f, o, changed, false);
+  /* a pipelined step (passes/pipeline.c): one @step.<s> per stage */
+  int n = 0;
+  for (int32_t i = 0; i < m->nfuncs; i++) {
+    if (strncmp(m->funcs[i]->name, "step.", 5) != 0) continue;
+    if (optimize_func(m, m->funcs[i], o, changed, true) != 0) return -1;
+    n++;
   }
+  if (n) return 0;
+  ptc_error(ctx, m->loc, "optimizer: the module has no function @step; run "
+            "autodiff first (--pass-pipeline=...,autodiff,optimizer)");
+  return -1;
+}
+
+/* One step function: @step (its gradients in module order), or a pipeline
+ * stage's @step.<s> (`staged`: gradients of the parameters the stage holds,
+ * by name; %grad.<p>.shared marks a copy another stage owns, left out of the
+ * norm, and the norm's sum of squares is summed over pp). */
+static int optimize_func(ptc_module *m, ptc_func *f, const ptc_pass_opts *o, bool *changed,
+                         bool staged) {
+  ptc_ctx *ctx = m->ctx;
   ptc_op *ret = &f->ops[f->nops - 1];
   ptc_loc rloc = ret->loc;
   if (ret->nin < 2) {
@@ -120,12 +145,37 @@ static int run_optimizer(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   int32_t *params = ptc_xmalloc((size_t)ngrads * sizeof *params);
   int32_t loss = ret->in[0];
   int rc = -1;
+  bool *shared = NULL;
   /* Autodiff's contract: result i+1 is the gradient of the i-th trainable
    * param @step reads, in module order.  Names (%grad.<param>) are checked
    * where present, but a pass like cse may merge two equal gradients and
    * keep only one name, so position is what counts. */
   int32_t k = 0;
-  for (int32_t p = 0; p < m->nparams; p++) {
+  shared = ptc_xcalloc((size_t)ngrads + 1, sizeof *shared);
+  if (staged) {
+    for (k = 0; k < ngrads; k++) {
+      int32_t g = ret->in[k + 1];
+      const char *n = f->values[g].name;
+      char pname[1024];
+      size_t len = n ? strlen(n) : 0;
+      shared[k] = len > 12 && strcmp(n + len - 7, ".shared") == 0;
+      if (!n || strncmp(n, "grad.", 5) != 0 || len - 5 >= sizeof pname) {
+        ptc_error(ctx, rloc, "optimizer: result %d of @%s is not named %%grad.<param>",
+                  k + 1, f->name);
+        goto out;
+      }
+      snprintf(pname, sizeof pname, "%.*s", (int)(len - 5 - (shared[k] ? 7 : 0)), n + 5);
+      int32_t p = ptc_module_find_param(m, pname);
+      if (p < 0 || !ptc_type_eq(&m->params[p].type, &f->values[g].type)) {
+        ptc_error(ctx, rloc, "optimizer: result %%%s of @%s names no parameter of its type",
+                  n, f->name);
+        goto out;
+      }
+      grads[k] = g;
+      params[k] = p;
+    }
+  }
+  for (int32_t p = 0; p < m->nparams && !staged; p++) {
     if (!m->params[p].trainable || p >= f->cap_param_value || f->param_value[p] < 0)
       continue;
     if (k == ngrads) {
@@ -168,12 +218,19 @@ static int run_optimizer(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   /* Global gradient norm, and the clip coefficient. */
   int32_t total = -1;
   for (int32_t i = 0; i < ngrads; i++) {
+    if (shared[i]) continue;
     int32_t s = sum_all(f, grads[i], rloc);
     if (s < 0) goto out;
     int32_t in[2] = {total, s};
     total = total < 0 ? s : b1(f, PTC_OP_ADD, in, 2, NULL, 0, rloc);
     if (total < 0) goto out;
   }
+  if (total < 0) total = scalar_const(f, 0.0, rloc); /* a stage with shared copies only */
+  if (staged && total >= 0) { /* every stage holds part of the sum */
+    ptc_attr at[2] = {ptc_attr_sym("axis", "pp"), ptc_attr_sym("op", "sum")};
+    total = b1(f, PTC_OP_ALL_REDUCE, &total, 1, at, 2, rloc);
+  }
+  if (total < 0) goto out;
   int32_t norm = b1(f, PTC_OP_SQRT, &total, 1, NULL, 0, rloc);
   if (norm < 0) goto out;
   f->values[norm].name = ptc_arena_strdup(&m->arena, "grad_norm");
@@ -246,6 +303,7 @@ static int run_optimizer(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   if (ptc_build(f, &rb) < 0) goto out;
   rc = 0;
 out:
+  free(shared);
   free(grads);
   free(params);
   return rc;

@@ -87,6 +87,7 @@ extern const ptc_pass_info ptc_pass_autodiff;
 extern const ptc_pass_info ptc_pass_optimizer;
 extern const ptc_pass_info ptc_pass_fuse;
 extern const ptc_pass_info ptc_pass_shard;
+extern const ptc_pass_info ptc_pass_pipeline;
 extern const ptc_pass_info ptc_pass_partition;
 
 /* Helpers passes share.  dce.c: removes the pure ops of f whose results

@@ -14,6 +14,7 @@ static const ptc_pass_info *const registry[] = {
     &ptc_pass_cse,          /* common-subexpression elimination */
     &ptc_pass_dce,          /* dead-code elimination */
     &ptc_pass_autodiff,     /* @forward -> @step: loss and parameter gradients */
+    &ptc_pass_pipeline,     /* pipeline stages, microbatches, schedules */
     &ptc_pass_optimizer,    /* AdamW / SGD updates, gradient clipping */
     &ptc_pass_shard,        /* layouts over the mesh: dp, tp, sp, ZeRO */
     &ptc_pass_partition,    /* SPMD rewrite with explicit collectives */
@@ -25,9 +26,9 @@ static const ptc_pass_info *const registry[] = {
  * pays off where the LLVM code generator can compile its groups, so a ptc
  * built without LLVM leaves it out (and its plans run op by op). */
 #if PTC_HAVE_LLVM
-static const char default_pipeline[] = "canonicalize,cse,autodiff,optimizer,cse,dce,shard,partition,cse,fuse";
+static const char default_pipeline[] = "canonicalize,cse,autodiff,pipeline,optimizer,cse,dce,shard,partition,cse,fuse";
 #else
-static const char default_pipeline[] = "canonicalize,cse,autodiff,optimizer,cse,dce,shard,partition,cse";
+static const char default_pipeline[] = "canonicalize,cse,autodiff,pipeline,optimizer,cse,dce,shard,partition,cse";
 #endif
 
 const ptc_pass_info *const *ptc_pass_registry(int32_t *n) {

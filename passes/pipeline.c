@@ -1,0 +1,700 @@
+/* pipeline.c -- pipeline parallelism: `pipeline` cuts the training step into
+ * stages and microbatches, `comm-check` proves the transfers match.
+ *
+ * pipeline (after autodiff, before optimizer; nothing to do unless the mesh
+ * has a pp axis of size P > 1).  @step (loss and one gradient per trainable
+ * parameter) becomes:
+ *
+ *   @fwd.<c>   the forward ops of chunk c (c < P*V, V virtual stages per
+ *              stage; chunk c runs on stage c mod P), with `recv` of the
+ *              activations it needs from earlier chunks and `send` of those
+ *              later chunks need; it returns the values its backward needs
+ *              (the stash).
+ *   @bwd.<c>   the backward ops of chunk c: arguments %stash.<k> (fwd.<c>'s
+ *              result k) and the model inputs it reads; gradients of other
+ *              chunks arrive by `recv`; each parameter gradient is added to a
+ *              state variable <param>.grad_acc; the last chunk's forward adds
+ *              the loss to the state variable pipeline.loss.
+ *   @step.<s>  once per step on stage s: the mean loss and gradients over the
+ *              microbatches (all_reduce over pp where several stages hold a
+ *              parameter, e.g. a tied embedding), accumulators reset; the
+ *              optimizer pass then adds the updates.  A gradient returned by
+ *              a stage that does not own the parameter (the lowest stage
+ *              holding it owns it) is named %grad.<param>.shared, so the
+ *              global norm counts it once.
+ *
+ * Forward ops are cut into P*V contiguous chunks of about equal FLOPs
+ * (ptc_op_cost), each cut placed where the fewest activation bytes cross it
+ * (between layers, in a transformer).  Backward ops go to the chunk of the
+ * forward values (or parameters) they read, else of the gradients they read.
+ *
+ * The order of calls on each stage is a module attribute
+ * `pipeline.order.<s>`: "F0.0 F0.1 B0.0 ..." (F|B, chunk, microbatch), from
+ * --pp-schedule gpipe (all forwards, then all backwards), 1f1b (P-s-1
+ * warm-up forwards, then one forward one backward) or interleaved (Megatron's
+ * interleaved 1F1B over V chunks per stage; M a multiple of P).  Each step
+ * runs M microbatches of the compiled batch, so the step's batch is M times
+ * --batch.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "passes/passes.h"
+
+enum { SCHED_GPIPE, SCHED_1F1B, SCHED_INTERLEAVED };
+
+static const ptc_pass_opt_spec pipeline_opts[] = {
+    {.name = "microbatches", .kind = PTC_PASS_OPT_INT, .dflt = 1, .min = 1, .max = 1 << 20,
+     .help = "microbatches per step (gradients accumulate over them)"},
+    {.name = "schedule", .kind = PTC_PASS_OPT_CHOICE, .choices = "gpipe|1f1b|interleaved",
+     .dflt = SCHED_1F1B, .help = "the order of forward and backward microbatches"},
+    {.name = "virtual-stages", .kind = PTC_PASS_OPT_INT, .dflt = 1, .min = 1, .max = 64,
+     .help = "model chunks per stage (interleaved schedule)"},
+};
+
+typedef struct pl {
+  ptc_module *m;
+  ptc_func *f; /* @step */
+  int32_t P, V, NC, M;
+  int pp;        /* the pp mesh axis */
+  int8_t *cls;   /* per op: 0 forward, 1 backward, 2 neither */
+  int32_t *chunk; /* per op */
+  int32_t nfn;   /* 2*NC + P functions: fwd 0..NC-1, bwd NC..2NC-1, step 2NC.. */
+  ptc_func **fn;
+  int32_t **lmap; /* [fn][value] -> local value id or -1 */
+  int32_t **stash; /* per chunk: original values fwd.c returns, in order */
+  int32_t *nstash, *capstash;
+  int32_t next_tag;
+} pl;
+
+static int32_t stage_of_fn(const pl *L, int32_t fi) {
+  if (fi < 2 * L->NC) return (fi % L->NC) % L->P;
+  return fi - 2 * L->NC;
+}
+
+static const char *fn_label(const pl *L, int32_t fi, char *buf, size_t n) {
+  if (fi < L->NC) snprintf(buf, n, "@fwd.%d", fi);
+  else if (fi < 2 * L->NC) snprintf(buf, n, "@bwd.%d", fi - L->NC);
+  else snprintf(buf, n, "@step.%d", fi - 2 * L->NC);
+  return buf;
+}
+
+static int32_t home_fn(const pl *L, int32_t op) {
+  return L->cls[op] == 0 ? L->chunk[op] : L->NC + L->chunk[op];
+}
+
+/* Appends an op to function fi before its end (the return comes last). */
+static int32_t emit(pl *L, int32_t fi, ptc_build_args *a) {
+  int32_t idx = ptc_build(L->fn[fi], a);
+  return idx;
+}
+
+static int32_t get(pl *L, int32_t fi, int32_t v, ptc_loc loc);
+
+/* v (defined in function src) made available in function dst by a
+ * send/recv pair. */
+static int32_t transfer(pl *L, int32_t src, int32_t dst, int32_t v, ptc_loc loc) {
+  char a[32], b[32];
+  int32_t ss = stage_of_fn(L, src), ds = stage_of_fn(L, dst);
+  if (ss == ds) {
+    ptc_error(L->m->ctx, loc, "pipeline: %s and %s run on the same stage %d but a value "
+              "passes between them; use fewer virtual stages or more pipeline stages",
+              fn_label(L, src, a, sizeof a), fn_label(L, dst, b, sizeof b), ss);
+    return -1;
+  }
+  int32_t sv = L->lmap[src][v];
+  PTC_ASSERT(sv >= 0);
+  int32_t tag = L->next_tag++;
+  ptc_attr sa[2] = {ptc_attr_int("peer", ds), ptc_attr_int("tag", tag)};
+  ptc_build_args sb = {.code = PTC_OP_SEND, .nin = 1, .in = &sv, .nattr = 2, .attrs = sa,
+                       .loc = loc};
+  if (emit(L, src, &sb) < 0) return -1;
+  ptc_attr ra[2] = {ptc_attr_int("peer", ss), ptc_attr_int("tag", tag)};
+  ptc_type t = L->f->values[v].type;
+  ptc_build_args rb = {.code = PTC_OP_RECV, .nattr = 2, .attrs = ra, .ngiven = 1, .given = &t,
+                       .loc = loc};
+  int32_t idx = emit(L, dst, &rb);
+  if (idx < 0) return -1;
+  return L->fn[dst]->ops[idx].out[0];
+}
+
+static int32_t get(pl *L, int32_t fi, int32_t v, ptc_loc loc) {
+  if (L->lmap[fi][v] >= 0) return L->lmap[fi][v];
+  ptc_func *F = L->fn[fi];
+  const ptc_value *val = &L->f->values[v];
+  int32_t id = -1;
+  if (val->kind == PTC_VALUE_PARAM) {
+    id = ptc_func_param_value(F, val->def);
+  } else if (val->kind == PTC_VALUE_ARG) {
+    ptc_type t = val->type;
+    id = ptc_func_add_arg(F, val->name, &t, NULL);
+  } else {
+    int32_t d = val->def, src = home_fn(L, d);
+    PTC_ASSERT(src != fi);
+    if (fi >= L->NC && fi < 2 * L->NC && L->cls[d] == 0) {
+      /* a forward value in a backward: kept from this chunk's forward */
+      int32_t c = fi - L->NC;
+      if (get(L, c, v, loc) < 0) return -1;
+      if (L->nstash[c] == L->capstash[c]) {
+        L->capstash[c] = L->capstash[c] ? 2 * L->capstash[c] : 16;
+        L->stash[c] = ptc_xrealloc(L->stash[c], (size_t)L->capstash[c] * sizeof **L->stash);
+      }
+      char name[32];
+      snprintf(name, sizeof name, "stash.%d", L->nstash[c]);
+      L->stash[c][L->nstash[c]++] = v;
+      ptc_type t = val->type;
+      id = ptc_func_add_arg(F, name, &t, NULL);
+    } else {
+      id = transfer(L, src, fi, v, loc);
+    }
+  }
+  if (id >= 0) L->lmap[fi][v] = id;
+  return id;
+}
+
+/* Copies op i of @step into function fi. */
+static int copy_op(pl *L, int32_t fi, int32_t i) {
+  ptc_op op = L->f->ops[i];
+  int32_t in[64];
+  int32_t *ins = op.nin <= 64 ? in : ptc_xmalloc((size_t)op.nin * sizeof *ins);
+  for (int32_t k = 0; k < op.nin; k++) {
+    ins[k] = get(L, fi, L->f->ops[i].in[k], op.loc);
+    if (ins[k] < 0) return -1;
+  }
+  op = L->f->ops[i];
+  ptc_type given[8];
+  for (int32_t r = 0; r < op.nout && r < 8; r++) given[r] = L->f->values[op.out[r]].type;
+  ptc_build_args a = {.code = op.code, .nin = op.nin, .in = ins, .nattr = op.nattr,
+                      .attrs = op.attrs, .ngiven = op.nout, .given = given, .loc = op.loc};
+  int32_t idx = emit(L, fi, &a);
+  if (ins != in) free(ins);
+  if (idx < 0) return -1;
+  for (int32_t r = 0; r < op.nout; r++) {
+    int32_t ov = L->f->ops[i].out[r], nv = L->fn[fi]->ops[idx].out[r];
+    L->lmap[fi][ov] = nv;
+    if (L->f->values[ov].name)
+      L->fn[fi]->values[nv].name = ptc_arena_strdup(&L->m->arena, L->f->values[ov].name);
+  }
+  return 0;
+}
+
+/* ---- classification and cuts ---------------------------------------------- */
+
+static void mark_ancestors(const ptc_func *f, int32_t v, int8_t *cls, int8_t mark,
+                           int32_t *stack) {
+  int32_t n = 0;
+  stack[n++] = v;
+  while (n) {
+    int32_t x = stack[--n];
+    if (f->values[x].kind != PTC_VALUE_OP) continue;
+    int32_t d = f->values[x].def;
+    if (cls[d] != 2) continue;
+    cls[d] = mark;
+    for (int32_t k = 0; k < f->ops[d].nin; k++) stack[n++] = f->ops[d].in[k];
+  }
+}
+
+/* Forward ops into NC chunks: equal FLOPs, cut where the fewest bytes cross. */
+static int cut_forward(pl *L) {
+  ptc_func *f = L->f;
+  int32_t nf = 0;
+  int32_t *fops = ptc_xmalloc((size_t)f->nops * sizeof *fops);
+  for (int32_t i = 0; i < f->nops; i++)
+    if (L->cls[i] == 0) fops[nf++] = i;
+  if (nf < L->NC) {
+    ptc_error(L->m->ctx, f->loc, "pipeline: the forward has %d ops, too few for %d "
+              "chunks (%d stages x %d virtual); use fewer", nf, L->NC, L->P, L->V);
+    free(fops);
+    return -1;
+  }
+  int32_t *pos = ptc_xmalloc((size_t)f->nops * sizeof *pos); /* op -> index in fops */
+  for (int32_t i = 0; i < f->nops; i++) pos[i] = -1;
+  for (int32_t k = 0; k < nf; k++) pos[fops[k]] = k;
+  double *pre = ptc_xmalloc((size_t)(nf + 1) * sizeof *pre);
+  pre[0] = 0;
+  for (int32_t k = 0; k < nf; k++)
+    pre[k + 1] = pre[k] + ptc_op_cost(f, &f->ops[fops[k]]).flops + 1.0;
+  /* bytes crossing a cut after fops[k]: values defined at or before k and
+   * used by forward ops after k */
+  double *cross = ptc_xcalloc((size_t)nf + 1, sizeof *cross);
+  int32_t *lastuse = ptc_xmalloc((size_t)f->nvalues * sizeof *lastuse);
+  for (int32_t v = 0; v < f->nvalues; v++) lastuse[v] = -1;
+  for (int32_t k = 0; k < nf; k++)
+    for (int32_t j = 0; j < f->ops[fops[k]].nin; j++) lastuse[f->ops[fops[k]].in[j]] = k;
+  for (int32_t k = 0; k < nf; k++)
+    for (int32_t r = 0; r < f->ops[fops[k]].nout; r++) {
+      int32_t v = f->ops[fops[k]].out[r];
+      if (lastuse[v] <= k) continue;
+      double b = (double)ptc_type_bytes(&f->values[v].type);
+      cross[k] += b;
+      cross[lastuse[v]] -= b;
+    }
+  for (int32_t k = 1; k < nf; k++) cross[k] += cross[k - 1];
+  int32_t prev = -1;
+  int32_t *cuts = ptc_xmalloc((size_t)L->NC * sizeof *cuts); /* chunk j ends at fops index */
+  double avg = pre[nf] / L->NC;
+  for (int32_t j = 1; j < L->NC; j++) {
+    double target = pre[nf] * j / L->NC;
+    int32_t best = -1;
+    for (int32_t k = prev + 1; k < nf - (L->NC - j); k++) {
+      double d = pre[k + 1] - target;
+      if (d < -0.5 * avg || d > 0.5 * avg) continue;
+      if (best < 0 || cross[k] < cross[best] ||
+          (cross[k] == cross[best] &&
+           (pre[k + 1] - target) * (pre[k + 1] - target) <
+               (pre[best + 1] - target) * (pre[best + 1] - target)))
+        best = k;
+    }
+    if (best < 0) best = prev + 1 > nf - (L->NC - j) - 1 ? prev + 1 : prev + 1;
+    cuts[j - 1] = best;
+    prev = best;
+  }
+  cuts[L->NC - 1] = nf - 1;
+  int32_t c = 0;
+  for (int32_t k = 0; k < nf; k++) {
+    L->chunk[fops[k]] = c;
+    if (k == cuts[c] && c < L->NC - 1) c++;
+  }
+  free(cuts);
+  free(lastuse);
+  free(cross);
+  free(pre);
+  free(pos);
+  free(fops);
+  return 0;
+}
+
+/* Backward ops: the chunk of the forward values or parameters they read;
+ * an op that reads only gradients goes to the highest chunk of its users (a
+ * reshape of a gradient moves with the gradient; gradients only flow to
+ * lower chunks), else where its operands are. */
+static void place_backward(pl *L, const int32_t *pmax) {
+  ptc_func *f = L->f;
+  bool *pure = ptc_xcalloc((size_t)f->nops + 1, sizeof *pure);
+  for (int32_t i = 0; i < f->nops; i++) {
+    if (L->cls[i] != 1) continue;
+    int32_t fmax = -1;
+    for (int32_t k = 0; k < f->ops[i].nin; k++) {
+      const ptc_value *v = &f->values[f->ops[i].in[k]];
+      if (v->kind == PTC_VALUE_PARAM && pmax[v->def] > fmax) fmax = pmax[v->def];
+      if (v->kind == PTC_VALUE_OP && L->cls[v->def] == 0 && L->chunk[v->def] > fmax)
+        fmax = L->chunk[v->def];
+    }
+    L->chunk[i] = fmax;
+    pure[i] = fmax < 0;
+  }
+  /* ops reading only gradients, in order: where their operands are, or at
+   * their users' chunk when sending the operands there costs fewer bytes
+   * than sending the result (e.g. a reshape of a gradient that goes there
+   * anyway) */
+  for (int sweep = 0; sweep < 2; sweep++) /* the second sees every user placed */
+  for (int32_t i = 0; i < f->nops; i++) {
+    if (!pure[i]) continue;
+    const ptc_op *op = &f->ops[i];
+    int32_t co = -1, cu = -1;
+    for (int32_t k = 0; k < op->nin; k++) {
+      const ptc_value *v = &f->values[op->in[k]];
+      if (v->kind == PTC_VALUE_OP && L->cls[v->def] == 1 && L->chunk[v->def] >= 0 &&
+          (co < 0 || L->chunk[v->def] < co))
+        co = L->chunk[v->def];
+    }
+    for (int32_t r = 0; r < op->nout; r++)
+      for (int32_t j = i + 1; j < f->nops; j++)
+        for (int32_t k = 0; k < f->ops[j].nin; k++)
+          if (f->ops[j].in[k] == op->out[r] && L->cls[j] == 1 && L->chunk[j] > cu)
+            cu = L->chunk[j];
+    if (co < 0 || cu < 0 || cu == co) {
+      L->chunk[i] = co >= 0 ? co : cu;
+      continue;
+    }
+    double at_co = 0, at_cu = 0;
+    for (int32_t r = 0; r < op->nout; r++) at_co += (double)ptc_type_bytes(&f->values[op->out[r]].type);
+    for (int32_t k = 0; k < op->nin; k++) {
+      int32_t v = op->in[k];
+      if (f->values[v].kind != PTC_VALUE_OP || L->cls[f->values[v].def] != 1 ||
+          L->chunk[f->values[v].def] == cu)
+        continue;
+      bool there = false; /* already needed on cu by a placed op */
+      for (int32_t j = f->values[v].def + 1; j < f->nops && !there; j++)
+        for (int32_t kk = 0; kk < f->ops[j].nin; kk++)
+          if (f->ops[j].in[kk] == v && j != i && L->chunk[j] == cu) there = true;
+      if (!there) at_cu += (double)ptc_type_bytes(&f->values[v].type);
+    }
+    L->chunk[i] = at_cu < at_co ? cu : co;
+  }
+  /* no user (a gradient result): where its operands are */
+  for (int32_t i = 0; i < f->nops; i++) {
+    if (L->cls[i] != 1 || L->chunk[i] >= 0) continue;
+    int32_t bmin = -1;
+    for (int32_t k = 0; k < f->ops[i].nin; k++) {
+      const ptc_value *v = &f->values[f->ops[i].in[k]];
+      if (v->kind == PTC_VALUE_OP && L->cls[v->def] == 1 && L->chunk[v->def] >= 0 &&
+          (bmin < 0 || L->chunk[v->def] < bmin))
+        bmin = L->chunk[v->def];
+    }
+    L->chunk[i] = bmin >= 0 ? bmin : 0;
+  }
+  free(pure);
+}
+
+/* ---- schedules ---------------------------------------------------------------- */
+
+static void order_put(ptc_buf *b, char kind, int32_t chunk, int32_t mb) {
+  ptc_buf_printf(b, "%s%c%d.%d", b->len ? " " : "", kind, chunk, mb);
+}
+
+static int schedule(pl *L, int kind, int32_t s, ptc_buf *b) {
+  int32_t P = L->P, M = L->M, V = L->V;
+  if (kind == SCHED_GPIPE) {
+    for (int32_t mb = 0; mb < M; mb++) order_put(b, 'F', s, mb);
+    for (int32_t mb = 0; mb < M; mb++) order_put(b, 'B', s, mb);
+    return 0;
+  }
+  if (kind == SCHED_1F1B) {
+    int32_t w = P - 1 - s < M ? P - 1 - s : M;
+    for (int32_t mb = 0; mb < w; mb++) order_put(b, 'F', s, mb);
+    for (int32_t i = 0; i < M - w; i++) {
+      order_put(b, 'F', s, w + i);
+      order_put(b, 'B', s, i);
+    }
+    for (int32_t mb = M - w; mb < M; mb++) order_put(b, 'B', s, mb);
+    return 0;
+  }
+  /* interleaved (Megatron-LM): unit k of M*V, grouped P microbatches at a time */
+  int32_t total = M * V;
+  int32_t w = (P - s - 1) * 2 + (V - 1) * P;
+  if (w > total) w = total;
+#define FWD_UNIT(k) ((k) % (P * V)) / P, ((k) / (P * V)) * P + (k) % P
+  for (int32_t k = 0; k < w; k++) {
+    int32_t v = (k % (P * V)) / P, mb = (k / (P * V)) * P + k % P;
+    order_put(b, 'F', s + P * v, mb);
+  }
+  for (int32_t i = 0; i < total - w; i++) {
+    int32_t k = w + i;
+    int32_t v = (k % (P * V)) / P, mb = (k / (P * V)) * P + k % P;
+    order_put(b, 'F', s + P * v, mb);
+    v = V - 1 - (i % (P * V)) / P;
+    mb = (i / (P * V)) * P + i % P;
+    order_put(b, 'B', s + P * v, mb);
+  }
+  for (int32_t i = total - w; i < total; i++) {
+    int32_t v = V - 1 - (i % (P * V)) / P, mb = (i / (P * V)) * P + i % P;
+    order_put(b, 'B', s + P * v, mb);
+  }
+#undef FWD_UNIT
+  return 0;
+}
+
+/* ---- the pass ------------------------------------------------------------------ */
+
+static int32_t zeros_like(ptc_func *F, const ptc_type *t, ptc_loc loc) {
+  ptc_type sc = {.dtype = t->dtype, .rank = 0};
+  ptc_attr a = ptc_attr_float("value", 0.0);
+  ptc_build_args ca = {.code = PTC_OP_CONSTANT, .nattr = 1, .attrs = &a, .ngiven = 1,
+                       .given = &sc, .loc = loc};
+  int32_t idx = ptc_build(F, &ca);
+  if (idx < 0) return -1;
+  int32_t c = F->ops[idx].out[0];
+  if (t->rank == 0) return c;
+  ptc_type tt = *t;
+  ptc_build_args ba = {.code = PTC_OP_BROADCAST_TO, .nin = 1, .in = &c, .ngiven = 1,
+                       .given = &tt, .loc = loc};
+  idx = ptc_build(F, &ba);
+  return idx < 0 ? -1 : F->ops[idx].out[0];
+}
+
+static int32_t scale_by(ptc_func *F, int32_t v, double s, ptc_loc loc) {
+  ptc_type sc = {.dtype = F->values[v].type.dtype, .rank = 0};
+  ptc_attr a = ptc_attr_float("value", s);
+  ptc_build_args ca = {.code = PTC_OP_CONSTANT, .nattr = 1, .attrs = &a, .ngiven = 1,
+                       .given = &sc, .loc = loc};
+  int32_t idx = ptc_build(F, &ca);
+  if (idx < 0) return -1;
+  int32_t in[2] = {v, F->ops[idx].out[0]};
+  return ptc_build1(F, PTC_OP_MUL, in, 2, NULL, 0, loc);
+}
+
+static int32_t all_reduce_pp(pl *L, ptc_func *F, int32_t v, ptc_loc loc) {
+  ptc_attr at[2] = {ptc_attr_sym("axis", L->m->mesh.axes[L->pp].name),
+                    ptc_attr_sym("op", "sum")};
+  return ptc_build1(F, PTC_OP_ALL_REDUCE, &v, 1, at, 2, loc);
+}
+
+static int32_t add_state(ptc_module *m, const char *name, const ptc_type *t, ptc_loc loc) {
+  int32_t p = ptc_module_find_param(m, name);
+  if (p >= 0) return p;
+  ptc_init zeros = {PTC_INIT_ZEROS, 0, 0};
+  ptc_type tt = *t;
+  p = ptc_module_add_param(m, name, &tt, zeros, loc);
+  if (p >= 0) m->params[p].trainable = false;
+  return p;
+}
+
+static int assign(ptc_func *F, int32_t var_param, int32_t v, ptc_loc loc) {
+  int32_t in[2] = {ptc_func_param_value(F, var_param), v};
+  ptc_build_args a = {.code = PTC_OP_ASSIGN, .nin = 2, .in = in, .loc = loc};
+  return ptc_build(F, &a) < 0 ? -1 : 0;
+}
+
+/* accumulate v into state variable `var` in function F */
+static int accumulate(ptc_func *F, int32_t var, int32_t v, ptc_loc loc) {
+  int32_t in[2] = {ptc_func_param_value(F, var), v};
+  int32_t s = ptc_build1(F, PTC_OP_ADD, in, 2, NULL, 0, loc);
+  return s < 0 ? -1 : assign(F, var, s, loc);
+}
+
+static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
+  int pp = ptc_mesh_axis(&m->mesh, "pp", 2);
+  if (pp < 0 || m->mesh.axes[pp].size <= 1) return 0;
+  ptc_ctx *ctx = m->ctx;
+  ptc_func *f = ptc_module_find_func(m, "step");
+  if (!f) {
+    ptc_error(ctx, m->loc, "pipeline: the module has no @step; run autodiff first "
+              "(--pass-pipeline=...,autodiff,pipeline,optimizer,...)");
+    return -1;
+  }
+  pl L = {.m = m, .f = f, .P = (int32_t)m->mesh.axes[pp].size, .pp = pp};
+  L.V = (int32_t)ptc_pass_opt_int(o, "virtual-stages");
+  L.M = (int32_t)ptc_pass_opt_int(o, "microbatches");
+  int kind = ptc_pass_opt_choice(o, "schedule");
+  if (kind == SCHED_INTERLEAVED && L.V < 2) {
+    ptc_error(ctx, m->loc, "pipeline: the interleaved schedule needs 2 or more virtual "
+              "stages per stage (--virtual-stages V)");
+    return -1;
+  }
+  if (kind != SCHED_INTERLEAVED && L.V != 1) {
+    ptc_error(ctx, m->loc, "pipeline: --virtual-stages %d needs --pp-schedule interleaved",
+              L.V);
+    return -1;
+  }
+  if (kind == SCHED_INTERLEAVED && L.M % L.P) {
+    ptc_error(ctx, m->loc, "pipeline: the interleaved schedule needs a number of "
+              "microbatches that is a multiple of the %d stages, got %d", L.P, L.M);
+    return -1;
+  }
+  L.NC = L.P * L.V;
+  ptc_op *ret = &f->ops[f->nops - 1];
+  int32_t nres = ret->nin;
+  int32_t loss = ret->in[0];
+  int32_t *res = ptc_xmalloc((size_t)nres * sizeof *res);
+  memcpy(res, ret->in, (size_t)nres * sizeof *res);
+
+  L.cls = ptc_xmalloc((size_t)f->nops);
+  memset(L.cls, 2, (size_t)f->nops);
+  L.chunk = ptc_xmalloc((size_t)f->nops * sizeof *L.chunk);
+  for (int32_t i = 0; i < f->nops; i++) L.chunk[i] = -1;
+  int32_t *stack = ptc_xmalloc((size_t)(f->nops * 8 + f->nvalues + 16) * sizeof *stack);
+  int rc = -1;
+  mark_ancestors(f, loss, L.cls, 0, stack);
+  for (int32_t r = 1; r < nres; r++) mark_ancestors(f, res[r], L.cls, 1, stack);
+  free(stack);
+  if (cut_forward(&L) != 0) goto out0;
+  /* the last forward chunk a parameter is read in */
+  int32_t *pmax = ptc_xmalloc((size_t)(m->nparams + 1) * sizeof *pmax);
+  for (int32_t p = 0; p < m->nparams; p++) pmax[p] = -1;
+  for (int32_t i = 0; i < f->nops; i++)
+    if (L.cls[i] == 0)
+      for (int32_t k = 0; k < f->ops[i].nin; k++) {
+        const ptc_value *v = &f->values[f->ops[i].in[k]];
+        if (v->kind == PTC_VALUE_PARAM && L.chunk[i] > pmax[v->def]) pmax[v->def] = L.chunk[i];
+      }
+  place_backward(&L, pmax);
+  free(pmax);
+
+  /* the functions */
+  L.nfn = 2 * L.NC + L.P;
+  L.fn = ptc_xcalloc((size_t)L.nfn, sizeof *L.fn);
+  L.lmap = ptc_xcalloc((size_t)L.nfn, sizeof *L.lmap);
+  L.stash = ptc_xcalloc((size_t)L.NC, sizeof *L.stash);
+  L.nstash = ptc_xcalloc((size_t)L.NC, sizeof *L.nstash);
+  L.capstash = ptc_xcalloc((size_t)L.NC, sizeof *L.capstash);
+  for (int32_t fi = 0; fi < L.nfn; fi++) {
+    char name[32];
+    if (fi < L.NC) snprintf(name, sizeof name, "fwd.%d", fi);
+    else if (fi < 2 * L.NC) snprintf(name, sizeof name, "bwd.%d", fi - L.NC);
+    else snprintf(name, sizeof name, "step.%d", fi - 2 * L.NC);
+    L.fn[fi] = ptc_module_add_func(m, name, f->loc);
+    f = L.f = ptc_module_find_func(m, "step"); /* the vector of funcs may move */
+    L.lmap[fi] = ptc_xmalloc((size_t)f->nvalues * sizeof **L.lmap);
+    for (int32_t v = 0; v < f->nvalues; v++) L.lmap[fi][v] = -1;
+  }
+  for (int32_t i = 0; i < f->nops - 1; i++) {
+    if (L.cls[i] == 2) continue;
+    if (copy_op(&L, home_fn(&L, i), i) != 0) goto out;
+  }
+  /* accumulators: the loss on the last chunk, each gradient where it is made */
+  ptc_type scalar = {.dtype = PTC_DTYPE_F32, .rank = 0};
+  ptc_loc rloc = ret->loc;
+  int32_t loss_var = add_state(m, "pipeline.loss", &scalar, rloc);
+  f = L.f = ptc_module_find_func(m, "step");
+  if (loss_var < 0) goto out;
+  {
+    int32_t lf = home_fn(&L, f->values[loss].def);
+    int32_t lv = get(&L, lf, loss, rloc);
+    if (lv < 0 || accumulate(L.fn[lf], loss_var, lv, rloc) != 0) goto out;
+  }
+  int32_t ngrads = nres - 1;
+  int32_t *gparam = ptc_xmalloc((size_t)(ngrads + 1) * sizeof *gparam);
+  int32_t *gacc = ptc_xmalloc((size_t)(ngrads + 1) * sizeof *gacc);
+  {
+    int32_t k = 0;
+    for (int32_t p = 0; p < m->nparams && k < ngrads; p++) {
+      if (!m->params[p].trainable || p >= f->cap_param_value || f->param_value[p] < 0) continue;
+      gparam[k++] = p;
+    }
+    if (k != ngrads) {
+      ptc_error(ctx, rloc, "pipeline: @step returns %d gradients for %d parameters; run "
+                "autodiff right before pipeline", ngrads, k);
+      free(gparam);
+      free(gacc);
+      goto out;
+    }
+  }
+  for (int32_t k = 0; k < ngrads; k++) {
+    int32_t p = gparam[k];
+    char name[1024];
+    snprintf(name, sizeof name, "%s.grad_acc", m->params[p].name);
+    ptc_type t = m->params[p].type;
+    gacc[k] = add_state(m, name, &t, m->params[p].loc);
+    f = L.f = ptc_module_find_func(m, "step");
+    if (gacc[k] < 0) break;
+    int32_t g = res[k + 1];
+    if (f->values[g].kind != PTC_VALUE_OP) continue; /* a zero gradient */
+    int32_t gf = home_fn(&L, f->values[g].def);
+    int32_t gv = get(&L, gf, g, m->params[p].loc);
+    if (gv < 0 || accumulate(L.fn[gf], gacc[k], gv, m->params[p].loc) != 0) {
+      gacc[k] = -1;
+      break;
+    }
+  }
+  bool ok = true;
+  for (int32_t k = 0; k < ngrads; k++) ok &= gacc[k] >= 0;
+  if (!ok) {
+    free(gparam);
+    free(gacc);
+    goto out;
+  }
+  /* which stages hold each parameter */
+  uint64_t *holders = ptc_xcalloc((size_t)(m->nparams + 1), sizeof *holders);
+  for (int32_t fi = 0; fi < 2 * L.NC; fi++) {
+    ptc_func *F = L.fn[fi];
+    for (int32_t p = 0; p < m->nparams && p < F->cap_param_value; p++)
+      if (F->param_value[p] >= 0 && m->params[p].trainable)
+        holders[p] |= 1ull << stage_of_fn(&L, fi);
+  }
+  /* @step.<s> */
+  for (int32_t s = 0; s < L.P && ok; s++) {
+    ptc_func *F = L.fn[2 * L.NC + s];
+    int32_t lv = ptc_func_param_value(F, loss_var);
+    int32_t lsum = all_reduce_pp(&L, F, lv, rloc);
+    int32_t lmean = lsum < 0 ? -1 : L.M > 1 ? scale_by(F, lsum, 1.0 / L.M, rloc) : lsum;
+    int32_t z = zeros_like(F, &scalar, rloc);
+    if (lmean < 0 || z < 0 || assign(F, loss_var, z, rloc) != 0) {
+      ok = false;
+      break;
+    }
+    int32_t *outs = ptc_xmalloc((size_t)(ngrads + 1) * sizeof *outs);
+    const char **names = ptc_xmalloc((size_t)(ngrads + 1) * sizeof *names);
+    int32_t nout = 0;
+    outs[nout] = lmean;
+    names[nout++] = NULL;
+    for (int32_t k = 0; k < ngrads && ok; k++) {
+      int32_t p = gparam[k];
+      ptc_loc ploc = m->params[p].loc.file ? m->params[p].loc : rloc;
+      bool mine = (holders[p] >> s) & 1, tied = __builtin_popcountll(holders[p]) > 1;
+      if (!mine && !tied) continue;
+      ptc_type t = m->params[p].type;
+      int32_t a = mine ? ptc_func_param_value(F, gacc[k]) : zeros_like(F, &t, ploc);
+      if (a >= 0 && tied) a = all_reduce_pp(&L, F, a, ploc); /* every stage takes part */
+      if (a < 0) { ok = false; break; }
+      if (!mine) continue;
+      if (L.M > 1) a = scale_by(F, a, 1.0 / L.M, ploc);
+      int32_t zz = a < 0 ? -1 : zeros_like(F, &t, ploc);
+      if (zz < 0 || assign(F, gacc[k], zz, ploc) != 0) { ok = false; break; }
+      bool owner = (holders[p] & ((1ull << s) - 1)) == 0;
+      char nm[1100];
+      snprintf(nm, sizeof nm, "grad.%s%s", m->params[p].name, owner ? "" : ".shared");
+      outs[nout] = a;
+      names[nout++] = ptc_arena_strdup(&m->arena, nm);
+    }
+    if (ok) {
+      for (int32_t r = 0; r < nout; r++) {
+        if (names[r]) F->values[outs[r]].name = names[r];
+        ptc_type t = F->values[outs[r]].type;
+        ptc_func_add_result(F, &t, NULL);
+      }
+      ptc_build_args rb = {.code = PTC_OP_RETURN, .nin = nout, .in = outs, .loc = rloc};
+      if (ptc_build(F, &rb) < 0) ok = false;
+    }
+    free(outs);
+    free(names);
+  }
+  free(holders);
+  free(gparam);
+  free(gacc);
+  if (!ok) goto out;
+  /* returns: fwd.<c> gives its stash, bwd.<c> nothing */
+  for (int32_t c = 0; c < L.NC; c++) {
+    ptc_func *F = L.fn[c];
+    int32_t *outs = ptc_xmalloc((size_t)(L.nstash[c] + 1) * sizeof *outs);
+    for (int32_t k = 0; k < L.nstash[c]; k++) {
+      outs[k] = L.lmap[c][L.stash[c][k]];
+      ptc_type t = F->values[outs[k]].type;
+      ptc_func_add_result(F, &t, NULL);
+    }
+    ptc_build_args rb = {.code = PTC_OP_RETURN, .nin = L.nstash[c], .in = outs, .loc = rloc};
+    int32_t idx = ptc_build(F, &rb);
+    free(outs);
+    ptc_build_args rb2 = {.code = PTC_OP_RETURN, .loc = rloc};
+    if (idx < 0 || ptc_build(L.fn[L.NC + c], &rb2) < 0) goto out;
+  }
+  /* the schedule */
+  {
+    ptc_attr a = ptc_attr_int("pipeline.stages", L.P);
+    ptc_module_set_attr(m, &a);
+    a = ptc_attr_int("pipeline.microbatches", L.M);
+    ptc_module_set_attr(m, &a);
+    a = ptc_attr_int("pipeline.virtual", L.V);
+    ptc_module_set_attr(m, &a);
+    char word[16];
+    a = ptc_attr_sym("pipeline.schedule",
+                     ptc_pass_choice_word(pipeline_opts[1].choices, kind, word, sizeof word));
+    ptc_module_set_attr(m, &a);
+    for (int32_t s = 0; s < L.P; s++) {
+      ptc_buf b;
+      ptc_buf_init(&b);
+      schedule(&L, kind, s, &b);
+      char key[48];
+      snprintf(key, sizeof key, "pipeline.order.%d", s);
+      a = ptc_attr_str(key, b.data ? b.data : "");
+      ptc_module_set_attr(m, &a);
+      ptc_buf_fini(&b);
+    }
+  }
+  ptc_module_remove_func(m, ptc_module_find_func(m, "step"));
+  *changed = true;
+  rc = 0;
+out:
+  for (int32_t fi = 0; fi < L.nfn; fi++) free(L.lmap ? L.lmap[fi] : NULL);
+  free(L.lmap);
+  for (int32_t c = 0; c < L.NC && L.stash; c++) free(L.stash[c]);
+  free(L.stash);
+  free(L.nstash);
+  free(L.capstash);
+  free(L.fn);
+out0:
+  free(L.cls);
+  free(L.chunk);
+  free(res);
+  return rc;
+}
+
+const ptc_pass_info ptc_pass_pipeline = {
+    .name = "pipeline",
+    .summary = "split @step into pipeline stages and microbatches (forward and backward "
+               "chunks with send/recv, gradient accumulation, a schedule per stage)",
+    .opts = pipeline_opts,
+    .nopts = PTC_ARRAY_LEN(pipeline_opts),
+    .run = run_pipeline,
+};
