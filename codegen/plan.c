@@ -19,11 +19,62 @@
 #include <unistd.h>
 
 #include "codegen/codegen.h"
+#include "passes/passes.h"
 #include "ptc_config.h"
 
 ptc_func *ptc_plan_entry(const ptc_module *m) {
   ptc_func *f = ptc_module_find_func(m, "step");
+  if (!f && ptc_module_get_attr(m, "pipeline.stages")) f = ptc_module_find_func(m, "step.0");
   return f ? f : ptc_module_find_func(m, "forward");
+}
+
+/* A pipelined plan: per stage, its chunks, memory, FLOPs, the bubble and the
+ * activations in flight, from the schedule's timing model. */
+static void pipeline_report(ptc_buf *b, ptc_module *m) {
+  ptc_pipe_sim sim;
+  if (ptc_pipeline_simulate(m, &sim, false) != 0 || sim.stages == 0) return;
+  const ptc_attr *mb = ptc_module_get_attr(m, "pipeline.microbatches");
+  const ptc_attr *sc = ptc_module_get_attr(m, "pipeline.schedule");
+  const ptc_attr *vs = ptc_module_get_attr(m, "pipeline.virtual");
+  ptc_buf_printf(b, "\npipeline: %d stages, %lld microbatches per step, schedule %s, %lld "
+                 "chunk%s per stage\n", sim.stages, mb ? (long long)mb->u.i : 1LL,
+                 sc ? sc->u.s : "?", vs ? (long long)vs->u.i : 1LL,
+                 vs && vs->u.i > 1 ? "s" : "");
+  double busy = 0;
+  for (int32_t s = 0; s < sim.stages; s++) busy += sim.busy[s];
+  double ideal = busy / sim.stages;
+  ptc_buf_printf(b, "  bubble: %.1f%% (idle over ideal time: makespan %.4g vs %.4g FLOP of "
+                 "work per stage, timing model: a unit takes its FLOPs)\n",
+                 ideal > 0 ? 100.0 * (sim.makespan - ideal) / ideal : 0.0, sim.makespan, ideal);
+  ptc_module *lm = ptc_module_get_attr(m, "partitioned") ? ptc_module_localize(m) : NULL;
+  const ptc_module *vm = lm ? lm : m;
+  for (int32_t s = 0; s < sim.stages; s++) {
+    /* the variables this stage's functions read */
+    int64_t pbytes = 0, sbytes = 0;
+    for (int32_t p = 0; p < vm->nparams; p++) {
+      bool used = false;
+      for (int32_t fi = 0; fi < vm->nfuncs && !used; fi++) {
+        const ptc_func *f = vm->funcs[fi];
+        const char *n = f->name;
+        int c = strncmp(n, "fwd.", 4) == 0 || strncmp(n, "bwd.", 4) == 0 ? atoi(n + 4)
+                : strncmp(n, "step.", 5) == 0 ? atoi(n + 5) : -1;
+        if (c < 0 || c % sim.stages != s) continue;
+        used = p < f->cap_param_value && f->param_value[p] >= 0;
+      }
+      if (!used) continue;
+      if (vm->params[p].trainable) pbytes += ptc_type_bytes(&vm->params[p].type);
+      else sbytes += ptc_type_bytes(&vm->params[p].type);
+    }
+    ptc_buf_printf(b, "  stage %d: busy %.4g FLOP/step, idle %.1f%%, parameters ", s,
+                   sim.busy[s], sim.makespan > 0 ? 100.0 * (1 - sim.busy[s] / sim.makespan) : 0.0);
+    ptc_buf_put_bytes(b, (double)pbytes);
+    ptc_buf_puts(b, ", state ");
+    ptc_buf_put_bytes(b, (double)sbytes);
+    ptc_buf_puts(b, ", activations in flight at most ");
+    ptc_buf_put_bytes(b, (double)sim.inflight_bytes[s]);
+    ptc_buf_puts(b, " (per rank)\n");
+  }
+  if (lm) ptc_module_destroy(lm);
 }
 
 /* ---- the report ------------------------------------------------------- */
@@ -369,6 +420,7 @@ int ptc_plan_write_target(ptc_module *m, const char *dir, const char *target) {
   char *mtext = NULL;
   ptc_print_module(&ir, m);
   ptc_plan_report(&rep, m, entry);
+  pipeline_report(&rep, m);
   const char *irs = ir.data ? ir.data : "", *reps = rep.data ? rep.data : "";
   if (put_file(ctx, tmp, "step.ptir", irs, ir.len) != 0 ||
       put_file(ctx, tmp, "report.txt", reps, rep.len) != 0)
@@ -388,7 +440,8 @@ int ptc_plan_write_target(ptc_module *m, const char *dir, const char *target) {
   man = json_pack("{s:s,s:i,s:s,s:s,s:o,s:s,s:s,s:s,s:o}", "format", PTC_PLAN_FORMAT,
                   "version", PTC_PLAN_VERSION, "ptc_version", PTC_VERSION_STRING, "model",
                   m->name, "mesh", mesh_json(&m->mesh), "target", "cpu", "entry",
-                  entry->name, "checksum", "sha256", "files", files);
+                  ptc_module_get_attr(m, "pipeline.stages") ? "pipeline" : entry->name,
+                  "checksum", "sha256", "files", files);
   PTC_ASSERT(man);
   /* what the kernels were built for: ptrun checks "requires" on its CPU */
   if (kdesc) json_object_set_new(man, "kernels", kdesc);

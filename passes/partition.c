@@ -48,6 +48,7 @@
  * the backward part (ZeRO-3 frees them in between).  `assign` writes the
  * variable's stored layout; `return` wants whole values.
  */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -163,6 +164,10 @@ typedef struct prop {
   int tp, dp; /* axis indices, -1 when absent or of size 1 */
   bool *decided; /* per module param */
   bool *known;   /* per value of the current function */
+  /* pipeline transfers: the layout of the value sent with each tag */
+  ptc_sharding *tag_layout;
+  bool *tag_known;
+  int32_t ntags;
 } prop;
 
 static void set_param(prop *P, int32_t p, const ptc_sharding *s) {
@@ -218,6 +223,27 @@ static int infer_op(prop *P, ptc_func *f, int32_t oi) {
     int32_t p = f->values[op->in[0]].def;
     const ptc_sharding *s = known_layout(P, f, op->in[1]);
     if (!P->decided[p] && s) set_param(P, p, s);
+    return 0;
+  }
+  if (op->code == PTC_OP_SEND || op->code == PTC_OP_RECV) {
+    int64_t tag = ptc_op_attr_int(op, "tag", 0);
+    if (tag < 0 || tag >= P->ntags) return 0;
+    if (op->code == PTC_OP_SEND) {
+      const ptc_sharding *sl = known_layout(P, f, op->in[0]);
+      P->tag_layout[tag] = sl ? *sl : replicated();
+      P->tag_layout[tag].partial = 0;
+      P->tag_known[tag] = true;
+    } else {
+      f->values[op->out[0]].shard = P->tag_known[tag] ? P->tag_layout[tag] : replicated();
+      P->known[op->out[0]] = true;
+    }
+    return 0;
+  }
+  if (op->code == PTC_OP_ALL_REDUCE && op->nin == 1) { /* the layout stays */
+    const ptc_sharding *sl = known_layout(P, f, op->in[0]);
+    f->values[op->out[0]].shard = sl ? *sl : replicated();
+    f->values[op->out[0]].shard.partial = 0;
+    P->known[op->out[0]] = true;
     return 0;
   }
   if (!ptc_shard_rule_get(f, op, &r)) {
@@ -434,15 +460,58 @@ static int real_axis(const ptc_mesh *m, const char *name) {
   return a >= 0 && m->axes[a].size > 1 ? a : -1;
 }
 
+/* The order functions are processed in: a pipeline's forward chunks up,
+ * its backward chunks down (senders before receivers), then the rest. */
+static int32_t func_order(const ptc_module *m, int32_t *order) {
+  int32_t n = 0;
+  for (int pass = 0; pass < 3; pass++) {
+    int32_t start = n;
+    for (int32_t i = 0; i < m->nfuncs; i++) {
+      const char *nm = m->funcs[i]->name;
+      bool fwd = strncmp(nm, "fwd.", 4) == 0, bwd = strncmp(nm, "bwd.", 4) == 0;
+      if ((pass == 0 && fwd) || (pass == 1 && bwd) || (pass == 2 && !fwd && !bwd))
+        order[n++] = i;
+    }
+    /* chunks by number: up for forward, down for backward */
+    for (int32_t a = start; a < n; a++)
+      for (int32_t b = a + 1; b < n; b++) {
+        int ca = pass < 2 ? atoi(m->funcs[order[a]]->name + 4) : 0;
+        int cb = pass < 2 ? atoi(m->funcs[order[b]]->name + 4) : 0;
+        if ((pass == 0 && cb < ca) || (pass == 1 && cb > ca)) {
+          int32_t t = order[a];
+          order[a] = order[b];
+          order[b] = t;
+        }
+      }
+  }
+  return n;
+}
+
+/* The layout of result k of @fwd.<c> for @bwd.<c>'s %stash.<k>. */
+static bool stash_layout(const ptc_module *m, const ptc_func *bwd, int k, ptc_sharding *out) {
+  char name[32];
+  snprintf(name, sizeof name, "fwd.%s", bwd->name + 4);
+  const ptc_func *fw = ptc_module_find_func(m, name);
+  if (!fw || fw->nops == 0) return false;
+  const ptc_op *ret = &fw->ops[fw->nops - 1];
+  if (k < 0 || k >= ret->nin) return false;
+  *out = fw->values[ret->in[k]].shard;
+  if (!out->present) return false;
+  out->partial = 0;
+  return true;
+}
+
 static int run_shard(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   if (ptc_mesh_size(&m->mesh) <= 1) return 0;
   prop P = {.m = m, .mesh = &m->mesh};
   P.tp = real_axis(&m->mesh, "tp");
   P.dp = real_axis(&m->mesh, "dp");
-  if (axis_index(&m->mesh, "pp") >= 0 && m->mesh.axes[axis_index(&m->mesh, "pp")].size > 1) {
+  bool pipelined = ptc_module_get_attr(m, "pipeline.stages") != NULL;
+  if (!pipelined && axis_index(&m->mesh, "pp") >= 0 &&
+      m->mesh.axes[axis_index(&m->mesh, "pp")].size > 1) {
     ptc_error(m->ctx, m->loc, "shard: the mesh has a pipeline axis pp of size %lld; "
-              "pipeline stages are not partitioned by this pass -- use a mesh of dp "
-              "and tp only",
+              "run the pipeline pass first (it is in the default pipeline) to cut "
+              "the step into stages",
               (long long)m->mesh.axes[axis_index(&m->mesh, "pp")].size);
     return -1;
   }
@@ -453,15 +522,36 @@ static int run_shard(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   int stage = (int)ptc_pass_opt_int(o, "zero");
   bool sp = ptc_pass_opt_bool(o, "sequence-parallel");
   int rc = 0;
-  for (int32_t fi = 0; fi < m->nfuncs && rc == 0; fi++) {
-    ptc_func *f = m->funcs[fi];
+  /* senders before receivers: forward chunks up, backward chunks down */
+  int32_t *order = calloc((size_t)(m->nfuncs + 1), sizeof *order);
+  PTC_ASSERT(order);
+  int32_t no = func_order(m, order);
+  P.ntags = 0;
+  for (int32_t fi = 0; fi < m->nfuncs; fi++)
+    for (int32_t i = 0; i < m->funcs[fi]->nops; i++) {
+      const ptc_op *op = &m->funcs[fi]->ops[i];
+      if (op->code == PTC_OP_SEND || op->code == PTC_OP_RECV) {
+        int64_t t = ptc_op_attr_int(op, "tag", 0);
+        if (t >= P.ntags && t < (1 << 24)) P.ntags = (int32_t)t + 1;
+      }
+    }
+  P.tag_layout = calloc((size_t)P.ntags + 1, sizeof *P.tag_layout);
+  P.tag_known = calloc((size_t)P.ntags + 1, sizeof *P.tag_known);
+  PTC_ASSERT(P.tag_layout && P.tag_known);
+  for (int32_t oi_ = 0; oi_ < no && rc == 0; oi_++) {
+    ptc_func *f = m->funcs[order[oi_]];
     P.known = calloc((size_t)(f->nvalues + 1), sizeof *P.known);
     PTC_ASSERT(P.known);
     for (int32_t a = 0; a < f->nargs; a++) {
       int32_t v = f->args[a];
       ptc_sharding s = replicated();
       const ptc_type *t = vty(f, v);
-      if (P.dp >= 0 && t->rank >= 1) {
+      const char *an = f->values[v].name;
+      if (an && strncmp(an, "stash.", 6) == 0) {
+        /* a pipeline chunk's backward: laid out as its forward returns it */
+        ptc_sharding st;
+        if (stash_layout(m, f, atoi(an + 6), &st)) s = st;
+      } else if (P.dp >= 0 && t->rank >= 1) {
         if (!divides(&m->mesh, t->dims[0], (uint8_t)(1u << P.dp))) {
           ptc_error(m->ctx, f->loc, "shard: input %%%s has batch dimension %lld, which "
                     "does not divide over dp = %lld devices; pick a batch that is a "
@@ -493,6 +583,9 @@ static int run_shard(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
     }
     free(P.known);
   }
+  free(order);
+  free(P.tag_layout);
+  free(P.tag_known);
   /* parameters no function decided stay whole; param reads show storage */
   for (int32_t p = 0; p < m->nparams; p++)
     if (!m->params[p].shard.present) m->params[p].shard = replicated();
@@ -539,6 +632,7 @@ typedef struct part {
   cache_ent *cache;
   int32_t ncache, cap;
   int32_t pos; /* where the next reshard op goes */
+  bool *tag_layout; /* non-NULL: the module has pipeline transfers */
 } part;
 
 /* Builds one collective at P->pos; returns its result or -1. */
@@ -654,6 +748,21 @@ static bool partial_for_sums(const ptc_func *f, int32_t v, int32_t at, const ptc
   return used;
 }
 
+/* The layout the recv of `tag` produces (set by the shard pass). */
+static ptc_sharding recv_layout(const ptc_module *m, int64_t tag) {
+  for (int32_t fi = 0; fi < m->nfuncs; fi++) {
+    const ptc_func *f = m->funcs[fi];
+    for (int32_t i = 0; i < f->nops; i++)
+      if (f->ops[i].code == PTC_OP_RECV && ptc_op_attr_int(&f->ops[i], "tag", -1) == tag) {
+        ptc_sharding s = f->values[f->ops[i].out[0]].shard;
+        if (!s.present) s = replicated();
+        s.partial = 0;
+        return s;
+      }
+  }
+  return replicated();
+}
+
 static int partition_func(part *P) {
   ptc_func *f = P->f;
   /* annotations from the shard pass are the targets */
@@ -682,6 +791,30 @@ static int partition_func(part *P) {
     ptc_op op = f->ops[oi]; /* copy: building ops moves the vector */
     ptc_loc loc = op.loc;
     P->pos = oi;
+    if (op.code == PTC_OP_SEND) { /* as the receiving stage expects it */
+      ptc_sharding need = P->tag_layout ? recv_layout(P->m, ptc_op_attr_int(&op, "tag", 0))
+                                        : replicated();
+      int32_t nv = as_layout(P, op.in[0], &need, loc);
+      if (nv < 0) { rc = -1; break; }
+      oi = P->pos;
+      f->ops[oi].in[0] = nv;
+      continue;
+    }
+    if (op.code == PTC_OP_ALL_REDUCE && op.nin == 1) { /* a reduction over pp: whole pieces in */
+      ptc_sharding need = want[op.in[0]];
+      need.partial = 0;
+      const ptc_attr *ax = ptc_op_attr(&op, "axis");
+      int a = ax ? axis_index(P->mesh, ax->u.s) : -1;
+      if (a >= 0) need.partial = (uint8_t)(f->values[op.in[0]].shard.partial & (1u << a));
+      int32_t nv = as_layout(P, op.in[0], &need, loc);
+      if (nv < 0) { rc = -1; break; }
+      oi = P->pos;
+      f->ops[oi].in[0] = nv;
+      ptc_sharding res = f->values[nv].shard;
+      if (a >= 0) res.partial &= (uint8_t)~(1u << a);
+      f->values[f->ops[oi].out[0]].shard = res;
+      continue;
+    }
     if (ptc_opinfo_get(op.code)->flags & PTC_OPF_COLLECTIVE) continue; /* already explicit */
     if (op.code == PTC_OP_ASSIGN) {
       ptc_sharding s = P->m->params[f->values[op.in[0]].def].shard;
@@ -692,13 +825,17 @@ static int partition_func(part *P) {
       continue;
     }
     if (op.code == PTC_OP_RETURN) {
-      ptc_sharding s = replicated();
+      /* results go to the host whole, except a pipeline chunk's stash,
+       * which its backward takes in pieces */
+      bool stash = strncmp(f->name, "fwd.", 4) == 0;
       for (int32_t i = 0; i < op.nin && rc == 0; i++) {
+        ptc_sharding s = stash ? want[op.in[i]] : replicated();
+        s.partial = 0;
         int32_t nv = as_layout(P, f->ops[P->pos].in[i], &s, loc);
         if (nv < 0) rc = -1;
         else f->ops[P->pos].in[i] = nv;
+        if (i < f->nresults) f->result_shards[i] = s;
       }
-      for (int32_t r = 0; r < f->nresults; r++) f->result_shards[r] = s;
       oi = P->pos;
       continue;
     }
@@ -791,6 +928,8 @@ static int run_partition(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
       return -1;
     }
   part P = {.m = m, .mesh = &m->mesh};
+  bool has_transfers = ptc_module_get_attr(m, "pipeline.stages") != NULL;
+  P.tag_layout = has_transfers ? &has_transfers : NULL;
   int rc = 0;
   for (int32_t fi = 0; fi < m->nfuncs && rc == 0; fi++) {
     P.f = m->funcs[fi];

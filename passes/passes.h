@@ -88,6 +88,24 @@ extern const ptc_pass_info ptc_pass_optimizer;
 extern const ptc_pass_info ptc_pass_fuse;
 extern const ptc_pass_info ptc_pass_shard;
 extern const ptc_pass_info ptc_pass_pipeline;
+extern const ptc_pass_info ptc_pass_comm_check;
+
+/* pipeline.c: the schedule of a pipelined module run in a timing model
+ * (each forward or backward unit takes its chunk's FLOPs on one rank, a
+ * transfer is ready when its sender's unit ends), checking every transfer's
+ * order, microbatch, shape and dtype, that every stage reaches the end, and
+ * that the once-per-step functions meet in the same collectives over pp.
+ * Returns 0, or -1 (reported when `report`).  Modules without a pipeline:
+ * stages = 0. */
+#define PTC_PIPE_MAX_STAGES 64
+typedef struct ptc_pipe_sim {
+  int32_t stages;
+  int64_t fwd_units, bwd_units;
+  double busy[PTC_PIPE_MAX_STAGES];        /* FLOPs of work per stage */
+  double makespan;                         /* FLOPs-time to the last unit's end */
+  int64_t inflight_bytes[PTC_PIPE_MAX_STAGES]; /* peak stashed activations */
+} ptc_pipe_sim;
+int ptc_pipeline_simulate(ptc_module *m, ptc_pipe_sim *out, bool report);
 extern const ptc_pass_info ptc_pass_partition;
 
 /* Helpers passes share.  dce.c: removes the pure ops of f whose results

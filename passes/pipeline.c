@@ -698,3 +698,304 @@ const ptc_pass_info ptc_pass_pipeline = {
     .nopts = PTC_ARRAY_LEN(pipeline_opts),
     .run = run_pipeline,
 };
+
+/* ---- the static check and the timing model ------------------------------------ */
+
+typedef struct unit {
+  char kind; /* 'F' or 'B' */
+  int32_t chunk, mb;
+} unit;
+
+typedef struct msg {
+  int32_t src, dst, tag, mb;
+  ptc_type type; /* local */
+  ptc_loc loc;
+  double time;
+  bool taken;
+} msg;
+
+static int parse_order(const char *s, unit **out, int32_t *n) {
+  int32_t cap = 16;
+  *n = 0;
+  *out = ptc_xmalloc((size_t)cap * sizeof **out);
+  while (*s) {
+    while (*s == ' ') s++;
+    if (!*s) break;
+    unit u;
+    char k = *s++;
+    char *end;
+    long c = strtol(s, &end, 10);
+    if ((k != 'F' && k != 'B') || end == s || *end != '.') return -1;
+    s = end + 1;
+    long mb = strtol(s, &end, 10);
+    if (end == s) return -1;
+    s = end;
+    u.kind = k;
+    u.chunk = (int32_t)c;
+    u.mb = (int32_t)mb;
+    if (*n == cap) {
+      cap *= 2;
+      *out = ptc_xrealloc(*out, (size_t)cap * sizeof **out);
+    }
+    (*out)[(*n)++] = u;
+  }
+  return 0;
+}
+
+/* FLOPs one rank spends in f: its ops on the pieces it holds. */
+static double local_flops(const ptc_module *lm, const ptc_func *f) {
+  const ptc_func *lf = lm ? ptc_module_find_func(lm, f->name) : NULL;
+  if (!lf) lf = f;
+  double t = 0;
+  for (int32_t i = 0; i < lf->nops; i++) t += ptc_op_cost(lf, &lf->ops[i]).flops;
+  return t;
+}
+
+static int64_t local_stash_bytes(const ptc_module *m, const ptc_func *f) {
+  int64_t b = 0;
+  for (int32_t r = 0; r < f->nresults; r++) {
+    ptc_type lt;
+    ptc_local_type(&m->mesh, &f->result_types[r], &f->result_shards[r], &lt);
+    b += ptc_type_bytes(&lt);
+  }
+  return b;
+}
+
+int ptc_pipeline_simulate(ptc_module *m, ptc_pipe_sim *out, bool report) {
+  memset(out, 0, sizeof *out);
+  const ptc_attr *sa = ptc_module_get_attr(m, "pipeline.stages");
+  if (!sa) return 0;
+  ptc_ctx *ctx = m->ctx;
+  int32_t P = (int32_t)sa->u.i;
+  if (P < 1 || P > PTC_PIPE_MAX_STAGES) {
+    if (report) ptc_error(ctx, m->loc, "pipeline: %d stages (at most %d)", P, PTC_PIPE_MAX_STAGES);
+    return -1;
+  }
+  out->stages = P;
+  int pp = ptc_mesh_axis(&m->mesh, "pp", 2);
+  unit **ord = ptc_xcalloc((size_t)P, sizeof *ord);
+  int32_t *nord = ptc_xcalloc((size_t)P, sizeof *nord), *at = ptc_xcalloc((size_t)P, sizeof *at);
+  double *clock = ptc_xcalloc((size_t)P, sizeof *clock);
+  int64_t *live = ptc_xcalloc((size_t)P, sizeof *live);
+  msg *q = NULL;
+  int32_t nq = 0, capq = 0;
+  int rc = -1;
+  ptc_module *lm = ptc_module_get_attr(m, "partitioned") ? ptc_module_localize(m) : NULL;
+  for (int32_t s = 0; s < P; s++) {
+    char key[48];
+    snprintf(key, sizeof key, "pipeline.order.%d", s);
+    const ptc_attr *a = ptc_module_get_attr(m, key);
+    if (!a || a->kind != PTC_ATTR_STR || parse_order(a->u.s, &ord[s], &nord[s]) != 0) {
+      if (report) ptc_error(ctx, m->loc, "pipeline: module attribute %s is missing or not "
+                            "a list like \"F0.0 B0.0\"", key);
+      goto out;
+    }
+  }
+  /* unit-level simulation: a unit starts when its stage is free and every
+   * message it receives has been sent; its sends are available when it ends */
+  for (;;) {
+    bool progress = false, done = true;
+    for (int32_t s = 0; s < P; s++) {
+      if (at[s] >= nord[s]) continue;
+      done = false;
+      unit u = ord[s][at[s]];
+      char name[32];
+      snprintf(name, sizeof name, "%s.%d", u.kind == 'F' ? "fwd" : "bwd", u.chunk);
+      ptc_func *f = ptc_module_find_func(m, name);
+      if (!f) {
+        if (report) ptc_error(ctx, m->loc, "pipeline: stage %d's order names %c%d.%d but the "
+                              "module has no @%s", s, u.kind, u.chunk, u.mb, name);
+        goto out;
+      }
+      if (u.kind == 'B') { /* its forward ran before on this stage */
+        bool seen = false;
+        for (int32_t k = 0; k < at[s] && !seen; k++)
+          seen = ord[s][k].kind == 'F' && ord[s][k].chunk == u.chunk && ord[s][k].mb == u.mb;
+        if (!seen) {
+          if (report) ptc_error(ctx, m->loc, "pipeline: stage %d's order runs B%d.%d before "
+                                "F%d.%d, whose activations it needs", s, u.chunk, u.mb,
+                                u.chunk, u.mb);
+          goto out;
+        }
+      }
+      if (u.chunk % P != s) {
+        if (report) ptc_error(ctx, m->loc, "pipeline: stage %d's order names chunk %d, which "
+                              "runs on stage %d", s, u.chunk, u.chunk % P);
+        goto out;
+      }
+      /* every recv available? */
+      double ready = clock[s];
+      bool ok = true;
+      for (int32_t i = 0; i < f->nops && ok; i++) {
+        const ptc_op *op = &f->ops[i];
+        if (op->code != PTC_OP_RECV) continue;
+        int32_t peer = (int32_t)ptc_op_attr_int(op, "peer", -1);
+        int32_t tag = (int32_t)ptc_op_attr_int(op, "tag", -1);
+        int32_t k = 0;
+        while (k < nq && (q[k].taken || q[k].src != peer || q[k].dst != s || q[k].tag != tag)) k++;
+        if (k == nq) ok = false;
+        else if (q[k].time > ready) ready = q[k].time;
+      }
+      if (!ok) continue;
+      /* take them, checking order, shape and type */
+      for (int32_t i = 0; i < f->nops; i++) {
+        const ptc_op *op = &f->ops[i];
+        if (op->code != PTC_OP_RECV) continue;
+        int32_t peer = (int32_t)ptc_op_attr_int(op, "peer", -1);
+        int32_t tag = (int32_t)ptc_op_attr_int(op, "tag", -1);
+        int32_t k = 0;
+        while (q[k].taken || q[k].src != peer || q[k].dst != s || q[k].tag != tag) k++;
+        ptc_type lt;
+        const ptc_value *rv = &f->values[op->out[0]];
+        ptc_local_type(&m->mesh, &rv->type, &rv->shard, &lt);
+        if (q[k].mb != u.mb || !ptc_type_eq(&q[k].type, &lt)) {
+          if (report) {
+            ptc_buf a, b;
+            ptc_buf_init(&a);
+            ptc_buf_init(&b);
+            ptc_type_print(&a, &q[k].type);
+            ptc_type_print(&b, &lt);
+            ptc_error(ctx, op->loc, "pipeline: transfers do not match: stage %d receives "
+                      "(tag %d, %c%d.%d) %s of microbatch %d from stage %d, which sent %s "
+                      "of microbatch %d", s, tag, u.kind, u.chunk, u.mb, b.data, u.mb, peer,
+                      a.data, q[k].mb);
+            ptc_note(ctx, q[k].loc, "the send");
+            ptc_buf_fini(&a);
+            ptc_buf_fini(&b);
+          }
+          goto out;
+        }
+        q[k].taken = true;
+      }
+      double dur = local_flops(lm, f) + 1;
+      clock[s] = ready + dur;
+      if (u.kind == 'F') out->busy[s] += dur, out->fwd_units++;
+      else out->busy[s] += dur, out->bwd_units++;
+      /* in-flight activations: a forward's stash lives until its backward */
+      int64_t sb = local_stash_bytes(m, u.kind == 'F' ? f : ptc_module_find_func(m, name));
+      if (u.kind == 'F') {
+        live[s] += sb;
+        if (live[s] > out->inflight_bytes[s]) out->inflight_bytes[s] = live[s];
+      } else {
+        char fn[32];
+        snprintf(fn, sizeof fn, "fwd.%d", u.chunk);
+        const ptc_func *fw = ptc_module_find_func(m, fn);
+        live[s] -= fw ? local_stash_bytes(m, fw) : 0;
+      }
+      for (int32_t i = 0; i < f->nops; i++) {
+        const ptc_op *op = &f->ops[i];
+        if (op->code != PTC_OP_SEND) continue;
+        if (nq == capq) {
+          capq = capq ? 2 * capq : 64;
+          q = ptc_xrealloc(q, (size_t)capq * sizeof *q);
+        }
+        const ptc_value *sv = &f->values[op->in[0]];
+        msg mm = {.src = s, .dst = (int32_t)ptc_op_attr_int(op, "peer", -1),
+                  .tag = (int32_t)ptc_op_attr_int(op, "tag", -1), .mb = u.mb, .loc = op->loc,
+                  .time = clock[s]};
+        ptc_local_type(&m->mesh, &sv->type, &sv->shard, &mm.type);
+        if (mm.dst < 0 || mm.dst >= P || mm.dst == s) {
+          if (report) ptc_error(ctx, op->loc, "pipeline: stage %d sends to stage %d, which "
+                                "is not another stage of the %d", s, mm.dst, P);
+          goto out;
+        }
+        q[nq++] = mm;
+      }
+      at[s]++;
+      progress = true;
+    }
+    if (done) break;
+    if (!progress) {
+      if (report) {
+        for (int32_t s = 0; s < P; s++)
+          if (at[s] < nord[s]) {
+            unit u = ord[s][at[s]];
+            ptc_error(ctx, m->loc, "pipeline: the schedule cannot finish: stage %d waits "
+                      "at %c%d.%d (unit %d of its order) for a transfer no stage will send",
+                      s, u.kind, u.chunk, u.mb, at[s]);
+            break;
+          }
+      }
+      goto out;
+    }
+  }
+  for (int32_t k = 0; k < nq; k++)
+    if (!q[k].taken) {
+      if (report) ptc_error(ctx, q[k].loc, "pipeline: stage %d sends (tag %d, microbatch %d) "
+                            "to stage %d, which never receives it", q[k].src, q[k].tag,
+                            q[k].mb, q[k].dst);
+      goto out;
+    }
+  /* the once-per-step functions meet in the same collectives over pp */
+  {
+    const ptc_func *first = NULL;
+    for (int32_t s = 0; s < P; s++) {
+      char name[32];
+      snprintf(name, sizeof name, "step.%d", s);
+      const ptc_func *f = ptc_module_find_func(m, name);
+      if (!f) continue;
+      if (!first) {
+        first = f;
+        continue;
+      }
+      int32_t i = 0, j = 0;
+      for (;;) {
+        while (i < first->nops && !(first->ops[i].code == PTC_OP_ALL_REDUCE &&
+                                   strcmp(ptc_op_attr(&first->ops[i], "axis")->u.s, "pp") == 0))
+          i++;
+        while (j < f->nops && !(f->ops[j].code == PTC_OP_ALL_REDUCE &&
+                                strcmp(ptc_op_attr(&f->ops[j], "axis")->u.s, "pp") == 0))
+          j++;
+        if (i == first->nops && j == f->nops) break;
+        ptc_type a, b;
+        bool both = i < first->nops && j < f->nops;
+        if (both) {
+          const ptc_value *va = &first->values[first->ops[i].in[0]];
+          const ptc_value *vb = &f->values[f->ops[j].in[0]];
+          ptc_local_type(&m->mesh, &va->type, &va->shard, &a);
+          ptc_local_type(&m->mesh, &vb->type, &vb->shard, &b);
+        }
+        if (!both || !ptc_type_eq(&a, &b)) {
+          if (report)
+            ptc_error(ctx, both ? f->ops[j].loc : m->loc, "pipeline: @%s and @%s do not "
+                      "issue the same all_reduce over pp at position %d: every stage must "
+                      "take part in each", first->name, f->name, i);
+          goto out;
+        }
+        i++;
+        j++;
+      }
+    }
+  }
+  double span = 0;
+  for (int32_t s = 0; s < P; s++) span = clock[s] > span ? clock[s] : span;
+  out->makespan = span;
+  (void)pp;
+  rc = 0;
+out:
+  for (int32_t s = 0; s < P; s++) free(ord[s]);
+  free(ord);
+  free(nord);
+  free(at);
+  free(clock);
+  free(live);
+  free(q);
+  if (lm) ptc_module_destroy(lm);
+  return rc;
+}
+
+static int run_check(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
+  (void)o;
+  (void)changed;
+  ptc_pipe_sim sim;
+  return ptc_pipeline_simulate(m, &sim, true);
+}
+
+const ptc_pass_info ptc_pass_comm_check = {
+    .name = "comm-check",
+    .summary = "prove that pipeline transfers and per-step collectives match across "
+               "stages (order, peer, shape, dtype) and that the schedule finishes",
+    .opts = NULL,
+    .nopts = 0,
+    .run = run_check,
+};

@@ -35,6 +35,9 @@ typedef enum opt_id {
   O_MESH,
   O_ZERO,
   O_SEQ_PAR,
+  O_PP_SCHEDULE,
+  O_MICROBATCHES,
+  O_VIRTUAL,
   O_TARGET,
   O_PIPELINE,
   O_PRINT_BEFORE_ALL,
@@ -81,6 +84,14 @@ static const option options[] = {
      "ZeRO stage over dp: 1 shards optimizer state, 2 also gradients, 3 also "
      "parameters (default 0; sets shard{zero=N} in the default pipeline)",
      NULL},
+    {"pp-schedule", 0, ARG_REQUIRED, O_PP_SCHEDULE, "gpipe|1f1b|interleaved",
+     "pipeline schedule over the mesh's pp axis (default 1f1b)", NULL},
+    {"microbatches", 0, ARG_REQUIRED, O_MICROBATCHES, "M",
+     "microbatches per step; each is --batch rows, so a step trains on M x batch "
+     "(default 1)",
+     NULL},
+    {"virtual-stages", 0, ARG_REQUIRED, O_VIRTUAL, "V",
+     "model chunks per pipeline stage (interleaved schedule)", NULL},
     {"sequence-parallel", 0, ARG_NONE, O_SEQ_PAR, NULL,
      "split activations outside tensor-parallel regions on their sequence "
      "dimension over tp (Megatron's sequence parallelism)",
@@ -145,6 +156,9 @@ typedef struct driver {
   int32_t nowned;
   const char *mesh_text;
   int zero;             /* --zero, -1 when not given */
+  const char *pp_schedule; /* --pp-schedule */
+  long microbatches;       /* --microbatches, 0 when not given */
+  long virtual_stages;     /* --virtual-stages, 0 when not given */
   bool sequence_parallel;
   char *pipeline_owned; /* the default pipeline with shard options */
   const char *target; /* --target: cpu, cpu:generic, cpu:NAME */
@@ -360,6 +374,28 @@ static int apply_option(driver *d, const option *o, const char *val) {
     d->zero = val[0] - '0';
     break;
   case O_SEQ_PAR: d->sequence_parallel = true; break;
+  case O_PP_SCHEDULE:
+    if (strcmp(val, "gpipe") != 0 && strcmp(val, "1f1b") != 0 && strcmp(val, "interleaved") != 0) {
+      ptc_error(d->ctx, ptc_loc_unknown, "--pp-schedule '%s': the schedules are gpipe, 1f1b "
+                "and interleaved", val);
+      return EXIT_USER;
+    }
+    d->pp_schedule = val;
+    break;
+  case O_MICROBATCHES:
+  case O_VIRTUAL: {
+    char *end;
+    long n = strtol(val, &end, 10);
+    if (*val == 0 || *end || n < 1 || n > (o->id == O_VIRTUAL ? 64 : 1 << 20)) {
+      ptc_error(d->ctx, ptc_loc_unknown, "--%s '%s': expected a whole number from 1 to %d",
+                o->id == O_VIRTUAL ? "virtual-stages" : "microbatches", val,
+                o->id == O_VIRTUAL ? 64 : 1 << 20);
+      return EXIT_USER;
+    }
+    if (o->id == O_VIRTUAL) d->virtual_stages = n;
+    else d->microbatches = n;
+    break;
+  }
   case O_TARGET:
     if (strcmp(val, "cpu") != 0 && strncmp(val, "cpu:", 4) != 0) {
       ptc_error(d->ctx, ptc_loc_unknown, "--target '%s': the targets are cpu (this "
@@ -711,20 +747,28 @@ static int run(driver *d) {
     return EXIT_USER;
   }
   const char *ptext = d->pipeline_text;
-  if (ptext && (d->zero >= 0 || d->sequence_parallel)) {
-    ptc_error(d->ctx, ptc_loc_unknown, "--zero and --sequence-parallel set options of the "
-              "default pipeline's shard pass; with --pass-pipeline write them there, e.g. "
-              "shard{zero=2,sequence-parallel=true}");
+  bool shard_opts = d->zero >= 0 || d->sequence_parallel;
+  bool pipe_opts = d->pp_schedule || d->microbatches || d->virtual_stages;
+  if (ptext && (shard_opts || pipe_opts)) {
+    ptc_error(d->ctx, ptc_loc_unknown, "--zero, --sequence-parallel, --pp-schedule, "
+              "--microbatches and --virtual-stages set options of the default pipeline's "
+              "shard and pipeline passes; with --pass-pipeline write them there, e.g. "
+              "pipeline{schedule=1f1b,microbatches=4},...,shard{zero=2}");
     return EXIT_USER;
   }
-  if (!ptext && d->lang == LANG_PTG && (d->zero >= 0 || d->sequence_parallel)) {
-    const char *dp = ptc_default_pipeline(), *at = strstr(dp, "shard,");
-    PTC_ASSERT(at);
-    size_t n = strlen(dp) + 64;
+  if (!ptext && d->lang == LANG_PTG && (shard_opts || pipe_opts)) {
+    const char *dp = ptc_default_pipeline();
+    const char *ps = strstr(dp, "pipeline,"), *ss = strstr(dp, "shard,");
+    PTC_ASSERT(ps && ss && ps < ss);
+    size_t n = strlen(dp) + 256;
     d->pipeline_owned = ptc_xmalloc(n);
-    snprintf(d->pipeline_owned, n, "%.*sshard{zero=%d,sequence-parallel=%s}%s",
-             (int)(at - dp), dp, d->zero < 0 ? 0 : d->zero,
-             d->sequence_parallel ? "true" : "false", at + 5);
+    snprintf(d->pipeline_owned, n,
+             "%.*spipeline{schedule=%s,microbatches=%ld,virtual-stages=%ld}%.*s"
+             "shard{zero=%d,sequence-parallel=%s}%s",
+             (int)(ps - dp), dp, d->pp_schedule ? d->pp_schedule : "1f1b",
+             d->microbatches ? d->microbatches : 1, d->virtual_stages ? d->virtual_stages : 1,
+             (int)(ss - (ps + 8)), ps + 8, d->zero < 0 ? 0 : d->zero,
+             d->sequence_parallel ? "true" : "false", ss + 5);
     ptext = d->pipeline_owned;
   }
   if (!ptext) ptext = d->lang == LANG_PTG ? ptc_default_pipeline() : "";
