@@ -859,11 +859,13 @@ static int partition_func(part *P) {
       bool set[PTC_SR_MAX_FACTORS] = {0}, contract[PTC_SR_MAX_FACTORS];
       contracting(&op, &r, contract);
       uint8_t used = keep_partial;
-      /* axes the results are split over are not for a parameter's
-       * contracting split (a ZeRO-3 table's rows are gathered, not summed) */
+      /* axes the other operands are split over are not for a parameter's
+       * contracting split (a ZeRO-3 table's rows are gathered, not summed,
+       * when the ids are split over dp) */
       uint8_t res_axes = 0;
-      for (int32_t j = 0; j < op.nout; j++)
-        res_axes |= used_axes(&want[op.out[j]], vty(f, op.out[j])->rank);
+      for (int32_t i = 0; i < nin; i++)
+        if (!is_param(f, op.in[i]))
+          res_axes |= used_axes(&f->values[op.in[i]].shard, vty(f, op.in[i])->rank);
       for (int pass = 0; pass < 2; pass++) {
         for (int32_t i = 0; i < nin; i++)
           if (is_param(f, op.in[i]) == (pass == 1)) {
