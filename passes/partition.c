@@ -801,7 +801,7 @@ static int partition_func(part *P) {
       continue;
     }
     if (op.code == PTC_OP_ALL_REDUCE && op.nin == 1) { /* a reduction over pp: whole pieces in */
-      ptc_sharding need = want[op.in[0]];
+      ptc_sharding need = op.in[0] < nwant ? want[op.in[0]] : f->values[op.in[0]].shard;
       need.partial = 0;
       const ptc_attr *ax = ptc_op_attr(&op, "axis");
       int a = ax ? axis_index(P->mesh, ax->u.s) : -1;
@@ -829,7 +829,9 @@ static int partition_func(part *P) {
        * which its backward takes in pieces */
       bool stash = strncmp(f->name, "fwd.", 4) == 0;
       for (int32_t i = 0; i < op.nin && rc == 0; i++) {
-        ptc_sharding s = stash ? want[op.in[i]] : replicated();
+        int32_t v = f->ops[P->pos].in[i];
+        /* (a value made by an earlier reshard already has its layout) */
+        ptc_sharding s = !stash ? replicated() : v < nwant ? want[v] : f->values[v].shard;
         s.partial = 0;
         int32_t nv = as_layout(P, f->ops[P->pos].in[i], &s, loc);
         if (nv < 0) rc = -1;

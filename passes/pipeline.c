@@ -911,8 +911,10 @@ int ptc_pipeline_simulate(ptc_module *m, ptc_pipe_sim *out, bool report) {
           if (at[s] < nord[s]) {
             unit u = ord[s][at[s]];
             ptc_error(ctx, m->loc, "pipeline: the schedule cannot finish: stage %d waits "
-                      "at %c%d.%d (unit %d of its order) for a transfer no stage will send",
-                      s, u.kind, u.chunk, u.mb, at[s]);
+                      "at %c%d.%d (unit %d of its order) for a transfer no stage will send; "
+                      "this happens when chunks are cut inside layers so that values flow "
+                      "back and forth between them: use fewer stages or virtual stages, or "
+                      "a model with more layers", s, u.kind, u.chunk, u.mb, at[s]);
             break;
           }
       }
