@@ -1,5 +1,7 @@
-/* data.c -- training data: llm.c token files read as one stream, and rows
- * of safetensors inputs for models that do not read tokens.
+/* data.c -- training data: llm.c token files read as one stream, rows of
+ * safetensors inputs for models that do not read tokens, and the block of
+ * a whole tensor one device of a mesh holds (every rank of an SPMD run
+ * builds the global batch, then keeps its block).
  *
  * A token file (llm.c's format, what its data scripts write) is a header
  * of 256 little-endian int32 -- magic 20240520, version 1, the token count
@@ -248,4 +250,48 @@ void ptrt_rows_batch(const ptrt_st *st, const char *name, const ptc_type *arg, i
   const char *src = ptrt_st_data(st, t);
   for (int64_t b = 0; b < B; b++)
     memcpy((char *)out + b * row, src + ((s * B + b) % N) * row, (size_t)row);
+}
+
+/* ---- one device's block ---------------------------------------------------- */
+
+void ptrt_block_origin(const ptc_mesh *mesh, const int32_t *coord, const ptc_type *local,
+                       const ptc_sharding *s, int64_t *gdims, int64_t *origin) {
+  for (int32_t d = 0; d < local->rank; d++) {
+    uint8_t axes = s && s->present ? s->dim_axes[d] : 0;
+    int64_t parts = ptc_shard_parts(mesh, axes); /* 1 on a mesh without axes */
+    gdims[d] = local->dims[d] * parts;
+    origin[d] = parts > 1 ? ptc_shard_index(mesh, axes, coord) * local->dims[d] : 0;
+  }
+}
+
+void ptrt_local_block(const ptc_mesh *mesh, const int32_t *coord, const ptc_type *g,
+                      const ptc_sharding *s, const void *src, void *dst) {
+  ptc_type lt;
+  ptc_local_type(mesh, g, s, &lt); /* the global type on a mesh without axes */
+  int64_t es = ptc_dtype_size(g->dtype), n = ptc_type_numel(&lt);
+  if (n == 0) return;
+  if (lt.rank == 0 || ptc_type_eq(&lt, g)) {
+    memcpy(dst, src, (size_t)(n * es));
+    return;
+  }
+  int64_t gdims[PTC_MAX_RANK], origin[PTC_MAX_RANK], gst[PTC_MAX_RANK];
+  ptrt_block_origin(mesh, coord, &lt, s, gdims, origin);
+  int64_t st = 1;
+  for (int32_t d = g->rank - 1; d >= 0; d--) {
+    gst[d] = st;
+    st *= g->dims[d];
+  }
+  /* rows of the last dimension are contiguous in both */
+  int32_t last = lt.rank - 1;
+  int64_t len = lt.dims[last], rows = n / len;
+  const char *x = src;
+  char *o = dst;
+  for (int64_t r = 0; r < rows; r++) {
+    int64_t rem = r, off = origin[last];
+    for (int32_t d = last - 1; d >= 0; d--) {
+      off += (origin[d] + rem % lt.dims[d]) * gst[d];
+      rem /= lt.dims[d];
+    }
+    memcpy(o + r * len * es, x + off * es, (size_t)(len * es));
+  }
 }

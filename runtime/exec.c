@@ -68,6 +68,39 @@ struct ptrt_program {
 
 /* ---- making a program ------------------------------------------------- */
 
+/* Whether value v's dimension d is split over the communicator's mesh. */
+static bool split_here(const ptrt_env *env, const ptc_value *v, int32_t d) {
+  return v->shard.present && ptc_shard_parts(&env->comm->mesh, v->shard.dim_axes[d]) > 1;
+}
+
+/* A fused kernel divides a mean or a loss by the count of the shapes it was
+ * generated for, this device's.  The first op of a group of f that needs
+ * the whole tensor's count instead (a reduction or the loss over a
+ * dimension split across the mesh), or NULL. */
+static const ptc_op *group_needs_whole_count(const ptrt_env *env, const ptc_func *f,
+                                             const ptrt_fused *fused) {
+  for (int32_t i = 0; i < f->nops; i++) {
+    const ptc_group_sig *sig = ptrt_fused_group_at(fused, i);
+    if (!sig) continue;
+    for (int32_t k = sig->first; k < sig->end; k++) {
+      const ptc_op *op = &f->ops[k];
+      int32_t v = op->code == PTC_OP_REDUCE_MEAN ? op->in[0]
+                  : op->code == PTC_OP_CROSS_ENTROPY ? op->in[1]
+                  : op->code == PTC_OP_CROSS_ENTROPY_GRAD ? op->in[2] : -1;
+      if (v < 0) continue;
+      const ptc_value *val = &f->values[v];
+      for (int32_t d = 0; d < val->type.rank; d++) {
+        bool counted = op->code != PTC_OP_REDUCE_MEAN;
+        const ptc_attr *ax = counted ? NULL : ptc_op_attr(op, "axes");
+        for (int32_t a = 0; ax && a < ax->u.ints.n; a++) counted |= ax->u.ints.v[a] == d;
+        if (counted && split_here(env, val, d)) return op;
+      }
+    }
+    i = sig->end - 1;
+  }
+  return NULL;
+}
+
 static int32_t param_of_value(const ptc_func *f, int32_t v) {
   return f->values[v].kind == PTC_VALUE_PARAM ? f->values[v].def : -1;
 }
@@ -78,6 +111,28 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
   ptrt_program_opts o = {0};
   if (opts) o = *opts;
   if (o.loss_only) o.fused = NULL; /* a group runs whole: go op by op */
+  /* one rank per device: a partitioned function's collectives and pieces
+   * are only right on a communicator of its mesh */
+  int64_t devices = ptc_mesh_size(&f->mod->mesh);
+  if (devices != env->comm->size) {
+    ptc_buf mb;
+    ptc_buf_init(&mb);
+    ptc_mesh_print(&mb, &f->mod->mesh);
+    ptc_error(ctx, f->loc, "@%s runs on %s (%lld devices), but the %s communicator has %d "
+              "rank%s: run it with one rank per device", f->name, mb.data,
+              (long long)devices, env->comm->name, env->comm->size,
+              env->comm->size == 1 ? "" : "s");
+    ptc_buf_fini(&mb);
+    return NULL;
+  }
+  const ptc_op *whole = o.fused ? group_needs_whole_count(env, f, o.fused) : NULL;
+  if (whole) {
+    ptc_warning(ctx, whole->loc, "%s: its fused kernel divides by this device's count, but "
+                "the dimensions it averages over are split across the mesh: @%s runs op by "
+                "op with the runtime's kernels instead", ptc_opinfo_get(whole->code)->name,
+                f->name);
+    o.fused = NULL;
+  }
   ptc_liveness lv;
   ptc_liveness_compute(&lv, f, o.in_place, o.loss_only, o.fused != NULL);
   int bad = 0;

@@ -2,8 +2,10 @@
  * their initialisation by a counter-based generator.
  *
  * Element i of the param named N gets the same value whatever the order of
- * the params, the thread count or (later) the sharding, because it is a
- * pure function of (seed, N, i):
+ * the params, the thread count or the sharding, because it is a pure
+ * function of (seed, N, i), i the element's flat index in the whole
+ * tensor (a device holding a piece computes the global index of each of
+ * its elements from the param's sharding and its coordinates):
  *
  *   h      = FNV-1a 64 of N's bytes
  *   x      = Philox4x32-10(counter = (j mod 2^32, j div 2^32, h mod 2^32,
@@ -72,7 +74,7 @@ double ptrt_init_normal(uint64_t seed, const char *name, int64_t index) {
 
 /* ---- variables ------------------------------------------------------------ */
 
-ptrt_vars *ptrt_vars_create(ptc_ctx *ctx, const ptc_module *m) {
+ptrt_vars *ptrt_vars_create(ptc_ctx *ctx, const ptc_module *m, const ptrt_comm *comm) {
   int64_t off = 0;
   for (int32_t i = 0; i < m->nparams; i++) {
     const ptc_param *p = &m->params[i];
@@ -86,6 +88,10 @@ ptrt_vars *ptrt_vars_create(ptc_ctx *ctx, const ptc_module *m) {
   }
   ptrt_vars *v = ptc_xcalloc(1, sizeof *v);
   v->mod = m;
+  if (comm) {
+    v->mesh = comm->mesh;
+    memcpy(v->coord, comm->coord, sizeof v->coord);
+  }
   v->bytes = off;
   v->offset = ptc_xcalloc((size_t)m->nparams + 1, sizeof *v->offset);
   v->base = ptrt_alloc(off);
@@ -110,6 +116,12 @@ void ptrt_vars_destroy(ptrt_vars *v) {
   free(v);
 }
 
+/* rows of `len` elements per chunk: about 8k elements */
+static int64_t grain_rows(int64_t len) {
+  int64_t g = 8192 / (len > 0 ? len : 1);
+  return g < 1 ? 1 : g;
+}
+
 typedef struct init_job {
   float *x;
   int64_t n;
@@ -126,6 +138,68 @@ static void init_range(void *arg, int64_t begin, int64_t end) {
     j->x[2 * b] = (float)(j->std * z0);
     if (2 * b + 1 < j->n) j->x[2 * b + 1] = (float)(j->std * z1);
   }
+}
+
+/* Elements [g0, g0 + n) of the whole tensor into out[0, n): the same
+ * pairs and the same arithmetic as init_range, from any start. */
+static void normal_run(uint64_t seed, uint64_t hash, double std, int64_t g0, int64_t n,
+                       float *out) {
+  for (int64_t i = 0; i < n;) {
+    int64_t g = g0 + i;
+    double z0, z1;
+    normal_pair(seed, hash, (uint64_t)g >> 1, &z0, &z1);
+    if (!(g & 1)) out[i++] = (float)(std * z0);
+    if (i < n) out[i++] = (float)(std * z1);
+  }
+}
+
+/* A piece of a sharded param: local rows (the last dimension) [begin, end),
+ * each a run of consecutive global indices. */
+typedef struct piece_job {
+  float *x;
+  const ptc_type *local;
+  int64_t gst[PTC_MAX_RANK], origin[PTC_MAX_RANK];
+  uint64_t seed, hash;
+  double std;
+} piece_job;
+
+static void init_piece_rows(void *arg, int64_t begin, int64_t end) {
+  const piece_job *j = arg;
+  int32_t last = j->local->rank - 1;
+  int64_t len = j->local->dims[last];
+  for (int64_t r = begin; r < end; r++) {
+    int64_t rem = r, g0 = j->origin[last];
+    for (int32_t d = last - 1; d >= 0; d--) {
+      g0 += (j->origin[d] + rem % j->local->dims[d]) * j->gst[d];
+      rem /= j->local->dims[d];
+    }
+    normal_run(j->seed, j->hash, j->std, g0, len, j->x + r * len);
+  }
+}
+
+/* normal(std) over the param's elements, whole or this device's piece */
+static void init_normal(const ptrt_vars *v, const ptc_param *p, float *x, uint64_t seed,
+                        double std, ptrt_pool *pool) {
+  int64_t n = ptc_type_numel(&p->type);
+  uint64_t hash = fnv1a64(p->name);
+  int64_t gdims[PTC_MAX_RANK], origin[PTC_MAX_RANK];
+  ptrt_block_origin(&v->mesh, v->coord, &p->type, &p->shard, gdims, origin);
+  bool piece = false;
+  for (int32_t d = 0; d < p->type.rank; d++) piece |= gdims[d] != p->type.dims[d];
+  if (!piece || n == 0) {
+    init_job j = {x, n, seed, hash, std};
+    ptrt_parallel_for(pool, (n + 1) / 2, 4096, init_range, &j);
+    return;
+  }
+  piece_job j = {.x = x, .local = &p->type, .seed = seed, .hash = hash, .std = std};
+  int64_t st = 1;
+  for (int32_t d = p->type.rank - 1; d >= 0; d--) {
+    j.gst[d] = st;
+    j.origin[d] = origin[d];
+    st *= gdims[d];
+  }
+  int64_t len = p->type.dims[p->type.rank - 1];
+  ptrt_parallel_for(pool, n / len, grain_rows(len), init_piece_rows, &j);
 }
 
 void ptrt_vars_init(ptrt_vars *v, uint64_t seed, ptrt_pool *pool) {
@@ -145,8 +219,7 @@ void ptrt_vars_init(ptrt_vars *v, uint64_t seed, ptrt_pool *pool) {
       double std = p->init.std;
       if (p->init.kind == PTC_INIT_SCALED)
         std /= sqrt(2.0 * (double)(p->init.depth > 0 ? p->init.depth : 1));
-      init_job j = {x, n, seed, fnv1a64(p->name), std};
-      ptrt_parallel_for(pool, (n + 1) / 2, 4096, init_range, &j);
+      init_normal(v, p, x, seed, std, pool);
       break;
     }
     }

@@ -21,6 +21,22 @@ static inline const float *kin_f(const ptrt_kargs *k, int i) {
 }
 static inline float *kout_f(const ptrt_kargs *k, int i) { return (float *)k->out[i]; }
 
+/* The SPMD view (ptrt.h): f's types are one device's pieces, and a kernel
+ * that needs the whole tensor's size or where its piece starts reads the
+ * value's sharding on the communicator's mesh.  The one-rank table has a
+ * mesh without axes, so every dimension is in 1 part and piece 0 there.
+ * kparts: the parts dimension d of value v is cut into; kpiece: which of
+ * them this device holds. */
+static inline int64_t kparts(const ptrt_kargs *k, int32_t v, int32_t d) {
+  const ptc_sharding *s = &k->f->values[v].shard;
+  return s->present ? ptc_shard_parts(&k->env->comm->mesh, s->dim_axes[d]) : 1;
+}
+static inline int64_t kpiece(const ptrt_kargs *k, int32_t v, int32_t d) {
+  const ptc_sharding *s = &k->f->values[v].shard;
+  if (kparts(k, v, d) == 1) return 0;
+  return ptc_shard_index(&k->env->comm->mesh, s->dim_axes[d], k->env->comm->coord);
+}
+
 /* "<op>: msg" at the op's location; returns -1. */
 int ptrt__op_error(const ptrt_kargs *k, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -6,6 +6,9 @@
  * Semantics are those of the reference evaluator ir/eval.c, in f32: tests
  * (tests/unit/test_rt_kernels.c) run every opcode against it.  Element-wise
  * kernels and row-wise reductions split their rows over the thread pool.
+ * On a partitioned plan each kernel computes this device's piece of the
+ * result (internal.h: kparts, kpiece; tests/unit/test_rt_spmd.c runs
+ * sharded functions on simulated meshes against the evaluator).
  */
 #include <stdarg.h>
 #include <stdio.h>
@@ -513,12 +516,20 @@ static int k_reduce(const ptrt_kargs *k) {
   bool contiguous = true;
   for (int32_t d = first; first >= 0 && d <= last; d++)
     if (!red[d] && it->dims[d] != 1) contiguous = false;
-  double scale = k->op->code == PTC_OP_REDUCE_MEAN ? 1.0 / (double)(count ? count : 1) : 1.0;
+  /* a mean divides by the whole tensor's count: each reduced dimension
+   * split over the mesh has parts - 1 more pieces elsewhere (the result is
+   * then this device's share of a partial sum) */
+  int64_t parts = 1;
+  for (int32_t d = 0; d < it->rank; d++)
+    if (red[d]) parts *= kparts(k, k->op->in[0], d);
+  double scale = k->op->code == PTC_OP_REDUCE_MEAN
+                     ? 1.0 / ((double)(count ? count : 1) * (double)parts)
+                     : 1.0;
   const float *x = kin_f(k, 0);
   float *o = kout_f(k, 0);
   int64_t on = ptc_type_numel(kout_t(k, 0));
-  if (first < 0) { /* nothing (of size > 1) reduced: a copy, or a mean over 1 */
-    for (int64_t i = 0; i < on; i++) o[i] = x[i];
+  if (first < 0) { /* nothing (of size > 1) held here is reduced: a copy, or a scaled one */
+    for (int64_t i = 0; i < on; i++) o[i] = (float)(x[i] * scale);
     return 0;
   }
   if (contiguous) {
@@ -584,32 +595,160 @@ static int comm_status(const ptrt_kargs *k, int rc) {
                         k->env->comm->name, k->env->comm->rank, k->env->comm->size);
 }
 
-/* The global view of ptir: types are whole tensors, so on one rank every
- * collective leaves the value as it is; the communicator does the work
- * where there are peers. */
+static const char *axis_name(const ptrt_kargs *k, int axis) {
+  const ptc_mesh *m = &k->f->mod->mesh;
+  return axis >= 0 && axis < m->naxes ? m->axes[axis].name : "?";
+}
+
+/* Says what the next communicator call is for, so that a peer's error or
+ * timeout can name it: "<op> over <axis> at <file:line:col> (op N of @f)"
+ * ("<op> with stage P" for a transfer). */
+static void comm_note_as(const ptrt_kargs *k, const char *over) {
+  ptrt_comm_state *st = k->env->comm->state;
+  const char *op = ptc_opinfo_get(k->op->code)->name;
+  long long idx = (long long)(k->op - k->f->ops);
+  ptc_loc l = k->op->loc;
+  if (l.file && l.line > 0)
+    snprintf(st->what, sizeof st->what, "%s %s at %s:%d:%d (op %lld of @%s)", op, over,
+             l.file, l.line, l.col > 0 ? l.col : 1, idx, k->f->name);
+  else
+    snprintf(st->what, sizeof st->what, "%s %s at op %lld of @%s", op, over, idx, k->f->name);
+}
+
+static void comm_note(const ptrt_kargs *k, int axis) {
+  char over[32];
+  snprintf(over, sizeof over, "over %s", axis_name(k, axis));
+  comm_note_as(k, over);
+}
+
+static void comm_note_peer(const ptrt_kargs *k) {
+  char with[48];
+  snprintf(with, sizeof with, "with stage %lld", (long long)ptc_op_attr_int(k->op, "peer", 0));
+  comm_note_as(k, with);
+}
+
+/* all_gather, reduce_scatter and shard: the local shapes say how many
+ * devices of `axis` the dimension is cut over (g); the communicator's mesh
+ * must agree, else the program was localized for another mesh. */
+static int group_check(const ptrt_kargs *k, int axis, int64_t dim, int64_t g) {
+  const ptrt_comm *c = k->env->comm;
+  int64_t have = axis >= 0 && axis < c->mesh.naxes ? c->mesh.axes[axis].size : 1;
+  if (g == have) return 0;
+  return ptrt__op_error(k, "the local shapes cut dimension %lld over %lld devices of %s, "
+                        "but the %s communicator has %lld there: run a partitioned plan "
+                        "with one rank per device of its mesh", (long long)dim,
+                        (long long)g, axis_name(k, axis), c->name, (long long)have);
+}
+
+/* Types are one device's pieces (on one device, whole tensors, where
+ * every collective leaves the value as it is); the communicator moves the
+ * data where there are peers. */
 static int k_all_reduce(const ptrt_kargs *k) {
   int64_t n = ptc_type_numel(kout_t(k, 0));
+  int axis = mesh_axis_of(k);
   k_copy(k);
-  return comm_status(k, k->env->comm->all_reduce(k->env->comm, mesh_axis_of(k),
-                                                 reduce_of(k->op), kout_f(k, 0), n));
+  comm_note(k, axis);
+  return comm_status(k, k->env->comm->all_reduce(k->env->comm, axis, reduce_of(k->op),
+                                                 kout_f(k, 0), n));
 }
 
+/* Collectives that only move data (all_gather, broadcast) take integer
+ * values too: the communicator's f32 slots carry their bytes, 4 at a time
+ * (an i64 element is two words), untouched. */
+static int64_t words_per_elem(const ptc_type *t) { return ptc_dtype_size(t->dtype) / 4; }
+
+/* all_gather {axis, dim}: [.., L, ..] -> [.., g*L, ..], block j (from the
+ * device at coordinate j of axis) at [j*L, (j+1)*L) of dim.  The
+ * communicator gathers whole buffers, one after the other: that is the
+ * result when nothing precedes dim; otherwise they arrive [g][outer][L][inner]
+ * in a scratch buffer and are interleaved. */
 static int k_all_gather(const ptrt_kargs *k) {
-  return comm_status(k, k->env->comm->all_gather(k->env->comm, mesh_axis_of(k), kin_f(k, 0),
-                                                 kout_f(k, 0), ptc_type_numel(kin_t(k, 0))));
+  const ptc_type *it = kin_t(k, 0), *ot = kout_t(k, 0);
+  const ptrt_comm *c = k->env->comm;
+  int64_t dim = ptc_op_attr_int(k->op, "dim", 0);
+  int axis = mesh_axis_of(k);
+  int64_t g = it->dims[dim] ? ot->dims[dim] / it->dims[dim] : 1;
+  if (group_check(k, axis, dim, g) != 0) return -1;
+  int64_t w = words_per_elem(it), n = ptc_type_numel(it) * w, outer, len, inner;
+  axis_split(it, dim, &outer, &len, &inner);
+  comm_note(k, axis);
+  if (outer == 1 || g == 1)
+    return comm_status(k, c->all_gather(c, axis, kin_f(k, 0), kout_f(k, 0), n));
+  float *tmp = ptrt_alloc(g * n * (int64_t)sizeof(float));
+  if (!tmp)
+    return ptrt__op_error(k, "out of memory: %lld bytes to gather into",
+                          (long long)(g * n * (int64_t)sizeof(float)));
+  int rc = comm_status(k, c->all_gather(c, axis, kin_f(k, 0), tmp, n));
+  float *o = kout_f(k, 0);
+  int64_t blk = len * inner * w; /* one outer row of one device's block, in words */
+  for (int64_t j = 0; rc == 0 && j < g; j++)
+    for (int64_t r = 0; r < outer; r++)
+      memcpy(o + (r * g + j) * blk, tmp + (j * outer + r) * blk, (size_t)blk * sizeof *o);
+  ptrt_free(tmp);
+  return rc;
 }
 
+/* reduce_scatter {axis, dim}: [.., g*L, ..] -> [.., L, ..], this device
+ * keeping block coord[axis] of dim of the reduction.  The communicator
+ * keeps the coord[axis]-th contiguous part, so when something precedes dim
+ * the blocks are first made contiguous: [g][outer][L][inner]. */
 static int k_reduce_scatter(const ptrt_kargs *k) {
-  return comm_status(k, k->env->comm->reduce_scatter(
-                            k->env->comm, mesh_axis_of(k), reduce_of(k->op), kin_f(k, 0),
-                            kout_f(k, 0), ptc_type_numel(kin_t(k, 0))));
+  const ptc_type *it = kin_t(k, 0), *ot = kout_t(k, 0);
+  const ptrt_comm *c = k->env->comm;
+  int64_t dim = ptc_op_attr_int(k->op, "dim", 0);
+  int axis = mesh_axis_of(k);
+  int64_t g = ot->dims[dim] ? it->dims[dim] / ot->dims[dim] : 1;
+  if (group_check(k, axis, dim, g) != 0) return -1;
+  int64_t n = ptc_type_numel(it), outer, len, inner;
+  axis_split(ot, dim, &outer, &len, &inner);
+  comm_note(k, axis);
+  if (outer == 1 || g == 1)
+    return comm_status(k, c->reduce_scatter(c, axis, reduce_of(k->op), kin_f(k, 0),
+                                            kout_f(k, 0), n));
+  float *tmp = ptrt_alloc(n * (int64_t)sizeof(float));
+  if (!tmp)
+    return ptrt__op_error(k, "out of memory: %lld bytes to scatter from",
+                          (long long)(n * (int64_t)sizeof(float)));
+  const float *x = kin_f(k, 0);
+  int64_t blk = len * inner;
+  for (int64_t j = 0; j < g; j++)
+    for (int64_t r = 0; r < outer; r++)
+      memcpy(tmp + (j * outer + r) * blk, x + (r * g + j) * blk, (size_t)blk * sizeof *x);
+  int rc = comm_status(k, c->reduce_scatter(c, axis, reduce_of(k->op), tmp, kout_f(k, 0), n));
+  ptrt_free(tmp);
+  return rc;
+}
+
+/* shard {axis, dim}: [.., g*L, ..] -> [.., L, ..], this device's piece
+ * coord[axis] of its block; no communication.  Any element size. */
+static int k_shard(const ptrt_kargs *k) {
+  const ptc_type *it = kin_t(k, 0), *ot = kout_t(k, 0);
+  const ptrt_comm *c = k->env->comm;
+  int64_t dim = ptc_op_attr_int(k->op, "dim", 0);
+  int axis = mesh_axis_of(k);
+  int64_t g = ot->dims[dim] ? it->dims[dim] / ot->dims[dim] : 1;
+  if (group_check(k, axis, dim, g) != 0) return -1;
+  int64_t piece = g > 1 ? c->coord[axis] : 0;
+  int64_t outer, len, inner;
+  axis_split(it, dim, &outer, &len, &inner);
+  int64_t es = ptc_dtype_size(it->dtype), olen = ot->dims[dim];
+  const char *x = k->in[0];
+  char *o = k->out[0];
+  for (int64_t r = 0; r < outer; r++)
+    memcpy(o + r * olen * inner * es, x + (r * len + piece * olen) * inner * es,
+           (size_t)(olen * inner * es));
+  return 0;
 }
 
 static int k_broadcast(const ptrt_kargs *k) {
+  int axis = mesh_axis_of(k);
   k_copy(k);
-  return comm_status(k, k->env->comm->broadcast(k->env->comm, mesh_axis_of(k),
+  comm_note(k, axis);
+  return comm_status(k, k->env->comm->broadcast(k->env->comm, axis,
                                                 (int)ptc_op_attr_int(k->op, "root", 0),
-                                                kout_f(k, 0), ptc_type_numel(kout_t(k, 0))));
+                                                kout_f(k, 0),
+                                                ptc_type_numel(kout_t(k, 0)) *
+                                                    words_per_elem(kout_t(k, 0))));
 }
 
 static int k_send(const ptrt_kargs *k) {
@@ -618,6 +757,7 @@ static int k_send(const ptrt_kargs *k) {
     return ptrt__op_error(k, "the %s communicator has no pipeline peers; run a "
                           "pipeline-parallel plan under mpirun with one rank per "
                           "device of its mesh", c->name);
+  comm_note_peer(k);
   return comm_status(k, c->send(c, (int)ptc_op_attr_int(k->op, "peer", 0),
                                 (int)ptc_op_attr_int(k->op, "tag", 0), k->in[0],
                                 ptc_type_bytes(kin_t(k, 0))));
@@ -629,6 +769,7 @@ static int k_recv(const ptrt_kargs *k) {
     return ptrt__op_error(k, "the %s communicator has no pipeline peers; run a "
                           "pipeline-parallel plan under mpirun with one rank per "
                           "device of its mesh", c->name);
+  comm_note_peer(k);
   return comm_status(k, c->recv(c, (int)ptc_op_attr_int(k->op, "peer", 0),
                                 (int)ptc_op_attr_int(k->op, "tag", 0), k->out[0],
                                 ptc_type_bytes(kout_t(k, 0))));
@@ -690,6 +831,7 @@ static const ptrt_kernel_fn table[PTC_OP_COUNT] = {
     [PTC_OP_ALL_GATHER] = k_all_gather,
     [PTC_OP_REDUCE_SCATTER] = k_reduce_scatter,
     [PTC_OP_BROADCAST] = k_broadcast,
+    [PTC_OP_SHARD] = k_shard,
     [PTC_OP_SEND] = k_send,
     [PTC_OP_RECV] = k_recv,
     [PTC_OP_ASSIGN] = k_nothing,
@@ -729,6 +871,9 @@ static bool any_held_dtype(ptc_opcode c) {
   case PTC_OP_PAD:
   case PTC_OP_CONCAT:
   case PTC_OP_BROADCAST_TO:
+  case PTC_OP_SHARD:
+  case PTC_OP_ALL_GATHER: /* these two move bytes, whatever they hold */
+  case PTC_OP_BROADCAST:
   case PTC_OP_SEND:
   case PTC_OP_RECV:
   case PTC_OP_RETURN:

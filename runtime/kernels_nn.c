@@ -2,6 +2,10 @@
  * embedding lookups, softmax, the norms, rotary embeddings, the loss, their
  * gradients, and the optimizer updates.
  *
+ * On a partitioned plan the embedding kernels take the row offset of a
+ * table split on its rows, and the loss divides by the whole batch's rows
+ * (internal.h: kparts, kpiece).
+ *
  * Row-wise kernels split rows over the thread pool.  Kernels that sum over
  * rows (the gains' and biases' gradients, the loss) keep one partial per
  * fixed-size chunk of rows and add the partials in order, so the result is
@@ -91,20 +95,37 @@ typedef struct emb_job {
   const float *table;
   float *out;
   int64_t w;
+  int64_t off, rows; /* the table's rows held here: [off, off + rows) */
+  bool split;
 } emb_job;
 
 static void emb_rows(void *arg, int64_t b, int64_t e) {
   const emb_job *j = arg;
-  for (int64_t i = b; i < e; i++)
-    memcpy(j->out + i * j->w, j->table + index_at(j->ids, j->idt, i) * j->w,
-           (size_t)j->w * sizeof(float));
+  if (!j->split) {
+    for (int64_t i = b; i < e; i++)
+      memcpy(j->out + i * j->w, j->table + index_at(j->ids, j->idt, i) * j->w,
+             (size_t)j->w * sizeof(float));
+    return;
+  }
+  for (int64_t i = b; i < e; i++) {
+    int64_t r = index_at(j->ids, j->idt, i) - j->off;
+    if (r >= 0 && r < j->rows)
+      memcpy(j->out + i * j->w, j->table + r * j->w, (size_t)j->w * sizeof(float));
+    else
+      memset(j->out + i * j->w, 0, (size_t)j->w * sizeof(float));
+  }
 }
 
+/* embedding ids, table [V, D]: a table split on its rows holds [off, off +
+ * V_local) here; other ids give zero rows (the result is this device's
+ * share of a partial sum). */
 int ptrt__k_embedding(const ptrt_kargs *k) {
   const ptc_type *it = kin_t(k, 0), *tt = kin_t(k, 1);
   int64_t n = ptc_type_numel(it), rows = tt->dims[0], w = tt->dims[1];
-  if (check_ids(k, 0, n, rows, "index") != 0) return -1;
-  emb_job j = {k->in[0], it->dtype, kin_f(k, 1), kout_f(k, 0), w};
+  int64_t parts = kparts(k, k->op->in[1], 0);
+  if (check_ids(k, 0, n, rows * parts, "index") != 0) return -1;
+  emb_job j = {k->in[0], it->dtype, kin_f(k, 1), kout_f(k, 0), w,
+               kpiece(k, k->op->in[1], 0) * rows, rows, parts > 1};
   ptrt_parallel_for(k->env->pool, n, grain_for(w), emb_rows, &j);
   return 0;
 }
@@ -117,13 +138,16 @@ typedef struct embg_job {
   const float *g;
   float *out;
   int64_t n, w;
+  int64_t off, rows; /* the result's rows held here: [off, off + rows) */
 } embg_job;
 
 static void embg_cols(void *arg, int64_t c0, int64_t c1) {
   const embg_job *j = arg;
   for (int64_t i = 0; i < j->n; i++) {
+    int64_t r = index_at(j->ids, j->idt, i) - j->off;
+    if (r < 0 || r >= j->rows) continue; /* another device's row */
     const float *gr = j->g + i * j->w;
-    float *o = j->out + index_at(j->ids, j->idt, i) * j->w;
+    float *o = j->out + r * j->w;
     for (int64_t c = c0; c < c1; c++) o[c] += gr[c];
   }
 }
@@ -133,13 +157,16 @@ static void zero_rows(void *arg, int64_t b, int64_t e) {
   memset(j->out + b * j->w, 0, (size_t)((e - b) * j->w) * sizeof(float));
 }
 
+/* A result split on its rows holds [off, off + V_local) here: only ids in
+ * that range accumulate. */
 int ptrt__k_embedding_grad(const ptrt_kargs *k) {
   const ptc_type *it = kin_t(k, 1), *ot = kout_t(k, 0);
   int64_t n = ptc_type_numel(it), rows = ot->dims[0], w = ot->dims[1];
-  if (check_ids(k, 1, n, rows, "index") != 0) return -1;
-  embg_job z = {NULL, it->dtype, NULL, kout_f(k, 0), 0, w};
+  if (check_ids(k, 1, n, rows * kparts(k, k->op->out[0], 0), "index") != 0) return -1;
+  embg_job z = {NULL, it->dtype, NULL, kout_f(k, 0), 0, w, 0, rows};
   ptrt_parallel_for(k->env->pool, rows, grain_for(w / 8 + 1), zero_rows, &z);
-  embg_job j = {k->in[1], it->dtype, kin_f(k, 0), kout_f(k, 0), n, w};
+  embg_job j = {k->in[1], it->dtype, kin_f(k, 0), kout_f(k, 0), n, w,
+                kpiece(k, k->op->out[0], 0) * rows, rows};
   ptrt_parallel_for(k->env->pool, w, 64, embg_cols, &j);
   return 0;
 }
@@ -417,29 +444,40 @@ static int ce_check(const ptrt_kargs *k, int tgt_operand, int64_t rows, int64_t 
   return check_ids(k, tgt_operand, rows, classes, "target");
 }
 
+/* The loss is a mean over every row of the whole batch: the rows here
+ * times the parts the targets' dimensions are split into (the classes are
+ * whole on every device). */
+static int64_t ce_global_rows(const ptrt_kargs *k, int tgt_operand, int64_t rows) {
+  const ptc_type *tt = kin_t(k, tgt_operand);
+  for (int32_t d = 0; d < tt->rank; d++) rows *= kparts(k, k->op->in[tgt_operand], d);
+  return rows;
+}
+
 int ptrt__k_cross_entropy(const ptrt_kargs *k) {
   const ptc_type *lt = kin_t(k, 0), *tt = kin_t(k, 1);
   int64_t C = lt->dims[lt->rank - 1], rows = ptc_type_numel(tt);
   int64_t classes = ptc_op_attr_int(k->op, "classes", C);
   if (ce_check(k, 1, rows, classes) != 0) return -1;
+  int64_t all = ce_global_rows(k, 1, rows);
   double *loss = ptc_xmalloc((size_t)(rows + 1) * sizeof *loss);
   ce_job j = {kin_f(k, 0), NULL, k->in[1], tt->dtype, NULL, loss, C, classes, 0};
   ptrt_parallel_for(k->env->pool, rows, grain_for(3 * classes), ce_rows, &j);
   double total = 0;
   for (int64_t r = 0; r < rows; r++) total += loss[r];
   free(loss);
-  kout_f(k, 0)[0] = (float)(rows ? total / (double)rows : 0);
+  kout_f(k, 0)[0] = (float)(all ? total / (double)all : 0);
   return 0;
 }
 
 /* cross_entropy_grad g, logits, targets: g / rows * (softmax - onehot) over
- * the real classes, 0 on padded ones */
+ * the real classes, 0 on padded ones (rows: of the whole batch) */
 int ptrt__k_cross_entropy_grad(const ptrt_kargs *k) {
   const ptc_type *lt = kin_t(k, 1), *tt = kin_t(k, 2);
   int64_t C = lt->dims[lt->rank - 1], rows = ptc_type_numel(tt);
   int64_t classes = ptc_op_attr_int(k->op, "classes", C);
   if (ce_check(k, 2, rows, classes) != 0) return -1;
-  float scale = rows ? (float)((double)kin_f(k, 0)[0] / (double)rows) : 0.0f;
+  int64_t all = ce_global_rows(k, 2, rows);
+  float scale = all ? (float)((double)kin_f(k, 0)[0] / (double)all) : 0.0f;
   ce_job j = {kin_f(k, 1), NULL, k->in[2], tt->dtype, kout_f(k, 0), NULL, C, classes, scale};
   ptrt_parallel_for(k->env->pool, rows, grain_for(4 * classes), ce_rows, &j);
   return 0;

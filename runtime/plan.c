@@ -8,6 +8,10 @@
  * every extension they were built for, and they load with a kernel for
  * every group of the entry function.  Each refusal is one diagnostic naming the file and the
  * problem, and says what to do (recompile with `ptc MODEL -o PLAN`).
+ *
+ * A plan for a mesh of more than one device is also localized here
+ * (ptc_module_localize): ranks run that view, and the fused kernels,
+ * generated from it, are bound to its entry function.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -247,6 +251,16 @@ ptrt_plan *ptrt_plan_open(ptc_ctx *ctx, const char *dir) {
   }
   p->training = strcmp(entry, "step") == 0;
   p->forward = ptc_module_find_func(p->mod, "forward");
+  /* the local view runs; on one device it is the module itself */
+  p->local = p->mod;
+  p->local_entry = p->entry;
+  p->local_forward = p->forward;
+  if (ptc_mesh_size(&p->mod->mesh) > 1) {
+    p->local = ptc_module_localize(p->mod);
+    p->local_entry = ptc_module_find_func(p->local, p->entry->name);
+    p->local_forward = p->forward ? ptc_module_find_func(p->local, "forward") : NULL;
+    PTC_ASSERT(p->local_entry && (p->local_forward != NULL) == (p->forward != NULL));
+  }
   if (have_kernels) {
     char *kpath_heap = join(dir, "kernels.so");
     const char *kpath = ptc_intern_cstr(ctx, kpath_heap);
@@ -262,7 +276,7 @@ ptrt_plan *ptrt_plan_open(ptc_ctx *ctx, const char *dir) {
                              json_string_value(req)) != 0)
       return fail(p, root);
     /* kpath has a '/', so dlopen takes it as a path, not a name to search */
-    p->fused = ptrt_fused_open(ctx, kpath, p->entry);
+    p->fused = ptrt_fused_open(ctx, kpath, p->local_entry);
     if (!p->fused) return fail(p, root);
   }
   json_decref(root);
@@ -272,6 +286,7 @@ ptrt_plan *ptrt_plan_open(ptc_ctx *ctx, const char *dir) {
 void ptrt_plan_close(ptrt_plan *p) {
   if (!p) return;
   ptrt_fused_close(p->fused);
+  if (p->local != p->mod) ptc_module_destroy(p->local);
   ptc_module_destroy(p->mod);
   free(p->dir);
   free(p->model);

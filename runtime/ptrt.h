@@ -8,6 +8,16 @@
  * into a program that ptrt_program_run executes op by op with the kernels
  * of kernels*.c (one per opcode, semantics those of ir/eval.c).
  *
+ * SPMD: a plan whose mesh has more than one device runs as one rank per
+ * device, each executing the same function on its own pieces.  The plan
+ * keeps the module as written (global types: whole tensors, for messages
+ * and sizes) and runs its local view, ptc_module_localize (every type the
+ * shape one device holds, shardings kept).  Kernels that need global
+ * knowledge (a mean's divisor, an embedding table's row offset) derive it
+ * from the shardings in the local function and the communicator's mesh
+ * and coordinates; on the one-rank communicator (mesh without axes) every
+ * split has one part, so a single-device plan runs exactly as before.
+ *
  * Invariants:
  *  - Buffers are row-major and 64-byte aligned: f32 for every float value,
  *    i32 or i64 for integer values.  Other dtypes (bf16, f16, f64, i8,
@@ -159,7 +169,7 @@ bool ptrt_launched_multi(void);
 ptrt_comm *ptrt_comm_mpi_create(ptc_ctx *ctx, const ptc_mesh *mesh, double timeout_s);
 /* Frees the axis communicators and calls MPI_Finalize. */
 void ptrt_comm_mpi_destroy(ptrt_comm *c);
-/* Ends every rank now (MPI_Abort) after printing msg on this one. */
+/* Ends every rank now (MPI_Abort; exit(code) when MPI is not running). */
 void ptrt_comm_abort(const ptrt_comm *c, int code);
 
 /* ======================================================================
@@ -175,18 +185,27 @@ typedef struct ptrt_plan {
   char *dir;       /* heap */
   char *model;     /* heap: the manifest's model name */
   char *ptc_version; /* heap: the ptc that wrote it */
-  ptc_module *mod; /* owned: step.ptir, parsed and verified */
+  ptc_module *mod; /* owned: step.ptir, parsed and verified (global types) */
   ptc_func *entry; /* @step (training) or @forward (evaluation only) */
   ptc_func *forward; /* @forward when present (may equal entry), else NULL */
   bool training;   /* entry is @step */
-  ptrt_fused *fused; /* owned: the kernels of the entry's fused groups
+  /* What runs: on a mesh of more than one device the local view
+   * ptc_module_localize(mod) (owned), else mod itself.  local_entry and
+   * local_forward are entry and forward in it (same names, same argument
+   * order; types are one device's pieces).  Variables, programs and fused
+   * kernels are made from these; mod, entry and forward stay for messages
+   * and the sizes of whole tensors. */
+  ptc_module *local;
+  ptc_func *local_entry, *local_forward;
+  ptrt_fused *fused; /* owned: the kernels of local_entry's fused groups
                         (kernels.so), or NULL when the plan has none */
 } ptrt_plan;
 
 /* Opens and checks a plan: the directory, manifest.json (format, version,
  * target), every listed file's size and SHA-256, then parses and verifies
- * step.ptir.  Each refusal names the file and the problem and says how to
- * get a good plan.  NULL after reporting. */
+ * step.ptir, and localizes it when its mesh has more than one device.
+ * Each refusal names the file and the problem and says how to get a good
+ * plan.  NULL after reporting. */
 ptrt_plan *ptrt_plan_open(ptc_ctx *ctx, const char *dir);
 void ptrt_plan_close(ptrt_plan *p);
 
@@ -199,15 +218,22 @@ void ptrt_plan_close(ptrt_plan *p);
  * ====================================================================== */
 
 typedef struct ptrt_vars {
-  const ptc_module *mod;
+  const ptc_module *mod; /* its param types are what is held (local) */
   unsigned char *base; /* one allocation for every variable */
   int64_t bytes;
   int64_t *offset; /* heap: per module param, the byte offset in base */
+  /* The device whose pieces these are: the communicator's mesh and
+   * coordinates (mesh.naxes 0: one device, whole tensors). */
+  ptc_mesh mesh;
+  int32_t coord[PTC_MAX_MESH_AXES];
 } ptrt_vars;
 
 /* Lays out every module param (f32 only; others are refused, naming the
- * param).  Contents are undefined until ptrt_vars_init or a load. */
-ptrt_vars *ptrt_vars_create(ptc_ctx *ctx, const ptc_module *m);
+ * param) at the sizes m gives them: a local module (ptc_module_localize)
+ * gives this device's pieces.  comm says which device that is; NULL or the
+ * one-rank table: one device, whole tensors.  Contents are undefined until
+ * ptrt_vars_init or a load. */
+ptrt_vars *ptrt_vars_create(ptc_ctx *ctx, const ptc_module *m, const ptrt_comm *comm);
 void ptrt_vars_destroy(ptrt_vars *v);
 static inline float *ptrt_vars_data(const ptrt_vars *v, int32_t param) {
   return (float *)(v->base + v->offset[param]);
@@ -215,7 +241,9 @@ static inline float *ptrt_vars_data(const ptrt_vars *v, int32_t param) {
 
 /* Fills every variable from its init spec: zeros, ones, normal(std),
  * scaled(std, depth) = normal(std / sqrt(2 depth)); no init means zeros.
- * Element i of param `name` depends only on (seed, name, i). */
+ * Element i of param `name` depends only on (seed, name, i), i the flat
+ * index in the WHOLE tensor: a device's piece holds exactly the elements
+ * of the single-device init that its sharding gives it. */
 void ptrt_vars_init(ptrt_vars *v, uint64_t seed, ptrt_pool *pool /* may be NULL */);
 
 /* The standard normal deviate for element `index` of the param named
@@ -291,11 +319,13 @@ typedef struct ptrt_program_opts {
   const ptrt_fused *fused;
 } ptrt_program_opts;
 
-/* Prepares f to run over vars: checks that every op it will run has a
- * kernel that can run it (reporting each one that cannot, at its
- * location), computes the buffer plan (codegen/liveness.c) and allocates
- * argument and result buffers.  opts may be NULL (both off).  NULL after
- * reporting. */
+/* Prepares f to run over vars: checks that env->comm has one rank per
+ * device of f's mesh, that every op it will run has a kernel that can run
+ * it (reporting each one that cannot, at its location), computes the
+ * buffer plan (codegen/liveness.c) and allocates argument and result
+ * buffers.  f of a partitioned plan is the local one (ptrt_plan.local_entry)
+ * and vars are made from the same module.  opts may be NULL (both off).
+ * NULL after reporting. */
 ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *vars,
                                   const ptrt_program_opts *opts);
 void ptrt_program_destroy(ptrt_program *p);
@@ -437,5 +467,20 @@ int ptrt_rows_check(ptc_ctx *ctx, const ptrt_st *st, const char *name,
                     const ptc_type *arg);
 void ptrt_rows_batch(const ptrt_st *st, const char *name, const ptc_type *arg,
                      int64_t s, void *out);
+
+/* (data.c) One device's block of a tensor.  The device at `coord` of
+ * `mesh` holds, of every dimension d split over the axes s->dim_axes[d],
+ * piece ptc_shard_index(mesh, axes, coord) of ptc_shard_parts(mesh, axes)
+ * equal contiguous pieces; partial<...> says nothing about the layout.
+ * mesh->naxes 0, or s NULL or absent: the whole tensor.
+ *
+ * ptrt_block_origin: from the block's (local) type, the whole tensor's
+ * dims and the global index of the block's first element on each dim.
+ * ptrt_local_block: copies the block of src, a row-major tensor of the
+ * global type g (any dtype), to dst, which holds ptc_local_type's shape. */
+void ptrt_block_origin(const ptc_mesh *mesh, const int32_t *coord, const ptc_type *local,
+                       const ptc_sharding *s, int64_t *gdims, int64_t *origin);
+void ptrt_local_block(const ptc_mesh *mesh, const int32_t *coord, const ptc_type *g,
+                      const ptc_sharding *s, const void *src, void *dst);
 
 #endif /* PTRT_H */

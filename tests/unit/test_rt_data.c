@@ -1,6 +1,7 @@
 /* test_rt_data.c -- llm.c token files: the batch layout of the numerics
  * contract, several files as one stream, wrapping, and a clear error (and
- * no crash) for every kind of bad file. */
+ * no crash) for every kind of bad file; and the block of a whole tensor
+ * each device of a mesh keeps (ptrt_local_block). */
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -134,11 +135,77 @@ static void test_bad_files(void) {
   ptc_ctx_destroy(ctx);
 }
 
+/* One device's block of a whole tensor: element by element, each local
+ * multi-index l maps to global index piece(d) * L[d] + l[d], piece(d) the
+ * device's ptc_shard_index for dimension d's axes. */
+static void check_block(const ptc_mesh *m, const ptc_type *g, const ptc_sharding *s,
+                        const char *what) {
+  int64_t n = ptc_type_numel(g), es = ptc_dtype_size(g->dtype);
+  unsigned char *whole = malloc((size_t)(n * es) + 1);
+  for (int64_t i = 0; i < n * es; i++) whole[i] = (unsigned char)(i * 7 + i / 251);
+  int64_t devices = ptc_mesh_size(m);
+  for (int64_t r = 0; r < devices; r++) {
+    int32_t co[PTC_MAX_MESH_AXES] = {0};
+    if (m->naxes) ptc_mesh_coord(m, r, co);
+    ptc_type lt;
+    ptc_local_type(m, g, s, &lt);
+    int64_t ln = ptc_type_numel(&lt);
+    unsigned char *b = malloc((size_t)(ln * es) + 1);
+    ptrt_local_block(m, co, g, s, whole, b);
+    int bad = 0;
+    for (int64_t i = 0; i < ln; i++) {
+      int64_t rem = i, gi = 0, st = 1;
+      for (int32_t d = g->rank - 1; d >= 0; d--) {
+        uint8_t axes = s && s->present ? s->dim_axes[d] : 0;
+        int64_t piece = ptc_shard_parts(m, axes) > 1 ? ptc_shard_index(m, axes, co) : 0;
+        gi += (piece * lt.dims[d] + rem % lt.dims[d]) * st;
+        rem /= lt.dims[d];
+        st *= g->dims[d];
+      }
+      bad += memcmp(b + i * es, whole + gi * es, (size_t)es) != 0;
+    }
+    CHECK_MSG(bad == 0, "%s: device %lld: %d of %lld elements are not the block's", what,
+              (long long)r, bad, (long long)ln);
+    free(b);
+  }
+  free(whole);
+}
+
+static void test_local_block(void) {
+  ptc_mesh m, none = {0};
+  char err[128];
+  PTC_ASSERT(ptc_mesh_parse("dp=2,tp=4", &m, err, sizeof err) == 0);
+  ptc_type i32 = {PTC_DTYPE_I32, 3, {6, 4, 10}}, f32 = {PTC_DTYPE_F32, 2, {8, 12}};
+  ptc_type i64 = {PTC_DTYPE_I64, 2, {16, 3}}, sc = {PTC_DTYPE_F32, 0, {0}};
+  ptc_sharding a = {true, {1, 2, 0}, 0};     /* <dp, tp, _> */
+  ptc_sharding b = {true, {0, 0, 1}, 2};     /* <_, _, dp> partial<tp>: the last dim */
+  ptc_sharding c = {true, {2, 1}, 0};        /* <tp, dp> */
+  ptc_sharding d = {true, {3, 0}, 0};        /* <(dp,tp), _> */
+  ptc_sharding rep = {true, {0, 0, 0}, 2};   /* replicated, partial<tp> */
+  check_block(&m, &i32, &a, "i32[6,4,10] shard<dp,tp,_>");
+  check_block(&m, &i32, &b, "i32[6,4,10] shard<_,_,dp> partial<tp>");
+  check_block(&m, &f32, &c, "f32[8,12] shard<tp,dp>");
+  check_block(&m, &i64, &d, "i64[16,3] shard<(dp,tp),_>");
+  check_block(&m, &i32, &rep, "replicated");
+  check_block(&m, &i32, NULL, "no sharding");
+  check_block(&m, &sc, NULL, "a scalar");
+  check_block(&none, &f32, &c, "a mesh without axes");
+  /* the block's origin, and the whole tensor's dims from the local type */
+  ptc_type lt = {PTC_DTYPE_F32, 2, {4, 3}};
+  int32_t co[PTC_MAX_MESH_AXES] = {1, 2};
+  int64_t gd[PTC_MAX_RANK], org[PTC_MAX_RANK];
+  ptrt_block_origin(&m, co, &lt, &d, gd, org); /* (dp,tp) piece 1*4+2 = 6 of 8 */
+  CHECK(gd[0] == 32 && gd[1] == 3 && org[0] == 24 && org[1] == 0);
+  ptrt_block_origin(&m, co, &lt, &c, gd, org); /* tp piece 2 of 4, dp piece 1 of 2 */
+  CHECK(gd[0] == 16 && gd[1] == 6 && org[0] == 8 && org[1] == 3);
+}
+
 int main(void) {
   scratch_init("test_rt_data");
   test_layout();
   test_shards();
   test_bad_files();
+  test_local_block();
   scratch_fini();
   return test_report("test_rt_data");
 }

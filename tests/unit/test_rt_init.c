@@ -1,6 +1,7 @@
 /* test_rt_init.c -- the counter-based parameter init (Philox4x32-10 known
  * answers, values that depend only on seed, name and index, the right
- * spread), the learning-rate schedule and the thread pool's chunking. */
+ * spread, the pieces of sharded params), the learning-rate schedule and
+ * the thread pool's chunking. */
 #include <math.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -47,8 +48,8 @@ static void test_init(void) {
                            "  param @x : f32[300,7] init normal(0.02)\n"
                            "}\n");
   ptrt_pool *pool = ptrt_pool_create(ctx, 4);
-  ptrt_vars *va = ptrt_vars_create(ctx, a), *vb = ptrt_vars_create(ctx, b);
-  ptrt_vars *vc = ptrt_vars_create(ctx, a);
+  ptrt_vars *va = ptrt_vars_create(ctx, a, NULL), *vb = ptrt_vars_create(ctx, b, NULL);
+  ptrt_vars *vc = ptrt_vars_create(ctx, a, NULL);
   ptrt_vars_init(va, 42, NULL);
   ptrt_vars_init(vb, 42, pool);
   ptrt_vars_init(vc, 43, pool);
@@ -90,6 +91,88 @@ static void test_init(void) {
   ptrt_pool_destroy(pool);
   ptc_module_destroy(a);
   ptc_module_destroy(b);
+  ptc_ctx_destroy(ctx);
+}
+
+/* The init of a sharded param on every device of a 2x4 mesh (communicator
+ * tables that only name the coordinates): each piece, put where its
+ * sharding says, rebuilds the single-device tensor bit for bit, every
+ * element exactly once per replica. */
+static void test_sharded_init(void) {
+  ptc_ctx *ctx = ptc_ctx_create();
+  ptc_module *g = mod(ctx, "module @s mesh<dp=2, tp=4> {\n"
+                           "  param @a : f32[8,12] shard<dp,tp> init normal(0.02)\n"
+                           "  param @b : f32[16,6] shard<(dp,tp),_> init normal(1.0)\n"
+                           "  param @c : f32[6,8,10] shard<_,tp,dp> init scaled(0.5, 3)\n"
+                           "  param @d : f32[7] init normal(1.0)\n"
+                           "  param @e : f32[4,9] shard<tp,_> init ones\n"
+                           "  param @f : f32[3,8] shard<_,(dp,tp)> init normal(2.0)\n"
+                           "}\n");
+  ptc_module *l = ptc_module_localize(g);
+  ptrt_pool *pool = ptrt_pool_create(ctx, 3);
+  ptrt_vars *whole = ptrt_vars_create(ctx, g, NULL);
+  ptrt_vars_init(whole, 99, pool);
+  ptrt_comm_state st;
+  memset(&st, 0, sizeof st);
+  float *re[16];
+  int *seen[16];
+  for (int32_t p = 0; p < g->nparams; p++) {
+    int64_t n = ptc_type_numel(&g->params[p].type);
+    re[p] = calloc((size_t)n + 1, sizeof *re[p]);
+    seen[p] = calloc((size_t)n + 1, sizeof *seen[p]);
+  }
+  for (int r = 0; r < 8; r++) {
+    ptrt_comm fake = {.name = "fake", .rank = r, .size = 8, .mesh = g->mesh, .state = &st};
+    ptc_mesh_coord(&g->mesh, r, fake.coord);
+    ptrt_vars *v = ptrt_vars_create(ctx, l, &fake);
+    PTC_ASSERT(v);
+    ptrt_vars_init(v, 99, r % 2 ? pool : NULL);
+    for (int32_t p = 0; p < g->nparams; p++) {
+      const ptc_type *gt = &g->params[p].type, *lt = &l->params[p].type;
+      const ptc_sharding *s = &g->params[p].shard;
+      uint8_t used = 0;
+      for (int32_t d = 0; s->present && d < gt->rank; d++) used |= s->dim_axes[d];
+      int64_t gd[PTC_MAX_RANK], org[PTC_MAX_RANK];
+      ptrt_block_origin(&v->mesh, v->coord, lt, s, gd, org);
+      const float *x = ptrt_vars_data(v, p);
+      for (int64_t i = 0; i < ptc_type_numel(lt); i++) {
+        int64_t rem = i, gi = 0, stride = 1;
+        for (int32_t d = gt->rank - 1; d >= 0; d--) {
+          gi += (org[d] + rem % lt->dims[d]) * stride;
+          rem /= lt->dims[d];
+          stride *= gt->dims[d];
+        }
+        /* one replica of each piece goes into the reassembled tensor */
+        bool first = true;
+        for (int a = 0; a < g->mesh.naxes; a++)
+          if (!(used & (1u << a)) && fake.coord[a] != 0) first = false;
+        if (first) {
+          re[p][gi] = x[i];
+          seen[p][gi]++;
+        } else {
+          CHECK_MSG(memcmp(&x[i], &ptrt_vars_data(whole, p)[gi], sizeof *x) == 0,
+                    "@%s: replica on rank %d differs at %lld", g->params[p].name, r,
+                    (long long)gi);
+        }
+      }
+    }
+    ptrt_vars_destroy(v);
+  }
+  for (int32_t p = 0; p < g->nparams; p++) {
+    int64_t n = ptc_type_numel(&g->params[p].type);
+    int once = 0;
+    for (int64_t i = 0; i < n; i++) once += seen[p][i] == 1;
+    CHECK_MSG(once == n, "@%s: %d of %lld elements held by exactly one device",
+              g->params[p].name, once, (long long)n);
+    CHECK_MSG(memcmp(re[p], ptrt_vars_data(whole, p), (size_t)n * sizeof(float)) == 0,
+              "@%s: the pieces do not rebuild the single-device init", g->params[p].name);
+    free(re[p]);
+    free(seen[p]);
+  }
+  ptrt_vars_destroy(whole);
+  ptrt_pool_destroy(pool);
+  ptc_module_destroy(l);
+  ptc_module_destroy(g);
   ptc_ctx_destroy(ctx);
 }
 
@@ -142,6 +225,7 @@ static void test_pool(void) {
 int main(void) {
   test_philox();
   test_init();
+  test_sharded_init();
   test_schedule();
   test_pool();
   return test_report("test_rt_init");

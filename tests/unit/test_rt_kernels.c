@@ -142,7 +142,7 @@ static void run_runtime(tc *t, int threads, bool in_place, bool loss_only, int n
   ptc_ctx_set_diag_capture(ctx, true);
   ptrt_pool *pool = ptrt_pool_create(ctx, threads);
   ptrt_env env = {ctx, pool, ptrt_comm_single()};
-  ptrt_vars *vars = ptrt_vars_create(ctx, t->m);
+  ptrt_vars *vars = ptrt_vars_create(ctx, t->m, NULL);
   PTC_ASSERT(vars);
   for (int32_t p = 0; p < t->m->nparams; p++) to_runtime(&t->params[p], ptrt_vars_data(vars, p));
   ptrt_program_opts opts = {.in_place = in_place, .loss_only = loss_only};
@@ -509,16 +509,24 @@ static void case_act_grads(void) {
 
 static void case_collectives(void) {
   tc t;
-  tc_init(&t, "collectives on one rank");
+  tc_init(&t, "collectives and shard on one rank");
   int32_t x = farg(&t, 2, D(4, 6));
   ptc_attr ar[2] = {ptc_attr_sym("axis", "dp"), ptc_attr_sym("op", "sum")};
   ptc_attr ag[2] = {ptc_attr_sym("axis", "tp"), ptc_attr_int("dim", 1)};
   ptc_attr rs[3] = {ptc_attr_sym("axis", "dp"), ptc_attr_int("dim", 0), ptc_attr_sym("op", "mean")};
   ptc_attr bc[2] = {ptc_attr_sym("axis", "tp"), ptc_attr_int("root", 0)};
-  int32_t res[4] = {op(&t, PTC_OP_ALL_REDUCE, 1, &x, 2, ar), op(&t, PTC_OP_ALL_GATHER, 1, &x, 2, ag),
+  ptc_attr sh[2] = {ptc_attr_sym("axis", "dp"), ptc_attr_int("dim", 1)};
+  int32_t ids = arg(&t, PTC_DTYPE_I32, 2, D(3, 4), 0, 9);
+  int32_t ids64 = arg(&t, PTC_DTYPE_I64, 1, D(5), 0, 9);
+  int32_t res[9] = {op(&t, PTC_OP_ALL_REDUCE, 1, &x, 2, ar), op(&t, PTC_OP_ALL_GATHER, 1, &x, 2, ag),
                     op(&t, PTC_OP_REDUCE_SCATTER, 1, &x, 3, rs),
-                    op(&t, PTC_OP_BROADCAST, 1, &x, 2, bc)};
-  check(&t, 4, res);
+                    op(&t, PTC_OP_BROADCAST, 1, &x, 2, bc), op(&t, PTC_OP_SHARD, 1, &x, 2, sh),
+                    /* what only moves data takes integers too */
+                    op(&t, PTC_OP_SHARD, 1, &ids, 2, sh), op(&t, PTC_OP_ALL_GATHER, 1, &ids, 2, ag),
+                    op(&t, PTC_OP_BROADCAST, 1, &ids64, 2, bc),
+                    op(&t, PTC_OP_ALL_GATHER, 1, &ids64, 2, (ptc_attr[]){ptc_attr_sym("axis", "dp"),
+                                                                       ptc_attr_int("dim", 0)})};
+  check(&t, 9, res);
   tc_fini(&t);
 }
 

@@ -112,7 +112,7 @@ static void test_roundtrip(void) {
   ptc_plan_report(&rep, p->mod, p->entry);
   CHECK_MSG(strstr(rep.data, "transient peak") && strstr(rep.data, "optimizer state"), "%s",
             rep.data);
-  ptrt_vars *v = ptrt_vars_create(ctx, p->mod);
+  ptrt_vars *v = ptrt_vars_create(ctx, p->mod, NULL);
   ptrt_env env = {ctx, NULL, ptrt_comm_single()};
   ptrt_program_opts po = {.in_place = true};
   ptrt_program *prog = ptrt_program_create(&env, p->entry, v, &po);
@@ -124,6 +124,39 @@ static void test_roundtrip(void) {
   ptrt_program_destroy(prog);
   ptrt_vars_destroy(v);
   ptc_buf_fini(&rep);
+  ptrt_plan_close(p);
+  ptc_ctx_destroy(ctx);
+}
+
+/* A plan for a mesh: the module as written stays (global types), and the
+ * local view, what runs, holds one device's pieces; on one device the
+ * local view is the module itself. */
+static void test_local_view(void) {
+  static const char *text =
+      "module @split mesh<dp=2, tp=2> {\n"
+      "  param @w : f32[4,6] shard<_,tp> init normal(0.02)\n"
+      "  func @forward(%x: f32[8,4] shard<dp,_>) -> f32[8,6] shard<dp,tp> {\n"
+      "    %0 = matmul %x, @w : f32[8,6] shard<dp,tp>\n"
+      "    return %0\n"
+      "  }\n"
+      "}\n";
+  ptc_ctx *ctx = ptc_ctx_create();
+  ptc_module *m = ptc_parse_module(ctx, "split.ptir", text, strlen(text));
+  PTC_ASSERT(m);
+  CHECK(ptc_plan_write(m, path("split", NULL)) == 0);
+  ptc_module_destroy(m);
+  ptrt_plan *p = ptrt_plan_open(ctx, path("split", NULL));
+  PTC_ASSERT(p);
+  CHECK(p->local != p->mod && p->local_entry && p->local_entry->mod == p->local &&
+        p->local_forward == p->local_entry && p->entry->mod == p->mod);
+  CHECK(p->mod->params[0].type.dims[1] == 6 && p->local->params[0].type.dims[1] == 3);
+  const ptc_value *gx = &p->entry->values[p->entry->args[0]];
+  const ptc_value *lx = &p->local_entry->values[p->local_entry->args[0]];
+  CHECK(gx->type.dims[0] == 8 && lx->type.dims[0] == 4 && lx->shard.present);
+  ptrt_plan_close(p);
+  p = ptrt_plan_open(ctx, path("good", NULL));
+  PTC_ASSERT(p);
+  CHECK(p->local == p->mod && p->local_entry == p->entry && p->local_forward == p->forward);
   ptrt_plan_close(p);
   ptc_ctx_destroy(ctx);
 }
@@ -204,6 +237,7 @@ int main(void) {
   PTC_ASSERT(mkdtemp(root));
   test_sha256();
   test_roundtrip();
+  test_local_view();
   test_refusals();
   test_replace();
   char cmd[600];

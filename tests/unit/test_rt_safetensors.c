@@ -103,7 +103,7 @@ static void test_weights(void) {
   ptc_ctx_set_diag_capture(ctx, true);
   ptc_module *m = ptc_parse_module(ctx, "m.ptir", model_ir, strlen(model_ir));
   PTC_ASSERT(m);
-  ptrt_vars *v = ptrt_vars_create(ctx, m), *u = ptrt_vars_create(ctx, m);
+  ptrt_vars *v = ptrt_vars_create(ctx, m, NULL), *u = ptrt_vars_create(ctx, m, NULL);
   ptrt_vars_init(v, 7, NULL);
   ptrt_vars_init(u, 8, NULL);
   CHECK(ptrt_save_weights(ctx, file("w.safetensors"), v) == 0);
