@@ -9,6 +9,7 @@
 #   mpi.launch                        ptrt_launched_multi (no mpirun)
 #   mpi.timeout                       a rank that never arrives ends the run
 #   mpi.mismatch                      a world that is not the mesh's size
+#   mpi.kill_rank                     SIGKILL one rank of a training run: all end
 if(NOT PTC_HAVE_MPI)
   message(STATUS "ptc: MPI not found: tests/mpi off")
   return()
@@ -78,3 +79,11 @@ add_test(NAME mpi.mismatch
                  -- ${PTC_MPIEXEC} ${MPIEXEC_NUMPROC_FLAG} 2 $<TARGET_FILE:test_comm> 2x4 check)
 set_tests_properties(mpi.timeout mpi.mismatch PROPERTIES LABELS "mpi" TIMEOUT 90
                      ENVIRONMENT "${PTC_MPI_TEST_ENV}")
+
+# A rank killed mid-training (SIGKILL) ends the whole run in bounded time.
+if(TARGET ptrun AND TARGET ptdata)
+  add_test(NAME mpi.kill_rank COMMAND ${CMAKE_SOURCE_DIR}/tests/mpi/kill-rank
+           ${CMAKE_BINARY_DIR} ${CMAKE_BINARY_DIR}/mpi/kill-rank)
+  set_tests_properties(mpi.kill_rank PROPERTIES LABELS "mpi" TIMEOUT 180 PROCESSORS 4
+                       SKIP_RETURN_CODE 77 RESOURCE_LOCK ranks)
+endif()
