@@ -876,11 +876,6 @@ static int partition_func(part *P) {
             take_from(P->mesh, f, &op, &r, i, &s, true, contract, fax, set, &u, NULL);
             used |= (uint8_t)(u & ~(pass == 1 ? res_axes : 0));
           }
-        /* a contracting factor an activation has is the activation's call:
-         * a parameter split there (ZeRO-3 storage) is gathered instead */
-        for (int32_t fi = 0; pass == 0 && fi < r.nf; fi++)
-          for (int32_t i = 0; i < nin; i++)
-            if (contract[fi] && r.dim[fi][i] >= 0 && !is_param(f, op.in[i])) set[fi] = true;
       }
       for (int32_t j = 0; j < op.nout; j++)
         take_from(P->mesh, f, &op, &r, nin + j, &want[op.out[j]], false, contract, fax, set,
