@@ -20,9 +20,9 @@
  *   - a backward sweep lets an op whose result factor needs no operand
  *     (embedding_grad's rows, broadcast_to, constant) produce the split its
  *     users want;
- *   - sequence-parallel: activations (values split over dp on dimension 0)
- *     that are whole over tp get their sequence dimension (1, or 0 for
- *     rank 2) split over tp, where the producing op allows it;
+ *   - sequence-parallel: the residual stream (values shaped like a norm's
+ *     input [batch, seq, hidden], and their gradients) whole over tp gets its
+ *     sequence dimension split over tp, where the producing op allows it;
  *   - ZeRO: for each optimizer update, a dimension of the parameter not yet
  *     split takes dp: the moments are stored split (stage >= 1), the
  *     gradient is produced split, so its reduction is a reduce_scatter
@@ -357,6 +357,18 @@ static bool backward_sweep(prop *P, ptc_func *f, const int32_t *def_op, bool *mo
 static void sequence_parallel(prop *P, ptc_func *f) {
   if (P->tp < 0 || P->dp < 0) return;
   uint8_t tp = (uint8_t)(1u << P->tp), dp = (uint8_t)(1u << P->dp);
+  /* the residual stream: values shaped like a norm's input [batch, seq, ...,
+   * hidden] (and their gradients), not logits or per-head activations */
+  ptc_type norm_in[8];
+  int32_t nnorm = 0;
+  for (int32_t oi = 0; oi < f->nops && nnorm < 8; oi++) {
+    ptc_op *op = &f->ops[oi];
+    if (op->code != PTC_OP_LAYERNORM && op->code != PTC_OP_RMSNORM) continue;
+    const ptc_type *t = vty(f, op->in[0]);
+    bool seen = false;
+    for (int32_t k = 0; k < nnorm; k++) seen |= ptc_type_eq(&norm_in[k], t);
+    if (!seen && t->rank >= 3) norm_in[nnorm++] = *t;
+  }
   for (int32_t oi = 0; oi < f->nops; oi++) {
     ptc_op *op = &f->ops[oi];
     ptc_shard_rule r;
@@ -365,9 +377,11 @@ static void sequence_parallel(prop *P, ptc_func *f) {
       int32_t v = op->out[j];
       ptc_sharding *s = &f->values[v].shard;
       const ptc_type *t = vty(f, v);
-      if (t->rank < 2 || !ptc_dtype_is_float(t->dtype) || !(s->dim_axes[0] & dp)) continue;
+      bool stream = false;
+      for (int32_t k = 0; k < nnorm; k++) stream |= ptc_type_eq(&norm_in[k], t);
+      if (!stream || !(s->dim_axes[0] & dp)) continue;
       if (used_axes(s, t->rank) & tp) continue;
-      int32_t sd = t->rank >= 3 ? 1 : 0;
+      int32_t sd = 1; /* the sequence */
       bool ok = false;
       for (int32_t fi = 0; fi < r.nf; fi++)
         if (r.dim[fi][op->nin + j] == sd) ok = !r.whole[fi];
