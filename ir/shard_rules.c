@@ -338,8 +338,17 @@ int ptc_shard_check_op(ptc_func *f, const ptc_op *op) {
                       t1, t2);
   }
   if (op->code == PTC_OP_RETURN) {
+    bool stash = strncmp(f->name, "fwd.", 4) == 0; /* a pipeline chunk's stash */
     for (int32_t i = 0; i < op->nin; i++) {
       const ptc_value *v = &f->values[op->in[i]];
+      if (stash) {
+        if (!v->shard.partial && i < f->nresults &&
+            ptc_sharding_eq(&v->shard, &f->result_shards[i], v->type.rank))
+          continue;
+        layout_text(t1, sizeof t1, f, &v->shard, v->type.rank);
+        return check_fail(f, op, "returns a value laid out %s, not as its signature "
+                          "says%s", t1, "");
+      }
       bool whole = !v->shard.partial;
       for (int32_t d = 0; d < v->type.rank; d++) whole &= v->shard.dim_axes[d] == 0;
       if (!whole) {
@@ -354,13 +363,20 @@ int ptc_shard_check_op(ptc_func *f, const ptc_op *op) {
   if (!ptc_shard_rule_get(f, op, &r)) return 0; /* collectives: their shape rules check */
   uint8_t fax[PTC_SR_MAX_FACTORS] = {0};
   bool seen[PTC_SR_MAX_FACTORS] = {0};
-  /* add and sub of partial sums over the same axes give a partial sum */
+  /* ops linear in every operand keep partial sums over the same axes:
+   * sums, and moving data around (a gradient bucket's reshape, concat and
+   * slice) */
   uint8_t sum_partial = 0;
-  if (op->code == PTC_OP_ADD || op->code == PTC_OP_SUB) {
+  bool linear = op->code == PTC_OP_ADD || op->code == PTC_OP_SUB ||
+                op->code == PTC_OP_RESHAPE || op->code == PTC_OP_CONCAT ||
+                op->code == PTC_OP_SLICE || op->code == PTC_OP_TRANSPOSE ||
+                op->code == PTC_OP_PAD || op->code == PTC_OP_NEG;
+  if (linear) {
     sum_partial = f->values[op->in[0]].shard.partial;
+    bool sums = op->code == PTC_OP_ADD || op->code == PTC_OP_SUB;
     for (int32_t i = 0; i < op->nin; i++)
       if (f->values[op->in[i]].shard.partial != sum_partial ||
-          !ptc_type_eq(&f->values[op->in[i]].type, &f->values[op->out[0]].type))
+          (sums && !ptc_type_eq(&f->values[op->in[i]].type, &f->values[op->out[0]].type)))
         sum_partial = 0;
   }
   for (int32_t i = 0; i < op->nin; i++) {

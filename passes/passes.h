@@ -89,6 +89,7 @@ extern const ptc_pass_info ptc_pass_fuse;
 extern const ptc_pass_info ptc_pass_shard;
 extern const ptc_pass_info ptc_pass_pipeline;
 extern const ptc_pass_info ptc_pass_comm_check;
+extern const ptc_pass_info ptc_pass_bucket;
 
 /* pipeline.c: the schedule of a pipelined module run in a timing model
  * (each forward or backward unit takes its chunk's FLOPs on one rank, a

@@ -18,6 +18,7 @@ static const ptc_pass_info *const registry[] = {
     &ptc_pass_optimizer,    /* AdamW / SGD updates, gradient clipping */
     &ptc_pass_shard,        /* layouts over the mesh: dp, tp, sp, ZeRO */
     &ptc_pass_partition,    /* SPMD rewrite with explicit collectives */
+    &ptc_pass_bucket,       /* gradient all-reduces packed into buckets */
     &ptc_pass_comm_check,   /* transfers and collectives match across stages */
     &ptc_pass_fuse,         /* element-wise and row ops into kernels */
 };
@@ -27,9 +28,9 @@ static const ptc_pass_info *const registry[] = {
  * pays off where the LLVM code generator can compile its groups, so a ptc
  * built without LLVM leaves it out (and its plans run op by op). */
 #if PTC_HAVE_LLVM
-static const char default_pipeline[] = "canonicalize,cse,autodiff,pipeline,optimizer,cse,dce,shard,partition,cse,comm-check,fuse";
+static const char default_pipeline[] = "canonicalize,cse,autodiff,pipeline,optimizer,cse,dce,shard,partition,bucket,cse,comm-check,fuse";
 #else
-static const char default_pipeline[] = "canonicalize,cse,autodiff,pipeline,optimizer,cse,dce,shard,partition,cse,comm-check";
+static const char default_pipeline[] = "canonicalize,cse,autodiff,pipeline,optimizer,cse,dce,shard,partition,bucket,cse,comm-check";
 #endif
 
 const ptc_pass_info *const *ptc_pass_registry(int32_t *n) {

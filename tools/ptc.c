@@ -647,6 +647,18 @@ static void write_report(ptc_buf *b, const ptc_module *m) {
   }
   const ptc_attr *pa = ptc_module_get_attr(m, "partitioned");
   if (!pa || pa->kind != PTC_ATTR_BOOL || !pa->u.b || ptc_mesh_size(&m->mesh) <= 1) return;
+  ptc_pipe_sim sim;
+  if (ptc_pipeline_simulate((ptc_module *)m, &sim, false) == 0 && sim.stages > 0) {
+    double busy = 0;
+    for (int32_t s = 0; s < sim.stages; s++) busy += sim.busy[s];
+    double ideal = busy / sim.stages;
+    ptc_buf_printf(b, "pipeline: %d stages, bubble %.1f%% (timing model: a unit takes its "
+                   "FLOPs on one rank)\n", sim.stages,
+                   ideal > 0 ? 100.0 * (sim.makespan - ideal) / ideal : 0.0);
+    for (int32_t s = 0; s < sim.stages; s++)
+      ptc_buf_printf(b, "  stage %d: %.0f FLOPs per step per rank, activations in flight "
+                     "%lld bytes per rank\n", s, sim.busy[s], (long long)sim.inflight_bytes[s]);
+  }
   /* SPMD: every rank holds pieces of the same shapes and runs the same ops */
   ptc_module *lm = ptc_module_localize(m);
   int64_t lp = 0, lpb = 0, lsb = 0;
@@ -658,7 +670,8 @@ static void write_report(ptc_buf *b, const ptc_module *m) {
       lsb += ptc_type_bytes(&lm->params[i].type);
     }
   }
-  ptc_buf_printf(b, "per rank (each of %lld):\n", (long long)ptc_mesh_size(&m->mesh));
+  ptc_buf_printf(b, "per rank (each of %lld%s):\n", (long long)ptc_mesh_size(&m->mesh),
+                 sim.stages > 0 ? "; variables of every stage together" : "");
   ptc_buf_printf(b, "  parameters: %lld\n", (long long)lp);
   ptc_buf_printf(b, "  parameter bytes: %lld (", (long long)lpb);
   ptc_buf_put_bytes(b, (double)lpb);
