@@ -551,6 +551,7 @@ static int eval_op(ev *e, const ptc_op *op) {
   case PTC_OP_REDUCE_SCATTER:
   case PTC_OP_BROADCAST:
   case PTC_OP_SHARD:
+  case PTC_OP_TO_PARTIAL:
     memcpy(o, a, (size_t)n * sizeof *o); /* layout changes, value does not */
     break;
   case PTC_OP_SEND:

@@ -677,6 +677,27 @@ static int infer_shard(ptc_infer *inf) {
   return set_shard(inf, 0, &s);
 }
 
+static int infer_to_partial(ptc_infer *inf) {
+  int ax;
+  if (mesh_axis(inf, &ax)) return -1;
+  inf->out[0] = inf->in[0];
+  ptc_sharding s = inf->in_shard[0];
+  if (!s.present) {
+    memset(&s, 0, sizeof s);
+    s.present = true;
+  }
+  if (s.partial & (1u << ax))
+    return fail(inf, "the operand is already a partial sum over %s",
+                inf->mod->mesh.axes[ax].name);
+  for (int32_t d = 0; d < inf->in[0].rank; d++)
+    if (s.dim_axes[d] & (1u << ax))
+      return fail(inf, "dimension %d of the operand is split over %s; a partial sum over "
+                  "an axis needs the whole value on each of its devices", d,
+                  inf->mod->mesh.axes[ax].name);
+  s.partial |= (uint8_t)(1u << ax);
+  return set_shard(inf, 0, &s);
+}
+
 static int infer_broadcast(ptc_infer *inf) {
   int ax;
   if (mesh_axis(inf, &ax)) return -1;
@@ -823,6 +844,7 @@ static double flops_per_out(const cost_in *c) { return out_numel(c); }
 #define flops_embedding flops_zero
 #define flops_all_gather flops_zero
 #define flops_shard flops_zero
+#define flops_to_partial flops_zero
 #define flops_broadcast flops_zero
 #define flops_send flops_zero
 #define flops_recv flops_zero

@@ -445,6 +445,9 @@ int ptc_shard_check_op(ptc_func *f, const ptc_op *op) {
       if (d >= 0) want.dim_axes[d] |= fax[fi];
       else want.partial |= fax[fi];
     }
+    /* a constant 0 is also a partial sum (of zeros) over any axes */
+    if (op->code == PTC_OP_CONSTANT && ptc_op_attr_float(op, "value", 1.0) == 0.0)
+      want.partial = v->shard.partial;
     if (!ptc_sharding_eq(&v->shard, &want, v->type.rank)) {
       layout_text(t1, sizeof t1, f, &v->shard, v->type.rank);
       layout_text(t2, sizeof t2, f, &want, v->type.rank);
@@ -462,7 +465,8 @@ void ptc_comm_volume(const ptc_func *f, double *sent, int64_t *calls) {
   for (int a = 0; a < PTC_MAX_MESH_AXES; a++) sent[a] = 0, calls[a] = 0;
   for (int32_t i = 0; i < f->nops; i++) {
     const ptc_op *op = &f->ops[i];
-    if (!(ptc_opinfo_get(op->code)->flags & PTC_OPF_COLLECTIVE) || op->code == PTC_OP_SHARD)
+    if (!(ptc_opinfo_get(op->code)->flags & PTC_OPF_COLLECTIVE) || op->code == PTC_OP_SHARD ||
+        op->code == PTC_OP_TO_PARTIAL)
       continue;
     const ptc_attr *ax = ptc_op_attr(op, "axis");
     int a = ax ? ptc_mesh_axis(m, ax->u.s, strlen(ax->u.s)) : -1;

@@ -58,8 +58,12 @@ static int verify_params_each(ptc_module *m, name_set *ns) {
     snprintf(what, sizeof what, "parameter '%s'", p->name);
     if (ptc__check_type(m->ctx, p->loc, &p->type, what) < 0) return -1;
     if (ptc__check_sharding(m, p->loc, &p->type, &p->shard, what) < 0) return -1;
-    if (p->shard.present && p->shard.partial) {
-      ptc_error(m->ctx, p->loc, "%s cannot be a partial sum", what);
+    /* state that starts at zero may hold each device's share of a sum
+     * (gradient accumulators); a trained parameter is one whole value */
+    if (p->shard.present && p->shard.partial &&
+        (p->trainable || (p->init.kind != PTC_INIT_NONE && p->init.kind != PTC_INIT_ZEROS))) {
+      ptc_error(m->ctx, p->loc, "%s cannot be a partial sum%s", what,
+                p->trainable ? "" : " unless it starts at zeros");
       return -1;
     }
     if (!name_set_add(ns, p->name)) {

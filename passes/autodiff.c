@@ -585,6 +585,7 @@ static int not_partitioned(ad *a, const ptc_op *op, int32_t g) {
 #define grad_reduce_scatter not_partitioned
 #define grad_broadcast not_partitioned
 #define grad_shard not_partitioned
+#define grad_to_partial not_partitioned
 #define grad_send not_partitioned
 #define grad_recv not_partitioned
 

@@ -170,9 +170,12 @@ typedef struct prop {
   int32_t ntags;
 } prop;
 
+/* Sets p's stored layout; partial sums it was declared with stay (a
+ * pipeline's gradient accumulators hold each rank's unreduced sum). */
 static void set_param(prop *P, int32_t p, const ptc_sharding *s) {
+  uint8_t keep = P->m->params[p].shard.partial;
   P->m->params[p].shard = *s;
-  P->m->params[p].shard.partial = 0;
+  P->m->params[p].shard.partial = keep;
   P->decided[p] = true;
 }
 
@@ -241,8 +244,10 @@ static int infer_op(prop *P, ptc_func *f, int32_t oi) {
   }
   if (op->code == PTC_OP_ALL_REDUCE && op->nin == 1) { /* the layout stays */
     const ptc_sharding *sl = known_layout(P, f, op->in[0]);
+    const ptc_attr *ax = ptc_op_attr(op, "axis");
+    int a = ax ? axis_index(P->mesh, ax->u.s) : -1;
     f->values[op->out[0]].shard = sl ? *sl : replicated();
-    f->values[op->out[0]].shard.partial = 0;
+    if (a >= 0) f->values[op->out[0]].shard.partial &= (uint8_t)~(1u << a);
     P->known[op->out[0]] = true;
     return 0;
   }
@@ -654,7 +659,7 @@ static int32_t coll(part *P, ptc_opcode code, int32_t v, int axis, int32_t dim, 
   ptc_attr at[3];
   int n = 0;
   at[n++] = ptc_attr_sym("axis", P->mesh->axes[axis].name);
-  if (code != PTC_OP_ALL_REDUCE) at[n++] = ptc_attr_int("dim", dim);
+  if (code != PTC_OP_ALL_REDUCE && code != PTC_OP_TO_PARTIAL) at[n++] = ptc_attr_int("dim", dim);
   if (code == PTC_OP_ALL_REDUCE || code == PTC_OP_REDUCE_SCATTER)
     at[n++] = ptc_attr_sym("op", "sum");
   ptc_build_args a = {.code = code, .nin = 1, .in = &v, .nattr = n, .attrs = at, .loc = loc};
@@ -678,6 +683,7 @@ static int32_t reshard(part *P, int32_t v, ptc_sharding to, ptc_loc loc) {
   int32_t rank = vty(P->f, v)->rank;
   /* partial sums the target keeps stay (only when the dims already agree) */
   uint8_t kept = (uint8_t)(to.partial & cur.partial);
+  uint8_t want_partial = to.partial;
   cur.partial &= (uint8_t)~kept;
   to.partial = 0;
   /* 1. partial sums: reduce_scatter into a dim the target splits, when the
@@ -707,7 +713,11 @@ static int32_t reshard(part *P, int32_t v, ptc_sharding to, ptc_loc loc) {
     for (int i = nc - 1; i >= k && v >= 0; i--) v = coll(P, PTC_OP_ALL_GATHER, v, ca[i], d, loc);
     if (v >= 0) cur = P->f->values[v].shard;
   }
-  /* 3. local slices for splits the target adds */
+  /* 3. partial sums the target wants: a whole value becomes one share per
+   *    device (before any split over that axis) */
+  for (int a = 0; a < PTC_MAX_MESH_AXES && v >= 0; a++)
+    if (want_partial & ~kept & (1u << a)) v = coll(P, PTC_OP_TO_PARTIAL, v, a, 0, loc);
+  /* 4. local slices for splits the target adds */
   for (int32_t d = 0; d < rank && v >= 0; d++) {
     int ta[PTC_MAX_MESH_AXES];
     int nt = axes_list(to.dim_axes[d], ta);
@@ -717,8 +727,18 @@ static int32_t reshard(part *P, int32_t v, ptc_sharding to, ptc_loc loc) {
 }
 
 /* v laid out as `want` (cached), reshards inserted at P->pos. */
+static bool zero_constant(const ptc_func *f, int32_t v) {
+  if (f->values[v].kind != PTC_VALUE_OP) return false;
+  const ptc_op *op = &f->ops[f->values[v].def];
+  return op->code == PTC_OP_CONSTANT && ptc_op_attr_float(op, "value", 1.0) == 0.0;
+}
+
 static int32_t as_layout(part *P, int32_t v, const ptc_sharding *want, ptc_loc loc) {
   int32_t rank = vty(P->f, v)->rank;
+  /* zeros are a partial sum of zeros: a constant 0 takes the partial axes
+   * asked for (resetting a pipeline's gradient accumulator) */
+  uint8_t more = (uint8_t)(want->partial & ~P->f->values[v].shard.partial);
+  if (more && zero_constant(P->f, v)) P->f->values[v].shard.partial |= more;
   if (ptc_sharding_eq(&P->f->values[v].shard, want, rank)) return v;
   for (int32_t i = 0; i < P->ncache; i++)
     if (P->cache[i].from == v && ptc_sharding_eq(&P->cache[i].want, want, rank))
@@ -755,7 +775,12 @@ static bool partial_for_sums(const ptc_func *f, int32_t v, int32_t at, const ptc
     const ptc_op *op = &f->ops[i];
     for (int32_t k = 0; k < op->nin; k++) {
       if (op->in[k] != v) continue;
-      if (op->code != PTC_OP_ADD && op->code != PTC_OP_SUB) return false;
+      if (op->code == PTC_OP_ASSIGN && k == 1) { /* a variable that keeps partial sums */
+        const ptc_param *p = &f->mod->params[f->values[op->in[0]].def];
+        if (!ptc_sharding_eq(&p->shard, s, vty(f, v)->rank)) return false;
+      } else if (op->code != PTC_OP_ADD && op->code != PTC_OP_SUB) {
+        return false;
+      }
       used = true;
     }
   }

@@ -404,6 +404,17 @@ static int32_t zeros_like(ptc_func *F, const ptc_type *t, ptc_loc loc) {
   return idx < 0 ? -1 : F->ops[idx].out[0];
 }
 
+/* A constant 0 of type t in one op (it may then be laid out as a partial
+ * sum, which a broadcast of a scalar could not). */
+static int32_t zeros_full(ptc_func *F, const ptc_type *t, ptc_loc loc) {
+  ptc_attr a = ptc_attr_float("value", 0.0);
+  ptc_type tt = *t;
+  ptc_build_args ca = {.code = PTC_OP_CONSTANT, .nattr = 1, .attrs = &a, .ngiven = 1,
+                       .given = &tt, .loc = loc};
+  int32_t idx = ptc_build(F, &ca);
+  return idx < 0 ? -1 : F->ops[idx].out[0];
+}
+
 static int32_t scale_by(ptc_func *F, int32_t v, double s, ptc_loc loc) {
   ptc_type sc = {.dtype = F->values[v].type.dtype, .rank = 0};
   ptc_attr a = ptc_attr_float("value", s);
@@ -559,6 +570,10 @@ static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
     gacc[k] = add_state(m, name, &t, m->params[p].loc);
     f = L.f = ptc_module_find_func(m, "step");
     if (gacc[k] < 0) break;
+    /* each data-parallel rank keeps its own unreduced sum over the
+     * microbatches; the step reduces it once */
+    int dpx = ptc_mesh_axis(&m->mesh, "dp", 2);
+    if (dpx >= 0 && m->mesh.axes[dpx].size > 1) m->params[gacc[k]].shard.partial = (uint8_t)(1u << dpx);
     int32_t g = res[k + 1];
     if (f->values[g].kind != PTC_VALUE_OP) continue; /* a zero gradient */
     int32_t gf = home_fn(&L, f->values[g].def);
@@ -610,7 +625,7 @@ static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
       if (a < 0) { ok = false; break; }
       if (!mine) continue;
       if (L.M > 1) a = scale_by(F, a, 1.0 / L.M, ploc);
-      int32_t zz = a < 0 ? -1 : zeros_like(F, &t, ploc);
+      int32_t zz = a < 0 ? -1 : zeros_full(F, &t, ploc);
       if (zz < 0 || assign(F, gacc[k], zz, ploc) != 0) { ok = false; break; }
       bool owner = (holders[p] & ((1ull << s) - 1)) == 0;
       char nm[1100];
@@ -658,7 +673,7 @@ static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
     a = ptc_attr_int("pipeline.virtual", L.V);
     ptc_module_set_attr(m, &a);
     char word[16];
-    a = ptc_attr_sym("pipeline.schedule",
+    a = ptc_attr_str("pipeline.schedule",
                      ptc_pass_choice_word(pipeline_opts[1].choices, kind, word, sizeof word));
     ptc_module_set_attr(m, &a);
     for (int32_t s = 0; s < L.P; s++) {

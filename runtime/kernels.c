@@ -740,6 +740,21 @@ static int k_shard(const ptrt_kargs *k) {
   return 0;
 }
 
+/* to_partial {axis}: the value on the axis' first device, zeros on the
+ * others (their shares of a sum); no communication.  Any element size. */
+static int k_to_partial(const ptrt_kargs *k) {
+  const ptc_type *t = kout_t(k, 0);
+  int axis = mesh_axis_of(k);
+  const ptrt_comm *c = k->env->comm;
+  size_t bytes = (size_t)ptc_type_bytes(t);
+  if (axis < 0 || axis >= c->mesh.naxes || c->coord[axis] == 0) {
+    if (k->out[0] != k->in[0]) memcpy(k->out[0], k->in[0], bytes);
+  } else {
+    memset(k->out[0], 0, bytes);
+  }
+  return 0;
+}
+
 static int k_broadcast(const ptrt_kargs *k) {
   int axis = mesh_axis_of(k);
   k_copy(k);
@@ -832,6 +847,7 @@ static const ptrt_kernel_fn table[PTC_OP_COUNT] = {
     [PTC_OP_REDUCE_SCATTER] = k_reduce_scatter,
     [PTC_OP_BROADCAST] = k_broadcast,
     [PTC_OP_SHARD] = k_shard,
+    [PTC_OP_TO_PARTIAL] = k_to_partial,
     [PTC_OP_SEND] = k_send,
     [PTC_OP_RECV] = k_recv,
     [PTC_OP_ASSIGN] = k_nothing,

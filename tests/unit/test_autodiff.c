@@ -776,6 +776,7 @@ static void test_refusals(void) {
        {ptc_attr_sym("axis", "dp"), ptc_attr_int("dim", 0), ptc_attr_sym("op", "sum")}, 3},
       {PTC_OP_BROADCAST, {ptc_attr_sym("axis", "dp"), ptc_attr_int("root", 0)}, 2},
       {PTC_OP_SHARD, {ptc_attr_sym("axis", "dp"), ptc_attr_int("dim", 0)}, 2},
+      {PTC_OP_TO_PARTIAL, {ptc_attr_sym("axis", "dp")}, 1},
   };
   for (int i = 0; i < PTC_ARRAY_LEN(coll); i++) {
     gt g;

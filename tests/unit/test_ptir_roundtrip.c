@@ -261,6 +261,7 @@ static ptc_module *build_everything(ptc_ctx *ctx) {
      NULL, NULL, L);
   op(f, PTC_OP_SHARD, IN(ar), AT(ptc_attr_sym("axis", "tp"), ptc_attr_int("dim", 1)), NULL,
      NULL, L);
+  op(f, PTC_OP_TO_PARTIAL, IN(ar), AT(ptc_attr_sym("axis", "tp")), NULL, NULL, L);
   op(f, PTC_OP_SEND, IN(x), AT(ptc_attr_int("peer", 1), ptc_attr_int("tag", 3)), NULL,
      NULL, L);
   int32_t rv = op(f, PTC_OP_RECV, NOIN, AT(ptc_attr_int("peer", 0)), &x_t, &x_s, L);

@@ -518,7 +518,9 @@ static void case_collectives(void) {
   ptc_attr sh[2] = {ptc_attr_sym("axis", "dp"), ptc_attr_int("dim", 1)};
   int32_t ids = arg(&t, PTC_DTYPE_I32, 2, D(3, 4), 0, 9);
   int32_t ids64 = arg(&t, PTC_DTYPE_I64, 1, D(5), 0, 9);
-  int32_t res[9] = {op(&t, PTC_OP_ALL_REDUCE, 1, &x, 2, ar), op(&t, PTC_OP_ALL_GATHER, 1, &x, 2, ag),
+  ptc_attr tpa[1] = {ptc_attr_sym("axis", "tp")};
+  int32_t res[10] = {op(&t, PTC_OP_TO_PARTIAL, 1, &x, 1, tpa),
+                    op(&t, PTC_OP_ALL_REDUCE, 1, &x, 2, ar), op(&t, PTC_OP_ALL_GATHER, 1, &x, 2, ag),
                     op(&t, PTC_OP_REDUCE_SCATTER, 1, &x, 3, rs),
                     op(&t, PTC_OP_BROADCAST, 1, &x, 2, bc), op(&t, PTC_OP_SHARD, 1, &x, 2, sh),
                     /* what only moves data takes integers too */
@@ -526,7 +528,7 @@ static void case_collectives(void) {
                     op(&t, PTC_OP_BROADCAST, 1, &ids64, 2, bc),
                     op(&t, PTC_OP_ALL_GATHER, 1, &ids64, 2, (ptc_attr[]){ptc_attr_sym("axis", "dp"),
                                                                        ptc_attr_int("dim", 0)})};
-  check(&t, 9, res);
+  check(&t, 10, res);
   tc_fini(&t);
 }
 
