@@ -542,6 +542,9 @@ typedef struct ptc_shard_rule {
   int32_t nf;
   int8_t dim[PTC_SR_MAX_FACTORS][PTC_SR_MAX_IO];
   bool whole[PTC_SR_MAX_FACTORS];
+  /* split allowed; the op reduces over it itself, so results lacking it
+   * are whole, not partial (vocabulary-parallel cross-entropy) */
+  bool internal[PTC_SR_MAX_FACTORS];
 } ptc_shard_rule;
 
 /* Fills r for op; false when the op has no rule (collectives, transfers,

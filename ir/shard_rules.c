@@ -25,6 +25,7 @@ static void add_factor(ptc_shard_rule *r, bool whole) {
   PTC_ASSERT(r->nf < PTC_SR_MAX_FACTORS);
   memset(r->dim[r->nf], -1, sizeof r->dim[r->nf]);
   r->whole[r->nf] = whole;
+  r->internal[r->nf] = false;
   r->nf++;
 }
 
@@ -294,7 +295,10 @@ bool ptc_shard_rule_get(const ptc_func *f, const ptc_op *op, ptc_shard_rule *r) 
     bool grad = at == 1;
     const ptc_type *l = vt(f, op->in[at]);
     for (int32_t d = 0; d < l->rank; d++) {
-      add_factor(r, d == l->rank - 1);
+      /* the classes may be split (vocabulary-parallel): the kernel then
+       * takes the max, the sum and the target's logit over the pieces */
+      add_factor(r, false);
+      r->internal[d] = d == l->rank - 1;
       r->dim[d][at] = (int8_t)d;
       if (d < l->rank - 1) r->dim[d][at + 1] = (int8_t)d;
       if (grad) r->dim[d][op->nin] = (int8_t)d;
@@ -443,7 +447,7 @@ int ptc_shard_check_op(ptc_func *f, const ptc_op *op) {
       if (!fax[fi]) continue;
       int32_t d = r.dim[fi][op->nin + j];
       if (d >= 0) want.dim_axes[d] |= fax[fi];
-      else want.partial |= fax[fi];
+      else if (!r.internal[fi]) want.partial |= fax[fi];
     }
     /* a constant 0 is also a partial sum (of zeros) over any axes */
     if (op->code == PTC_OP_CONSTANT && ptc_op_attr_float(op, "value", 1.0) == 0.0)
@@ -465,6 +469,24 @@ void ptc_comm_volume(const ptc_func *f, double *sent, int64_t *calls) {
   for (int a = 0; a < PTC_MAX_MESH_AXES; a++) sent[a] = 0, calls[a] = 0;
   for (int32_t i = 0; i < f->nops; i++) {
     const ptc_op *op = &f->ops[i];
+    if (op->code == PTC_OP_CROSS_ENTROPY || op->code == PTC_OP_CROSS_ENTROPY_GRAD) {
+      /* vocabulary-parallel: all-reduces of one float per row (max and sum
+       * of exponentials; the target's logit for the loss) per class axis */
+      int at = op->code == PTC_OP_CROSS_ENTROPY ? 0 : 1;
+      const ptc_value *l = &f->values[op->in[at]], *t = &f->values[op->in[at + 1]];
+      uint8_t cls = l->shard.present ? l->shard.dim_axes[l->type.rank - 1] : 0;
+      ptc_type lt;
+      ptc_local_type(m, &t->type, &t->shard, &lt);
+      double rows = (double)ptc_type_numel(&lt);
+      for (int a = 0; a < m->naxes; a++) {
+        if (!(cls & (1u << a)) || m->axes[a].size <= 1) continue;
+        double n = (double)m->axes[a].size;
+        int k = op->code == PTC_OP_CROSS_ENTROPY ? 3 : 2;
+        sent[a] += k * 2 * (n - 1) / n * rows * 4;
+        calls[a] += k;
+      }
+      continue;
+    }
     if (!(ptc_opinfo_get(op->code)->flags & PTC_OPF_COLLECTIVE) || op->code == PTC_OP_SHARD ||
         op->code == PTC_OP_TO_PARTIAL)
       continue;

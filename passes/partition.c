@@ -151,7 +151,7 @@ static ptc_sharding layout_of(const ptc_op *op, const ptc_shard_rule *r, const u
     if (!fax[fi]) continue;
     int32_t d = r->dim[fi][io];
     if (d >= 0 && d < rank) s.dim_axes[d] |= fax[fi];
-    else if (result) s.partial |= fax[fi];
+    else if (result && !r->internal[fi]) s.partial |= fax[fi];
   }
   return s;
 }

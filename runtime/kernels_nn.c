@@ -13,6 +13,7 @@
  */
 #include <cblas.h>
 #include <limits.h>
+#include <stdio.h>
 
 #include "runtime/internal.h"
 
@@ -453,9 +454,87 @@ static int64_t ce_global_rows(const ptrt_kargs *k, int tgt_operand, int64_t rows
   return rows;
 }
 
+/* ---- vocabulary-parallel: the classes split over mesh axes ------------------ */
+
+/* all_reduce of n floats over every axis in `axes`, noting what for the
+ * communicator's messages. */
+static int vp_reduce(const ptrt_kargs *k, uint8_t axes, ptrt_reduce op, float *buf, int64_t n) {
+  const ptrt_comm *c = k->env->comm;
+  for (int a = 0; a < c->mesh.naxes; a++) {
+    if (!(axes & (1u << a)) || c->mesh.axes[a].size <= 1) continue;
+    snprintf(c->state->what, sizeof c->state->what, "%s over %s (vocabulary-parallel) at %s:%d:%d",
+             ptc_opinfo_get(k->op->code)->name, c->mesh.axes[a].name,
+             k->op->loc.file ? k->op->loc.file : "?", k->op->loc.line, k->op->loc.col);
+    if (c->all_reduce(c, a, op, buf, n) != 0)
+      return ptrt__op_error(k, "the %s communicator failed (rank %d of %d)", c->name, c->rank,
+                            c->size);
+  }
+  return 0;
+}
+
+/* Loss (g == NULL: per-row loss into loss[]) or gradient (into out) of a
+ * cross-entropy whose classes are split: this device holds columns
+ * [off, off + C) of the classes.  The row max, the sum of exponentials and
+ * the target's logit are all-reduced over the class axes. */
+static int ce_vocab_parallel(const ptrt_kargs *k, int at, double *loss, float *out, float scale) {
+  const ptc_type *lt = kin_t(k, at), *tt = kin_t(k, at + 1);
+  int32_t lv = k->op->in[at];
+  int64_t C = lt->dims[lt->rank - 1], rows = ptc_type_numel(tt);
+  int64_t off = kpiece(k, lv, lt->rank - 1) * C;
+  int64_t classes = ptc_op_attr_int(k->op, "classes", C * kparts(k, lv, lt->rank - 1));
+  int64_t valid = classes - off < 0 ? 0 : classes - off > C ? C : classes - off;
+  uint8_t axes = k->f->values[lv].shard.dim_axes[lt->rank - 1];
+  const float *x = kin_f(k, at);
+  const void *tgt = k->in[at + 1];
+  float *buf = ptc_xmalloc((size_t)(3 * rows + 1) * sizeof *buf);
+  float *mx = buf, *sum = buf + rows, *tl = buf + 2 * rows;
+  for (int64_t r = 0; r < rows; r++) {
+    float m = -INFINITY;
+    for (int64_t c = 0; c < valid; c++) m = x[r * C + c] > m ? x[r * C + c] : m;
+    mx[r] = m;
+  }
+  int rc = vp_reduce(k, axes, PTRT_REDUCE_MAX, mx, rows);
+  for (int64_t r = 0; rc == 0 && r < rows; r++) {
+    double s = 0;
+    for (int64_t c = 0; c < valid; c++) s += ptrt_expf(x[r * C + c] - mx[r]);
+    sum[r] = (float)s;
+    int64_t t = index_at(tgt, tt->dtype, r) - off;
+    tl[r] = t >= 0 && t < C ? x[r * C + t] : 0.0f;
+  }
+  if (rc == 0) rc = vp_reduce(k, axes, PTRT_REDUCE_SUM, sum, rows);
+  if (rc == 0 && loss) rc = vp_reduce(k, axes, PTRT_REDUCE_SUM, tl, rows);
+  for (int64_t r = 0; rc == 0 && r < rows; r++) {
+    double lse = log((double)sum[r]) + mx[r];
+    if (loss) {
+      loss[r] = lse - tl[r];
+      continue;
+    }
+    float *o = out + r * C;
+    float l = (float)lse;
+    for (int64_t c = 0; c < valid; c++) o[c] = scale * ptrt_expf(x[r * C + c] - l);
+    for (int64_t c = valid; c < C; c++) o[c] = 0.0f;
+    int64_t t = index_at(tgt, tt->dtype, r) - off;
+    if (t >= 0 && t < C) o[t] -= scale;
+  }
+  free(buf);
+  return rc;
+}
+
 int ptrt__k_cross_entropy(const ptrt_kargs *k) {
   const ptc_type *lt = kin_t(k, 0), *tt = kin_t(k, 1);
   int64_t C = lt->dims[lt->rank - 1], rows = ptc_type_numel(tt);
+  if (kparts(k, k->op->in[0], lt->rank - 1) > 1) {
+    int64_t gc = C * kparts(k, k->op->in[0], lt->rank - 1);
+    if (ce_check(k, 1, rows, ptc_op_attr_int(k->op, "classes", gc)) != 0) return -1;
+    int64_t all = ce_global_rows(k, 1, rows);
+    double *loss = ptc_xmalloc((size_t)(rows + 1) * sizeof *loss);
+    int rc = ce_vocab_parallel(k, 0, loss, NULL, 0);
+    double total = 0;
+    for (int64_t r = 0; r < rows; r++) total += loss[r];
+    free(loss);
+    kout_f(k, 0)[0] = (float)(all ? total / (double)all : 0);
+    return rc;
+  }
   int64_t classes = ptc_op_attr_int(k->op, "classes", C);
   if (ce_check(k, 1, rows, classes) != 0) return -1;
   int64_t all = ce_global_rows(k, 1, rows);
@@ -474,6 +553,13 @@ int ptrt__k_cross_entropy(const ptrt_kargs *k) {
 int ptrt__k_cross_entropy_grad(const ptrt_kargs *k) {
   const ptc_type *lt = kin_t(k, 1), *tt = kin_t(k, 2);
   int64_t C = lt->dims[lt->rank - 1], rows = ptc_type_numel(tt);
+  if (kparts(k, k->op->in[1], lt->rank - 1) > 1) {
+    int64_t gc = C * kparts(k, k->op->in[1], lt->rank - 1);
+    if (ce_check(k, 2, rows, ptc_op_attr_int(k->op, "classes", gc)) != 0) return -1;
+    int64_t all = ce_global_rows(k, 2, rows);
+    float scale = all ? (float)((double)kin_f(k, 0)[0] / (double)all) : 0.0f;
+    return ce_vocab_parallel(k, 1, NULL, kout_f(k, 0), scale);
+  }
   int64_t classes = ptc_op_attr_int(k->op, "classes", C);
   if (ce_check(k, 2, rows, classes) != 0) return -1;
   int64_t all = ce_global_rows(k, 2, rows);
