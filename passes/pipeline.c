@@ -491,6 +491,8 @@ static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   int32_t *res = ptc_xmalloc((size_t)nres * sizeof *res);
   memcpy(res, ret->in, (size_t)nres * sizeof *res);
 
+  int32_t *pmax = NULL; /* the last forward chunk reading each parameter */
+  bool *reads = NULL;   /* [param][chunk]: the forward of chunk reads param */
   L.cls = ptc_xmalloc((size_t)f->nops);
   memset(L.cls, 2, (size_t)f->nops);
   L.chunk = ptc_xmalloc((size_t)f->nops * sizeof *L.chunk);
@@ -501,8 +503,7 @@ static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   for (int32_t r = 1; r < nres; r++) mark_ancestors(f, res[r], L.cls, 1, stack);
   free(stack);
   if (cut_forward(&L) != 0) goto out0;
-  /* the last forward chunk a parameter is read in */
-  int32_t *pmax = ptc_xmalloc((size_t)(m->nparams + 1) * sizeof *pmax);
+  pmax = ptc_xmalloc((size_t)(m->nparams + 1) * sizeof *pmax);
   for (int32_t p = 0; p < m->nparams; p++) pmax[p] = -1;
   for (int32_t i = 0; i < f->nops; i++)
     if (L.cls[i] == 0)
@@ -511,7 +512,14 @@ static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
         if (v->kind == PTC_VALUE_PARAM && L.chunk[i] > pmax[v->def]) pmax[v->def] = L.chunk[i];
       }
   place_backward(&L, pmax);
-  free(pmax);
+  /* which chunks read each parameter in the forward (its holders) */
+  reads = ptc_xcalloc((size_t)(m->nparams + 1) * (size_t)L.NC, sizeof *reads);
+  for (int32_t i = 0; i < f->nops; i++)
+    if (L.cls[i] == 0)
+      for (int32_t k = 0; k < f->ops[i].nin; k++) {
+        const ptc_value *v = &f->values[f->ops[i].in[k]];
+        if (v->kind == PTC_VALUE_PARAM) reads[(size_t)v->def * L.NC + L.chunk[i]] = true;
+      }
 
   /* the functions */
   L.nfn = 2 * L.NC + L.P;
@@ -576,7 +584,12 @@ static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
     if (dpx >= 0 && m->mesh.axes[dpx].size > 1) m->params[gacc[k]].shard.partial = (uint8_t)(1u << dpx);
     int32_t g = res[k + 1];
     if (f->values[g].kind != PTC_VALUE_OP) continue; /* a zero gradient */
-    int32_t gf = home_fn(&L, f->values[g].def);
+    /* accumulate where the parameter lives: the gradient's own chunk if
+     * that chunk reads the parameter, else the last chunk that does (the
+     * gradient is sent there, down the pipeline like any gradient) */
+    int32_t gc = L.chunk[f->values[g].def];
+    if (L.cls[f->values[g].def] != 1 || !reads[(size_t)p * L.NC + gc]) gc = pmax[p];
+    int32_t gf = gc >= 0 ? L.NC + gc : home_fn(&L, f->values[g].def);
     int32_t gv = get(&L, gf, g, m->params[p].loc);
     if (gv < 0 || accumulate(L.fn[gf], gacc[k], gv, m->params[p].loc) != 0) {
       gacc[k] = -1;
@@ -699,6 +712,8 @@ out:
   free(L.capstash);
   free(L.fn);
 out0:
+  free(pmax);
+  free(reads);
   free(L.cls);
   free(L.chunk);
   free(res);
@@ -943,6 +958,26 @@ int ptc_pipeline_simulate(ptc_module *m, ptc_pipe_sim *out, bool report) {
                             q[k].mb, q[k].dst);
       goto out;
     }
+  /* what a stage accumulates, its step reads */
+  for (int32_t fi = 0; fi < m->nfuncs; fi++) {
+    const ptc_func *f = m->funcs[fi];
+    const char *n = f->name;
+    if (strncmp(n, "fwd.", 4) != 0 && strncmp(n, "bwd.", 4) != 0) continue;
+    int32_t s = atoi(n + 4) % P;
+    char sn[32];
+    snprintf(sn, sizeof sn, "step.%d", s);
+    const ptc_func *st = ptc_module_find_func(m, sn);
+    for (int32_t i = 0; i < f->nops; i++) {
+      if (f->ops[i].code != PTC_OP_ASSIGN) continue;
+      int32_t var = f->values[f->ops[i].in[0]].def;
+      if (m->params[var].trainable) continue;
+      if (!st || var >= st->cap_param_value || st->param_value[var] < 0) {
+        if (report) ptc_error(ctx, f->ops[i].loc, "pipeline: @%s (stage %d) accumulates into "
+                              "@%s, which @%s never reads", n, s, m->params[var].name, sn);
+        goto out;
+      }
+    }
+  }
   /* the once-per-step functions meet in the same collectives over pp */
   {
     const ptc_func *first = NULL;
