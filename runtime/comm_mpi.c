@@ -12,6 +12,13 @@
  *  - MPI errors come back as values (MPI_ERRORS_RETURN) and are reported
  *    through the caller's ptc_ctx with MPI's own explanation.
  *  - MPI counts are int; buffers over INT_MAX elements go in chunks.
+ *  - Pipeline sends are buffered: a schedule may send several microbatches
+ *    before the peer receives the first (1F1B's warm-up), which the
+ *    compiler's comm-check proves safe only for sends that never wait.  A
+ *    blocking MPI send of a large message waits for the matching receive
+ *    and could deadlock such a schedule, so send copies the message, starts
+ *    MPI_Isend and returns; the copies are freed as their sends complete
+ *    (checked at every transfer) and flush waits for the rest.
  *  - Without MPI (PTC_HAVE_MPI is 0) the file still builds: the launcher
  *    check works from the environment and creating the communicator says
  *    how to get a build that has it.
@@ -80,6 +87,17 @@ void ptrt_comm_abort(const ptrt_comm *c, int code) {
  * packed buffer of (axis size) blocks. */
 #define PTRT_MPI_PACK ((int64_t)1 << 26)
 
+/* A send on its way: this rank's copy of the message, its requests (one
+ * per chunk) and what issued it, for the message if it never completes. */
+typedef struct pending_send {
+  char *copy;
+  MPI_Request *req;
+  int nreq;
+  int peer, tag;
+  int64_t bytes;
+  char what[256];
+} pending_send;
+
 typedef struct mpi_comm {
   ptrt_comm table; /* what create returns; impl points back here */
   ptrt_comm_state state;
@@ -91,6 +109,8 @@ typedef struct mpi_comm {
   int send_axis;   /* where send counts its bytes: pp, else axis 0; -1 */
   int tag_ub;
   char where[96];  /* "rank 3 (pp=0, dp=1, tp=1)" */
+  pending_send *pend; /* heap: sends not known to be complete, oldest first */
+  int npend, cap_pend;
 } mpi_comm;
 
 static mpi_comm *impl_of(const ptrt_comm *c) { return c->impl; }
@@ -371,25 +391,117 @@ static int check_peer(mpi_comm *m, const char *op, int peer, int tag, int64_t by
   return 0;
 }
 
-/* Returns once buf may be reused, which can mean once the peer has posted
- * the matching recv (MPI_Send's rule): a schedule orders its transfers so
- * that each send meets its recv. */
+/* "rank 5 (pp=1, dp=0, tp=1)" */
+static void rank_text(const mpi_comm *m, int rank, char *out, size_t cap) {
+  const ptc_mesh *mesh = &m->table.mesh;
+  int32_t coord[PTC_MAX_MESH_AXES];
+  ptc_mesh_coord(mesh, rank, coord);
+  size_t len = (size_t)snprintf(out, cap, "rank %d", rank);
+  for (int a = 0; a < mesh->naxes && len < cap; a++)
+    len += (size_t)snprintf(out + len, cap - len, "%s%s=%d", a ? ", " : " (",
+                            mesh->axes[a].name, (int)coord[a]);
+  if (mesh->naxes && len < cap) snprintf(out + len, cap - len, ")");
+}
+
+static void pending_free(pending_send *ps) {
+  ptrt_free(ps->copy);
+  free(ps->req);
+}
+
+/* Frees the copies of the sends that have completed, keeping the order of
+ * the others; never waits. */
+static int reap_sends(mpi_comm *m) {
+  int kept = 0, status = 0;
+  for (int i = 0; i < m->npend; i++) {
+    pending_send *ps = &m->pend[i];
+    int done = 0;
+    if (status == 0) {
+      int rc = MPI_Testall(ps->nreq, ps->req, &done, MPI_STATUSES_IGNORE);
+      if (rc != MPI_SUCCESS) status = mpi_fail(m, rc, ps->what);
+    }
+    if (done) pending_free(ps);
+    else m->pend[kept++] = *ps;
+  }
+  m->npend = kept;
+  return status;
+}
+
+/* Copies the message and starts its sends (one per chunk, even for an
+ * empty message: recv counts them the same way); returns at once. */
 static int mpi_send(const ptrt_comm *c, int peer, int tag, const void *buf, int64_t bytes) {
   mpi_comm *m = impl_of(c);
   char name[64];
   snprintf(name, sizeof name, "send to rank %d", peer);
   if (check_peer(m, name, peer, tag, bytes) != 0) return -1;
-  const char *p = buf;
+  if (reap_sends(m) != 0) return -1;
+  pending_send ps = {.peer = peer, .tag = tag, .bytes = bytes};
+  snprintf(ps.what, sizeof ps.what, "%s", what_of(m, name));
+  ps.copy = ptrt_alloc(bytes);
+  int64_t nchunks = bytes > 0 ? (bytes + PTRT_MPI_CHUNK - 1) / PTRT_MPI_CHUNK : 1;
+  ps.req = calloc((size_t)nchunks, sizeof *ps.req);
+  if (!ps.copy || !ps.req) {
+    pending_free(&ps);
+    ptrt_error(m->ctx, "%s: out of memory for the %lld-byte copy of a message (in %s)",
+               m->where, (long long)bytes, ps.what);
+    return -1;
+  }
+  memcpy(ps.copy, buf, (size_t)bytes);
+  if (m->npend == m->cap_pend) {
+    int cap = m->cap_pend ? 2 * m->cap_pend : 16;
+    pending_send *grown = realloc(m->pend, (size_t)cap * sizeof *grown);
+    if (!grown) {
+      pending_free(&ps);
+      ptrt_error(m->ctx, "%s: out of memory for the list of pending sends", m->where);
+      return -1;
+    }
+    m->pend = grown;
+    m->cap_pend = cap;
+  }
   int64_t off = 0;
-  do { /* a message, even empty, per chunk: recv counts them the same way */
+  int status = 0;
+  do {
     int cnt = (int)min64(PTRT_MPI_CHUNK, bytes - off);
-    MPI_Request req;
-    int rc = MPI_Isend(p + off, cnt, MPI_BYTE, peer, tag, m->world, &req);
-    if (rc != MPI_SUCCESS) return mpi_fail(m, rc, name);
-    if (wait_for(m, &req, NULL, name) != 0) return -1;
+    int rc = MPI_Isend(ps.copy + off, cnt, MPI_BYTE, peer, tag, m->world, &ps.req[ps.nreq]);
+    if (rc != MPI_SUCCESS) {
+      status = mpi_fail(m, rc, name);
+      break;
+    }
+    ps.nreq++;
     off += cnt;
   } while (off < bytes);
+  if (ps.nreq == 0) {
+    pending_free(&ps);
+    return -1;
+  }
+  m->pend[m->npend++] = ps; /* the started requests own the copy now */
+  if (status != 0) return -1;
   count(m, m->send_axis, (double)bytes);
+  return 0;
+}
+
+/* Waits for every pending send, oldest first, each under the timeout; one
+ * that is never received ends the run naming its peer, tag and op. */
+static int mpi_flush(const ptrt_comm *c) {
+  mpi_comm *m = impl_of(c);
+  if (reap_sends(m) != 0) return -1;
+  if (m->npend == 0) return 0;
+  char saved[sizeof m->state.what];
+  memcpy(saved, m->state.what, sizeof saved);
+  int status = 0;
+  for (int i = 0; i < m->npend && status == 0; i++) {
+    pending_send *ps = &m->pend[i];
+    char peer[96];
+    rank_text(m, ps->peer, peer, sizeof peer);
+    snprintf(m->state.what, sizeof m->state.what, "a send of %lld bytes with tag %d to %s, "
+             "which has not received it (sent by %s)", (long long)ps->bytes, ps->tag, peer,
+             ps->what);
+    for (int k = 0; k < ps->nreq && status == 0; k++)
+      status = wait_for(m, &ps->req[k], NULL, "a pending send");
+  }
+  memcpy(m->state.what, saved, sizeof saved);
+  if (status != 0) return -1;
+  for (int i = 0; i < m->npend; i++) pending_free(&m->pend[i]);
+  m->npend = 0;
   return 0;
 }
 
@@ -398,6 +510,7 @@ static int mpi_recv(const ptrt_comm *c, int peer, int tag, void *buf, int64_t by
   char name[64];
   snprintf(name, sizeof name, "recv from rank %d", peer);
   if (check_peer(m, name, peer, tag, bytes) != 0) return -1;
+  if (reap_sends(m) != 0) return -1;
   char *p = buf;
   int64_t off = 0;
   do {
@@ -544,6 +657,7 @@ ptrt_comm *ptrt_comm_mpi_create(ptc_ctx *ctx, const ptc_mesh *mesh, double timeo
   c->broadcast = mpi_broadcast;
   c->send = mpi_send;
   c->recv = mpi_recv;
+  c->flush = mpi_flush;
   c->world_max = mpi_world_max;
   c->state = &m->state;
   c->impl = m;
@@ -579,6 +693,9 @@ fail:
 void ptrt_comm_mpi_destroy(ptrt_comm *c) {
   if (!c) return;
   mpi_comm *m = impl_of(c);
+  mpi_flush(c); /* a send never received ends the run here */
+  for (int i = 0; i < m->npend; i++) pending_free(&m->pend[i]);
+  free(m->pend);
   if (m->finalize) {
     /* MPI_Finalize waits for every rank: wait here, under the deadline */
     snprintf(m->state.what, sizeof m->state.what, "the end of the run (MPI_Finalize)");

@@ -50,6 +50,7 @@ struct ptrt_program {
   void **in_ptrs, **out_ptrs;
   void **arg_buf;
   void **res_buf;
+  bool *arg_bound, *res_bound; /* caller-owned buffers (ptrt_program_bind_*) */
   int64_t *res_bytes;
   int32_t nres;
   pending *pend;
@@ -188,6 +189,7 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
   p->held = ptc_xcalloc(nv, sizeof *p->held);
   p->kern = ptc_xcalloc(no, sizeof *p->kern);
   p->arg_buf = ptc_xcalloc((size_t)f->nargs + 1, sizeof *p->arg_buf);
+  p->arg_bound = ptc_xcalloc((size_t)f->nargs + 1, sizeof *p->arg_bound);
   p->pend = ptc_xcalloc(no, sizeof *p->pend);
   p->mem.vars = vars ? vars->bytes : 0;
   for (int32_t v = 0; v < p->nv; v++) {
@@ -220,6 +222,7 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
   p->nres = o.loss_only && ret->nin > 1 ? 1 : ret->nin;
   p->res_buf = ptc_xcalloc((size_t)ret->nin + 1, sizeof *p->res_buf);
   p->res_bytes = ptc_xcalloc((size_t)ret->nin + 1, sizeof *p->res_bytes);
+  p->res_bound = ptc_xcalloc((size_t)ret->nin + 1, sizeof *p->res_bound);
   for (int32_t i = 0; i < ret->nin; i++) {
     p->res_bytes[i] = p->bytes[ret->in[i]];
     p->res_buf[i] = ptrt_alloc(p->res_bytes[i]);
@@ -233,9 +236,11 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
 void ptrt_program_destroy(ptrt_program *p) {
   if (!p) return;
   ptrt_free(p->arena);
-  for (int32_t i = 0; i < p->f->nargs; i++) ptrt_free(p->arg_buf[i]);
+  for (int32_t i = 0; i < p->f->nargs; i++)
+    if (!p->arg_bound[i]) ptrt_free(p->arg_buf[i]);
   const ptc_op *ret = &p->f->ops[p->nops - 1];
-  for (int32_t i = 0; i < ret->nin; i++) ptrt_free(p->res_buf[i]);
+  for (int32_t i = 0; i < ret->nin; i++)
+    if (!p->res_bound[i]) ptrt_free(p->res_buf[i]);
   ptc_liveness_fini(&p->live_plan);
   free(p->bytes);
   free(p->data);
@@ -245,6 +250,8 @@ void ptrt_program_destroy(ptrt_program *p) {
   free(p->out_ptrs);
   free(p->arg_buf);
   free(p->res_buf);
+  free(p->arg_bound);
+  free(p->res_bound);
   free(p->res_bytes);
   free(p->pend);
   free(p->group_bufs);
@@ -259,6 +266,38 @@ void *ptrt_program_arg(ptrt_program *p, int32_t i) {
 const void *ptrt_program_result(const ptrt_program *p, int32_t i) {
   PTC_ASSERT(i >= 0 && i < p->nres);
   return p->res_buf[i];
+}
+
+void ptrt_program_bind_arg(ptrt_program *p, int32_t i, void *buf) {
+  PTC_ASSERT(i >= 0 && i < p->f->nargs && buf);
+  int32_t v = p->f->args[i];
+  if (!p->arg_bound[i]) { /* the program's own buffer is not needed any more */
+    ptrt_free(p->arg_buf[i]);
+    p->mem.fixed -= p->bytes[v];
+    p->arg_bound[i] = true;
+  }
+  p->arg_buf[i] = buf;
+  p->data[v] = buf;
+}
+
+void ptrt_program_bind_result(ptrt_program *p, int32_t i, void *buf) {
+  PTC_ASSERT(i >= 0 && i < p->nres && buf);
+  if (!p->res_bound[i]) {
+    ptrt_free(p->res_buf[i]);
+    p->mem.fixed -= p->res_bytes[i];
+    p->res_bound[i] = true;
+  }
+  p->res_buf[i] = buf;
+}
+
+int64_t ptrt_program_arg_bytes(const ptrt_program *p, int32_t i) {
+  PTC_ASSERT(i >= 0 && i < p->f->nargs);
+  return p->bytes[p->f->args[i]];
+}
+
+int64_t ptrt_program_result_bytes(const ptrt_program *p, int32_t i) {
+  PTC_ASSERT(i >= 0 && i < p->nres);
+  return p->res_bytes[i];
 }
 
 ptrt_mem ptrt_program_mem(const ptrt_program *p) { return p->mem; }

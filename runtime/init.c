@@ -74,10 +74,13 @@ double ptrt_init_normal(uint64_t seed, const char *name, int64_t index) {
 
 /* ---- variables ------------------------------------------------------------ */
 
-ptrt_vars *ptrt_vars_create(ptc_ctx *ctx, const ptc_module *m, const ptrt_comm *comm) {
+ptrt_vars *ptrt_vars_create_subset(ptc_ctx *ctx, const ptc_module *m, const ptrt_comm *comm,
+                                   const bool *hold) {
   int64_t off = 0;
+  int32_t nheld = 0;
   for (int32_t i = 0; i < m->nparams; i++) {
     const ptc_param *p = &m->params[i];
+    if (hold && !hold[i]) continue;
     if (p->type.dtype != PTC_DTYPE_F32) {
       ptc_error(ctx, p->loc, "param @%s is %s; the CPU runtime holds variables in "
                 "f32 only (compile without a lower-precision master copy)", p->name,
@@ -85,6 +88,7 @@ ptrt_vars *ptrt_vars_create(ptc_ctx *ctx, const ptc_module *m, const ptrt_comm *
       return NULL;
     }
     off += (ptc_type_bytes(&p->type) + 63) & ~(int64_t)63;
+    nheld++;
   }
   ptrt_vars *v = ptc_xcalloc(1, sizeof *v);
   v->mod = m;
@@ -93,20 +97,29 @@ ptrt_vars *ptrt_vars_create(ptc_ctx *ctx, const ptc_module *m, const ptrt_comm *
     memcpy(v->coord, comm->coord, sizeof v->coord);
   }
   v->bytes = off;
+  v->nheld = nheld;
   v->offset = ptc_xcalloc((size_t)m->nparams + 1, sizeof *v->offset);
   v->base = ptrt_alloc(off);
   if (!v->base) {
     ptrt_error(ctx, "cannot allocate %lld bytes for the model's %d variables",
-               (long long)off, m->nparams);
+               (long long)off, nheld);
     ptrt_vars_destroy(v);
     return NULL;
   }
   off = 0;
   for (int32_t i = 0; i < m->nparams; i++) {
+    if (hold && !hold[i]) {
+      v->offset[i] = -1;
+      continue;
+    }
     v->offset[i] = off;
     off += (ptc_type_bytes(&m->params[i].type) + 63) & ~(int64_t)63;
   }
   return v;
+}
+
+ptrt_vars *ptrt_vars_create(ptc_ctx *ctx, const ptc_module *m, const ptrt_comm *comm) {
+  return ptrt_vars_create_subset(ctx, m, comm, NULL);
 }
 
 void ptrt_vars_destroy(ptrt_vars *v) {
@@ -206,6 +219,7 @@ void ptrt_vars_init(ptrt_vars *v, uint64_t seed, ptrt_pool *pool) {
   const ptc_module *m = v->mod;
   for (int32_t i = 0; i < m->nparams; i++) {
     const ptc_param *p = &m->params[i];
+    if (!ptrt_vars_holds(v, i)) continue;
     float *x = ptrt_vars_data(v, i);
     int64_t n = ptc_type_numel(&p->type);
     switch (p->init.kind) {

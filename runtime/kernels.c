@@ -602,7 +602,7 @@ static const char *axis_name(const ptrt_kargs *k, int axis) {
 
 /* Says what the next communicator call is for, so that a peer's error or
  * timeout can name it: "<op> over <axis> at <file:line:col> (op N of @f)"
- * ("<op> with stage P" for a transfer). */
+ * ("send to stage P (tag T)", "recv from stage P (tag T)" for a transfer). */
 static void comm_note_as(const ptrt_kargs *k, const char *over) {
   ptrt_comm_state *st = k->env->comm->state;
   const char *op = ptc_opinfo_get(k->op->code)->name;
@@ -622,8 +622,10 @@ static void comm_note(const ptrt_kargs *k, int axis) {
 }
 
 static void comm_note_peer(const ptrt_kargs *k) {
-  char with[48];
-  snprintf(with, sizeof with, "with stage %lld", (long long)ptc_op_attr_int(k->op, "peer", 0));
+  char with[64];
+  snprintf(with, sizeof with, "%s stage %lld (tag %lld)",
+           k->op->code == PTC_OP_SEND ? "to" : "from",
+           (long long)ptc_op_attr_int(k->op, "peer", 0), (long long)ptc_op_attr_int(k->op, "tag", 0));
   comm_note_as(k, with);
 }
 
@@ -766,15 +768,37 @@ static int k_broadcast(const ptrt_kargs *k) {
                                                     words_per_elem(kout_t(k, 0))));
 }
 
+/* The world rank of pipeline stage `peer` (the op's attribute): the rank
+ * whose mesh coordinates are this rank's with coord[pp] = peer.  -1 after
+ * reporting at the op. */
+static int stage_rank(const ptrt_kargs *k) {
+  const ptrt_comm *c = k->env->comm;
+  int64_t stage = ptc_op_attr_int(k->op, "peer", -1);
+  int pp = ptc_mesh_axis(&c->mesh, "pp", 2);
+  if (pp < 0)
+    return ptrt__op_error(k, "a transfer with pipeline stage %lld, but the %s communicator's "
+                          "mesh has no pp axis: run a pipeline-parallel plan with one rank per "
+                          "device of its mesh", (long long)stage, c->name);
+  if (stage < 0 || stage >= c->mesh.axes[pp].size || stage == c->coord[pp])
+    return ptrt__op_error(k, "a transfer with pipeline stage %lld, but this rank is stage %d "
+                          "of %lld: the plan is damaged; recompile it", (long long)stage,
+                          (int)c->coord[pp], (long long)c->mesh.axes[pp].size);
+  int32_t coord[PTC_MAX_MESH_AXES];
+  memcpy(coord, c->coord, sizeof coord);
+  coord[pp] = (int32_t)stage;
+  return (int)ptc_mesh_rank(&c->mesh, coord);
+}
+
 static int k_send(const ptrt_kargs *k) {
   const ptrt_comm *c = k->env->comm;
   if (!c->send)
     return ptrt__op_error(k, "the %s communicator has no pipeline peers; run a "
                           "pipeline-parallel plan under mpirun with one rank per "
                           "device of its mesh", c->name);
+  int peer = stage_rank(k);
+  if (peer < 0) return -1;
   comm_note_peer(k);
-  return comm_status(k, c->send(c, (int)ptc_op_attr_int(k->op, "peer", 0),
-                                (int)ptc_op_attr_int(k->op, "tag", 0), k->in[0],
+  return comm_status(k, c->send(c, peer, (int)ptc_op_attr_int(k->op, "tag", 0), k->in[0],
                                 ptc_type_bytes(kin_t(k, 0))));
 }
 
@@ -784,9 +808,10 @@ static int k_recv(const ptrt_kargs *k) {
     return ptrt__op_error(k, "the %s communicator has no pipeline peers; run a "
                           "pipeline-parallel plan under mpirun with one rank per "
                           "device of its mesh", c->name);
+  int peer = stage_rank(k);
+  if (peer < 0) return -1;
   comm_note_peer(k);
-  return comm_status(k, c->recv(c, (int)ptc_op_attr_int(k->op, "peer", 0),
-                                (int)ptc_op_attr_int(k->op, "tag", 0), k->out[0],
+  return comm_status(k, c->recv(c, peer, (int)ptc_op_attr_int(k->op, "tag", 0), k->out[0],
                                 ptc_type_bytes(kout_t(k, 0))));
 }
 

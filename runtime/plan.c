@@ -12,9 +12,16 @@
  * A plan for a mesh of more than one device is also localized here
  * (ptc_module_localize): ranks run that view, and the fused kernels,
  * generated from it, are bound to its entry function.
+ *
+ * A pipeline-parallel plan (entry "pipeline") has no single entry: its
+ * module attributes give the stages, microbatches and each stage's order
+ * of forward and backward units, which are checked here (every unit of
+ * the stage's chunks once, a backward after its forward, every function
+ * present), and every function gets its own fused kernels.
  */
 #include <errno.h>
 #include <jansson.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -115,6 +122,161 @@ static int check_file(ptc_ctx *ctx, const char *dir, const char *mpath, json_t *
 out:
   free(path);
   return rc;
+}
+
+/* ---- pipeline-parallel plans ------------------------------------------------ */
+
+/* A module attribute that must be an integer in [lo, hi]; -1 after
+ * reporting. */
+static int pipe_int(ptc_ctx *ctx, const ptrt_plan *p, const char *mpath, const char *name,
+                    int64_t lo, int64_t hi, int32_t *out) {
+  const ptc_attr *a = ptc_module_get_attr(p->mod, name);
+  if (!a || a->kind != PTC_ATTR_INT || a->u.i < lo || a->u.i > hi) {
+    ptrt_file_error(ctx, mpath, "the entry is a pipeline, but step.ptir's module attribute "
+                    "%s is %s (expected an integer from %lld to %lld); " RECOMPILE, name,
+                    a ? "out of range or not an integer" : "missing", (long long)lo,
+                    (long long)hi, p->dir);
+    return -1;
+  }
+  *out = (int32_t)a->u.i;
+  return 0;
+}
+
+/* "F0.0 F0.1 B0.0 ..." into units; -1 when malformed. */
+static int parse_order(const char *s, ptrt_pipe_unit **out, int32_t *n) {
+  int32_t cap = 16;
+  *n = 0;
+  *out = ptc_xmalloc((size_t)cap * sizeof **out);
+  while (*s) {
+    while (*s == ' ') s++;
+    if (!*s) break;
+    char kind = *s++;
+    char *end;
+    long c = strtol(s, &end, 10);
+    if ((kind != 'F' && kind != 'B') || end == s || *end != '.' || c < 0) return -1;
+    s = end + 1;
+    long mb = strtol(s, &end, 10);
+    if (end == s || mb < 0 || (*end && *end != ' ')) return -1;
+    s = end;
+    if (*n == cap) {
+      cap *= 2;
+      *out = ptc_xrealloc(*out, (size_t)cap * sizeof **out);
+    }
+    (*out)[(*n)++] = (ptrt_pipe_unit){kind == 'B', (int32_t)c, (int32_t)mb};
+  }
+  return 0;
+}
+
+/* Stage s's order: every unit of a chunk of this stage, each forward and
+ * backward of every microbatch exactly once, a backward after its
+ * forward.  -1 after reporting. */
+static int check_order(ptc_ctx *ctx, const ptrt_plan *p, const char *mpath, int32_t s) {
+  const ptrt_pipe *pp = p->pipe;
+  int32_t n = pp->norder[s];
+  int32_t cells = pp->chunks * pp->microbatches;
+  uint8_t *seen = ptc_xcalloc((size_t)cells + 1, 1); /* bit 0 forward, bit 1 backward */
+  int rc = -1;
+  const char *why = NULL;
+  char unit[48] = "";
+  for (int32_t k = 0; k < n && !why; k++) {
+    ptrt_pipe_unit u = pp->order[s][k];
+    snprintf(unit, sizeof unit, "%c%d.%d", u.backward ? 'B' : 'F', u.chunk, u.mb);
+    if (u.chunk >= pp->chunks || u.mb >= pp->microbatches) why = "names no chunk or microbatch of the plan";
+    else if (u.chunk % pp->stages != s) why = "names a chunk of another stage";
+    else {
+      uint8_t *c = &seen[u.chunk * pp->microbatches + u.mb], bit = u.backward ? 2 : 1;
+      if (*c & bit) why = "repeats a unit";
+      else if (u.backward && !(*c & 1)) why = "runs a backward before its forward";
+      *c |= bit;
+    }
+  }
+  for (int32_t c = s; c < pp->chunks && !why; c += pp->stages)
+    for (int32_t mb = 0; mb < pp->microbatches && !why; mb++)
+      if (seen[c * pp->microbatches + mb] != 3) {
+        snprintf(unit, sizeof unit, "%c%d.%d", seen[c * pp->microbatches + mb] & 1 ? 'B' : 'F',
+                 c, mb);
+        why = "leaves out a unit";
+      }
+  if (why)
+    ptrt_file_error(ctx, mpath, "pipeline.order.%d of step.ptir %s (%s); " RECOMPILE, s, why,
+                    unit, p->dir);
+  else
+    rc = 0;
+  free(seen);
+  return rc;
+}
+
+/* The module attributes of a pipelined plan and its functions; -1 after
+ * reporting. */
+static int open_pipeline(ptc_ctx *ctx, ptrt_plan *p, const char *mpath) {
+  ptrt_pipe *pp = p->pipe = ptc_xcalloc(1, sizeof *pp);
+  if (pipe_int(ctx, p, mpath, "pipeline.stages", 2, 1 << 20, &pp->stages) != 0 ||
+      pipe_int(ctx, p, mpath, "pipeline.microbatches", 1, 1 << 20, &pp->microbatches) != 0 ||
+      pipe_int(ctx, p, mpath, "pipeline.virtual", 1, 1 << 10, &pp->virtual_stages) != 0)
+    return -1;
+  pp->order = ptc_xcalloc((size_t)pp->stages, sizeof *pp->order);
+  pp->norder = ptc_xcalloc((size_t)pp->stages, sizeof *pp->norder);
+  pp->chunks = pp->stages * pp->virtual_stages;
+  const ptc_attr *sch = ptc_module_get_attr(p->mod, "pipeline.schedule");
+  pp->schedule = sch && (sch->kind == PTC_ATTR_SYM || sch->kind == PTC_ATTR_STR) ? sch->u.s : "?";
+  const ptc_mesh *mesh = &p->mod->mesh;
+  pp->pp_axis = ptc_mesh_axis(mesh, "pp", 2);
+  if (pp->pp_axis < 0 || mesh->axes[pp->pp_axis].size != pp->stages) {
+    ptrt_file_error(ctx, mpath, "step.ptir is a pipeline of %d stages, but its mesh has %s; "
+                    RECOMPILE, pp->stages, pp->pp_axis < 0 ? "no pp axis" : "another pp size",
+                    p->dir);
+    return -1;
+  }
+  for (int32_t s = 0; s < pp->stages; s++) {
+    char key[48];
+    snprintf(key, sizeof key, "pipeline.order.%d", s);
+    const ptc_attr *a = ptc_module_get_attr(p->mod, key);
+    if (!a || a->kind != PTC_ATTR_STR || parse_order(a->u.s, &pp->order[s], &pp->norder[s]) != 0) {
+      ptrt_file_error(ctx, mpath, "the entry is a pipeline, but step.ptir's module attribute "
+                      "%s is missing or not a list like \"F0.0 B0.0\"; " RECOMPILE, key, p->dir);
+      return -1;
+    }
+    if (check_order(ctx, p, mpath, s) != 0) return -1;
+  }
+  for (int32_t i = 0; i < 2 * pp->chunks + pp->stages; i++) {
+    char name[48];
+    if (i < pp->chunks) snprintf(name, sizeof name, "fwd.%d", i);
+    else if (i < 2 * pp->chunks) snprintf(name, sizeof name, "bwd.%d", i - pp->chunks);
+    else snprintf(name, sizeof name, "step.%d", i - 2 * pp->chunks);
+    if (!ptc_module_find_func(p->mod, name)) {
+      ptrt_file_error(ctx, mpath, "the entry is a pipeline of %d chunks on %d stages, but "
+                      "step.ptir has no @%s; " RECOMPILE, pp->chunks, pp->stages, name, p->dir);
+      return -1;
+    }
+  }
+  p->training = true;
+  return 0;
+}
+
+/* The fused kernels of every function of the local view. */
+static int open_fn_fused(ptc_ctx *ctx, ptrt_plan *p, const char *kpath) {
+  p->fn_fused = ptc_xcalloc((size_t)p->local->nfuncs + 1, sizeof *p->fn_fused);
+  for (int32_t i = 0; i < p->local->nfuncs; i++) {
+    p->fn_fused[i] = ptrt_fused_open(ctx, kpath, p->local->funcs[i]);
+    if (!p->fn_fused[i]) return -1;
+    if (ptrt_fused_count(p->fn_fused[i]) == 0) {
+      ptrt_fused_close(p->fn_fused[i]);
+      p->fn_fused[i] = NULL;
+    }
+  }
+  return 0;
+}
+
+ptc_func *ptrt_plan_func(const ptrt_plan *p, const char *name, ptc_func **global) {
+  if (global) *global = ptc_module_find_func(p->mod, name);
+  return ptc_module_find_func(p->local, name);
+}
+
+const ptrt_fused *ptrt_plan_fused_of(const ptrt_plan *p, const ptc_func *local_f) {
+  if (!p->fn_fused) return local_f == p->local_entry ? p->fused : NULL;
+  for (int32_t i = 0; i < p->local->nfuncs; i++)
+    if (p->local->funcs[i] == local_f) return p->fn_fused[i];
+  return NULL;
 }
 
 static ptrt_plan *fail(ptrt_plan *p, json_t *root) {
@@ -243,23 +405,29 @@ ptrt_plan *ptrt_plan_open(ptc_ctx *ctx, const char *dir) {
     return fail(p, root);
   }
   free(ir_path);
-  p->entry = ptc_module_find_func(p->mod, entry);
-  if (!p->entry || (strcmp(entry, "step") != 0 && strcmp(entry, "forward") != 0)) {
-    ptrt_file_error(ctx, mpath, "the entry function '@%s' is %s; " RECOMPILE, entry,
-                    p->entry ? "neither @step nor @forward" : "not in step.ptir", dir);
-    return fail(p, root);
+  if (strcmp(entry, "pipeline") == 0) {
+    if (open_pipeline(ctx, p, mpath) != 0) return fail(p, root);
+  } else {
+    p->entry = ptc_module_find_func(p->mod, entry);
+    if (!p->entry || (strcmp(entry, "step") != 0 && strcmp(entry, "forward") != 0)) {
+      ptrt_file_error(ctx, mpath, "the entry function '@%s' is %s; " RECOMPILE, entry,
+                      p->entry ? "neither @step, @forward nor a pipeline" : "not in step.ptir",
+                      dir);
+      return fail(p, root);
+    }
+    p->training = strcmp(entry, "step") == 0;
+    p->forward = ptc_module_find_func(p->mod, "forward");
   }
-  p->training = strcmp(entry, "step") == 0;
-  p->forward = ptc_module_find_func(p->mod, "forward");
   /* the local view runs; on one device it is the module itself */
   p->local = p->mod;
   p->local_entry = p->entry;
   p->local_forward = p->forward;
   if (ptc_mesh_size(&p->mod->mesh) > 1) {
     p->local = ptc_module_localize(p->mod);
-    p->local_entry = ptc_module_find_func(p->local, p->entry->name);
+    p->local_entry = p->entry ? ptc_module_find_func(p->local, p->entry->name) : NULL;
     p->local_forward = p->forward ? ptc_module_find_func(p->local, "forward") : NULL;
-    PTC_ASSERT(p->local_entry && (p->local_forward != NULL) == (p->forward != NULL));
+    PTC_ASSERT((p->local_entry != NULL) == (p->entry != NULL) &&
+               (p->local_forward != NULL) == (p->forward != NULL));
   }
   if (have_kernels) {
     char *kpath_heap = join(dir, "kernels.so");
@@ -276,8 +444,12 @@ ptrt_plan *ptrt_plan_open(ptc_ctx *ctx, const char *dir) {
                              json_string_value(req)) != 0)
       return fail(p, root);
     /* kpath has a '/', so dlopen takes it as a path, not a name to search */
-    p->fused = ptrt_fused_open(ctx, kpath, p->local_entry);
-    if (!p->fused) return fail(p, root);
+    if (p->pipe) {
+      if (open_fn_fused(ctx, p, kpath) != 0) return fail(p, root);
+    } else {
+      p->fused = ptrt_fused_open(ctx, kpath, p->local_entry);
+      if (!p->fused) return fail(p, root);
+    }
   }
   json_decref(root);
   return p;
@@ -286,6 +458,14 @@ ptrt_plan *ptrt_plan_open(ptc_ctx *ctx, const char *dir) {
 void ptrt_plan_close(ptrt_plan *p) {
   if (!p) return;
   ptrt_fused_close(p->fused);
+  for (int32_t i = 0; p->fn_fused && i < p->local->nfuncs; i++) ptrt_fused_close(p->fn_fused[i]);
+  free(p->fn_fused);
+  if (p->pipe) {
+    for (int32_t s = 0; s < p->pipe->stages; s++) free(p->pipe->order[s]);
+    free(p->pipe->order);
+    free(p->pipe->norder);
+    free(p->pipe);
+  }
   if (p->local != p->mod) ptc_module_destroy(p->local);
   ptc_module_destroy(p->mod);
   free(p->dir);

@@ -18,6 +18,14 @@
  * and coordinates; on the one-rank communicator (mesh without axes) every
  * split has one part, so a single-device plan runs exactly as before.
  *
+ * Pipelines: a plan whose mesh has a pp axis (manifest entry "pipeline")
+ * has no single entry function.  Stage s (a rank's pp coordinate) runs
+ * its order of forward and backward units (@fwd.<c>, @bwd.<c>) over the
+ * step's microbatches, then @step.<s>; each of those is partitioned over
+ * the stage's dp/tp sub-mesh like an SPMD function, and send/recv name a
+ * stage, which the kernels map to the rank of the same dp/tp position
+ * (ptrt_pipe below; tools/ptrun.c runs the loop).
+ *
  * Invariants:
  *  - Buffers are row-major and 64-byte aligned: f32 for every float value,
  *    i32 or i64 for integer values.  Other dtypes (bf16, f16, f64, i8,
@@ -143,9 +151,20 @@ struct ptrt_comm {
   int (*reduce_scatter)(const ptrt_comm *c, int axis, ptrt_reduce op,
                         const float *in, float *out, int64_t n);
   int (*broadcast)(const ptrt_comm *c, int axis, int root, float *buf, int64_t n);
-  /* pipeline transfers to/from a world rank; NULL: not supported */
+  /* Pipeline transfers to/from a world rank; NULL: not supported.  send is
+   * buffered: it copies buf and returns without waiting for the peer (a
+   * schedule may send several microbatches before its peer receives the
+   * first; the compiler's comm-check proves schedules under exactly this
+   * rule).  Messages between two ranks with one tag arrive in the order
+   * sent.  recv waits (under the timeout) until the message is here. */
   int (*send)(const ptrt_comm *c, int peer, int tag, const void *buf, int64_t bytes);
   int (*recv)(const ptrt_comm *c, int peer, int tag, void *buf, int64_t bytes);
+  /* Waits (under the timeout) until every send this rank issued has been
+   * received, and frees their copies; a send still pending when the
+   * timeout passes ends the run naming its peer, tag and op.  Called at
+   * the end of each pipelined training step and before the communicator
+   * goes.  NULL, or the one-rank table's: nothing is ever pending. */
+  int (*flush)(const ptrt_comm *c);
   /* Agreement across the world (e.g. "every rank finished the step"):
    * all_reduce of one double with max; NULL on the one-rank table. */
   int (*world_max)(const ptrt_comm *c, double *v);
@@ -181,12 +200,34 @@ void ptrt_comm_abort(const ptrt_comm *c, int code);
 
 typedef struct ptrt_fused ptrt_fused; /* fused.h */
 
+/* One call in a stage's pipeline order: the forward (F) or backward (B)
+ * of chunk `chunk` on microbatch `mb`. */
+typedef struct ptrt_pipe_unit {
+  bool backward;
+  int32_t chunk, mb;
+} ptrt_pipe_unit;
+
+/* A pipeline-parallel plan (passes/pipeline.c): module attribute
+ * pipeline.stages P > 1, functions @fwd.<c> and @bwd.<c> for the chunks
+ * c < P*V (chunk c runs on stage c mod P) and @step.<s> per stage.  Stage
+ * s runs order[s] (each unit on the microbatch it names), then @step.<s>
+ * once.  A stage's functions talk to the same-coordinate rank of another
+ * stage by send/recv; their dp/tp collectives stay inside the stage. */
+typedef struct ptrt_pipe {
+  int32_t stages, microbatches, virtual_stages, chunks; /* chunks = P*V */
+  int pp_axis;                  /* in the module's mesh */
+  const char *schedule;         /* module attribute (arena), e.g. "1f1b" */
+  ptrt_pipe_unit **order;       /* heap: per stage, norder[s] units */
+  int32_t *norder;
+} ptrt_pipe;
+
 typedef struct ptrt_plan {
   char *dir;       /* heap */
   char *model;     /* heap: the manifest's model name */
   char *ptc_version; /* heap: the ptc that wrote it */
   ptc_module *mod; /* owned: step.ptir, parsed and verified (global types) */
-  ptc_func *entry; /* @step (training) or @forward (evaluation only) */
+  ptc_func *entry; /* @step (training) or @forward (evaluation only); NULL
+                      for a pipelined plan (pipe below) */
   ptc_func *forward; /* @forward when present (may equal entry), else NULL */
   bool training;   /* entry is @step */
   /* What runs: on a mesh of more than one device the local view
@@ -199,6 +240,12 @@ typedef struct ptrt_plan {
   ptc_func *local_entry, *local_forward;
   ptrt_fused *fused; /* owned: the kernels of local_entry's fused groups
                         (kernels.so), or NULL when the plan has none */
+  /* Pipeline-parallel plans (manifest entry "pipeline"): pipe is set and
+   * entry, forward, local_entry, local_forward and fused are NULL; every
+   * function of the local view has its own fused kernels (fn_fused, per
+   * index in local->funcs, NULL where it has no group). */
+  ptrt_pipe *pipe;   /* owned, or NULL */
+  ptrt_fused **fn_fused; /* owned, or NULL */
 } ptrt_plan;
 
 /* Opens and checks a plan: the directory, manifest.json (format, version,
@@ -208,6 +255,13 @@ typedef struct ptrt_plan {
  * plan.  NULL after reporting. */
 ptrt_plan *ptrt_plan_open(ptc_ctx *ctx, const char *dir);
 void ptrt_plan_close(ptrt_plan *p);
+
+/* A pipelined plan's function by name (@fwd.3, @bwd.0, @step.1): the one
+ * of the local view (what runs) and, through *global when not NULL, the
+ * one as written.  NULL when the module has no such function. */
+ptc_func *ptrt_plan_func(const ptrt_plan *p, const char *name, ptc_func **global);
+/* The fused kernels of a function of p->local (borrowed; NULL: none). */
+const ptrt_fused *ptrt_plan_fused_of(const ptrt_plan *p, const ptc_func *local_f);
 
 /* Lower-case hex SHA-256 of data (65 bytes with the NUL).  Shared with the
  * plan writer's tests; the writer has its own copy (codegen/ links no
@@ -221,7 +275,9 @@ typedef struct ptrt_vars {
   const ptc_module *mod; /* its param types are what is held (local) */
   unsigned char *base; /* one allocation for every variable */
   int64_t bytes;
-  int64_t *offset; /* heap: per module param, the byte offset in base */
+  int64_t *offset; /* heap: per module param, the byte offset in base, or
+                      -1 for a variable this rank does not hold */
+  int32_t nheld;   /* the variables held (every param unless a subset) */
   /* The device whose pieces these are: the communicator's mesh and
    * coordinates (mesh.naxes 0: one device, whole tensors). */
   ptc_mesh mesh;
@@ -234,12 +290,22 @@ typedef struct ptrt_vars {
  * one-rank table: one device, whole tensors.  Contents are undefined until
  * ptrt_vars_init or a load. */
 ptrt_vars *ptrt_vars_create(ptc_ctx *ctx, const ptc_module *m, const ptrt_comm *comm);
+/* The same for the params with hold[i] set only (a pipeline stage holds
+ * the variables its own functions read); hold NULL: every param.  Others
+ * have no memory (offset -1): ptrt_vars_data must not be asked for them,
+ * and init, loads and saves skip them. */
+ptrt_vars *ptrt_vars_create_subset(ptc_ctx *ctx, const ptc_module *m, const ptrt_comm *comm,
+                                   const bool *hold);
 void ptrt_vars_destroy(ptrt_vars *v);
+static inline bool ptrt_vars_holds(const ptrt_vars *v, int32_t param) {
+  return v->offset[param] >= 0;
+}
 static inline float *ptrt_vars_data(const ptrt_vars *v, int32_t param) {
+  PTC_ASSERT(v->offset[param] >= 0);
   return (float *)(v->base + v->offset[param]);
 }
 
-/* Fills every variable from its init spec: zeros, ones, normal(std),
+/* Fills every variable held from its init spec: zeros, ones, normal(std),
  * scaled(std, depth) = normal(std / sqrt(2 depth)); no init means zeros.
  * Element i of param `name` depends only on (seed, name, i), i the flat
  * index in the WHOLE tensor: a device's piece holds exactly the elements
@@ -334,6 +400,20 @@ void ptrt_program_destroy(ptrt_program *p);
 void *ptrt_program_arg(ptrt_program *p, int32_t i);
 /* The buffer of result i after a run (valid until the next run). */
 const void *ptrt_program_result(const ptrt_program *p, int32_t i);
+
+/* Caller-owned buffers in place of the program's own, for values that
+ * outlive a run (a pipeline's stash: a forward's results kept for its
+ * backward, one set per microbatch in flight).  buf holds the value's
+ * bytes (local type), 64-byte aligned, and must stay valid while bound.
+ * The first bind of an argument or result frees the program's own buffer
+ * for it; from then on it must be bound before each run (ptrt_program_arg
+ * and ptrt_program_result give the bound buffer).  A bound result is
+ * written by the run; a bound argument is only read. */
+void ptrt_program_bind_arg(ptrt_program *p, int32_t i, void *buf);
+void ptrt_program_bind_result(ptrt_program *p, int32_t i, void *buf);
+/* The byte size of argument / result i (local type). */
+int64_t ptrt_program_arg_bytes(const ptrt_program *p, int32_t i);
+int64_t ptrt_program_result_bytes(const ptrt_program *p, int32_t i);
 
 /* Runs the function once.  commit = false skips every assign (the
  * variables keep their values: evaluation with a training step).  Returns

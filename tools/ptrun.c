@@ -14,7 +14,9 @@
  * builds the same global batch and keeps its block of it.  Rank 0 alone
  * prints and writes --log; diagnostics of any rank go to its standard
  * error prefixed "rank N: ", and a rank that fails ends every rank
- * (ptrt_comm_abort) so none waits for it.  See docs/runtime.md.
+ * (ptrt_comm_abort) so none waits for it.  A pipelined plan (a mesh with a
+ * pp axis) runs one stage per pp coordinate: setup_pipe and train_pipe
+ * below.  See docs/runtime.md.
  */
 #include <errno.h>
 #include <jansson.h>
@@ -25,6 +27,7 @@
 #include <unistd.h>
 
 #include "ptc_config.h"
+#include "runtime/ckpt.h"
 #include "runtime/ptrt.h"
 
 enum { EXIT_USER = 1, EXIT_USAGE = 2 };
@@ -50,7 +53,11 @@ typedef struct config {
   bool val_every_given;
   double peak_gflops;
   const char *save, *load;
-  const char *save_ckpt, *resume;
+  const char *resume; /* "": the newest checkpoint in --ckpt-dir */
+  const char *ckpt_dir, *ckpt_durable;
+  int64_t ckpt_every, ckpt_keep, ckpt_durable_every, nan_patience;
+  bool ckpt_async;
+  ptrt_on_nan on_nan;
   int64_t print_every;
   bool check_numerics, profile;
   double timeout;
@@ -58,7 +65,8 @@ typedef struct config {
   bool help, version;
 } config;
 
-typedef enum opt_kind { K_FLAG, K_STR, K_LIST, K_INT, K_FLOAT } opt_kind;
+/* K_OPTSTR: a string that may be left out ("" then) */
+typedef enum opt_kind { K_FLAG, K_STR, K_OPTSTR, K_LIST, K_INT, K_FLOAT } opt_kind;
 
 typedef struct option {
   const char *name;
@@ -87,10 +95,22 @@ static const option options[] = {
     {"save-weights", K_STR, "F.safetensors", "write the trained parameters at the end"},
     {"load-weights", K_STR, "F.safetensors", "start from these parameters instead of the "
                                              "init"},
-    {"save-checkpoint", K_STR, "F.safetensors", "write every variable (parameters and "
-                                                "optimizer state) and the step at the end"},
-    {"resume", K_STR, "F.safetensors", "continue from a checkpoint: its variables, from the "
-                                       "step after its own to --steps"},
+    {"ckpt-dir", K_STR, "DIR", "write checkpoints into DIR/step-N: sharded, atomic, loadable "
+                               "on any mesh (docs/checkpoints.md)"},
+    {"ckpt-every", K_INT, "N", "a checkpoint every N steps; one is always written at --steps "
+                               "and on SIGTERM or SIGUSR1 (then ptrun stops)"},
+    {"ckpt-keep", K_INT, "K", "keep the newest K checkpoints in --ckpt-dir (default: all)"},
+    {"ckpt-async", K_FLAG, NULL, "write checkpoints in the background from a copy of the "
+                                 "variables taken at the step boundary"},
+    {"ckpt-durable", K_STR, "DIR", "a second tier for rarer checkpoints (and the last); "
+                                   "--ckpt-dir keeps none older than its newest"},
+    {"ckpt-durable-every", K_INT, "M", "a checkpoint into --ckpt-durable every M steps"},
+    {"resume", K_OPTSTR, "[PATH]", "continue from the newest checkpoint in --ckpt-dir (a fresh "
+                                   "start when there is none), or from PATH"},
+    {"on-nan", K_STR, "skip|stop", "undo a step whose loss or gradient norm is not finite; "
+                                   "stop: stop after --nan-patience in a row, checkpointing"},
+    {"nan-patience", K_INT, "K", "with --on-nan stop: undone steps in a row before stopping "
+                                 "(default 1)"},
     {"print-every", K_INT, "K", "print one step line every K steps (default 1)"},
     {"timeout", K_FLOAT, "SECONDS", "a rank of a multi-rank run that waits this long for "
                                     "a peer stops every rank, naming the collective "
@@ -206,8 +226,21 @@ static int set_option(config *c, const option *o, const char *val) {
   else if (!strcmp(n, "peak-gflops")) c->peak_gflops = fv;
   else if (!strcmp(n, "save-weights")) c->save = val;
   else if (!strcmp(n, "load-weights")) c->load = val;
-  else if (!strcmp(n, "save-checkpoint")) c->save_ckpt = val;
   else if (!strcmp(n, "resume")) c->resume = val;
+  else if (!strcmp(n, "ckpt-dir")) c->ckpt_dir = val;
+  else if (!strcmp(n, "ckpt-every")) c->ckpt_every = iv;
+  else if (!strcmp(n, "ckpt-keep")) c->ckpt_keep = iv;
+  else if (!strcmp(n, "ckpt-async")) c->ckpt_async = true;
+  else if (!strcmp(n, "ckpt-durable")) c->ckpt_durable = val;
+  else if (!strcmp(n, "ckpt-durable-every")) c->ckpt_durable_every = iv;
+  else if (!strcmp(n, "nan-patience")) c->nan_patience = iv;
+  else if (!strcmp(n, "on-nan")) {
+    if (strcmp(val, "skip") && strcmp(val, "stop")) {
+      fprintf(stderr, "ptrun: error: --on-nan %s: expected skip or stop\n", val);
+      return EXIT_USER;
+    }
+    c->on_nan = !strcmp(val, "skip") ? PTRT_ON_NAN_SKIP : PTRT_ON_NAN_STOP;
+  }
   else if (!strcmp(n, "print-every")) c->print_every = iv ? iv : 1;
   else if (!strcmp(n, "timeout")) {
     if (!(fv > 0)) {
@@ -244,6 +277,10 @@ static int parse_args(config *c, int argc, char **argv, bool *steps_given) {
       if (eq) return usage("option '%s' takes no value", a);
     } else if (eq) {
       val = eq + 1;
+    } else if (o->kind == K_OPTSTR) {
+      /* the next word is its value unless it is an option, or the plan is
+       * still to come (then the word is the plan) */
+      val = i + 1 < argc && argv[i + 1][0] != '-' && c->plan ? argv[++i] : "";
     } else {
       if (i + 1 >= argc) return usage("option '%s' needs a value", a);
       val = argv[++i];
@@ -257,8 +294,9 @@ static int parse_args(config *c, int argc, char **argv, bool *steps_given) {
 
 /* ---- the run ---------------------------------------------------------------- */
 
-/* How each argument of a function is fed. */
-typedef enum feed { F_TOKENS, F_TARGETS, F_LR, F_STEP, F_ROWS } feed;
+/* How each argument of a function is fed.  F_STASH: a pipelined backward's
+ * %stash.<k>, bound to its forward's result k (not fed from data). */
+typedef enum feed { F_TOKENS, F_TARGETS, F_LR, F_STEP, F_ROWS, F_STASH } feed;
 
 /* A function to run: its local view (what runs) and the function as the
  * plan wrote it (whole tensors: what the data gives). */
@@ -272,6 +310,8 @@ typedef struct binding {
   bool tokens;  /* reads the token stream */
 } binding;
 
+typedef struct pipe_state pipe_state; /* a pipelined plan's stage (below) */
+
 typedef struct run {
   config *c;
   ptc_ctx *ctx;
@@ -284,7 +324,9 @@ typedef struct run {
   bool capture;   /* diagnostics are captured and printed with "rank N: " */
   size_t diag_done; /* of the captured text, what is printed */
   ptrt_vars *vars;
-  binding train, val; /* val.f NULL: no validation */
+  binding train, val; /* val.f NULL: no validation; unused for a pipelined plan */
+  pipe_state *pipe;   /* a pipelined plan: this rank's stage, else NULL */
+  ptrt_ckpt_session *ck; /* checkpoints, resume, --on-nan; NULL without them */
   ptrt_tokens *data, *vdata;
   ptrt_st *inputs, *vinputs;
   ptrt_schedule sched;
@@ -300,6 +342,9 @@ typedef struct run {
   double comm_sent[PTC_MAX_MESH_AXES];
   int64_t comm_calls[PTC_MAX_MESH_AXES];
 } run;
+
+static void pipe_config_json(run *r, json_t *o);
+static void pipe_fini(pipe_state *ps);
 
 static const char *arg_name(const ptc_func *f, int32_t i) {
   const char *n = f->values[f->args[i]].name;
@@ -355,6 +400,9 @@ static int bind(run *r, binding *b, ptc_func *f, ptc_func *gf) {
       b->T = t->dims[1];
     } else if ((!strcmp(n, "lr") || !strcmp(n, "step")) && is_scalar_f32(t)) {
       b->feeds[i] = !strcmp(n, "lr") ? F_LR : F_STEP;
+    } else if (r->plan->pipe && !strncmp(n, "stash.", 6)) {
+      b->feeds[i] = F_STASH;
+      continue; /* this rank's piece, straight from the forward */
     } else {
       b->feeds[i] = F_ROWS;
     }
@@ -440,6 +488,7 @@ static int feed_args(run *r, binding *b, const ptrt_tokens *tk, const ptrt_st *s
     case F_LR: *(float *)buf = (float)lr; break;
     case F_STEP: *(float *)buf = (float)step; break;
     case F_ROWS: ptrt_rows_batch(st, arg_name(gf, i), &gf->values[gf->args[i]].type, s, buf); break;
+    case F_STASH: break;
     }
   }
   if (b->tokens) {
@@ -530,7 +579,7 @@ static json_t *config_json(run *r) {
   json_t *o = json_object();
   json_object_set_new(o, "plan", json_string(c->plan));
   json_object_set_new(o, "model", json_string(r->plan->model));
-  json_object_set_new(o, "entry", json_string(r->train.f->name));
+  json_object_set_new(o, "entry", json_string(r->pipe ? "pipeline" : r->train.f->name));
   json_object_set_new(o, "ptc_version", json_string(r->plan->ptc_version));
   json_object_set_new(o, "ptrun_version", json_string(PTC_VERSION_STRING));
   json_object_set_new(o, "data", data);
@@ -545,6 +594,7 @@ static json_t *config_json(run *r) {
   json_object_set_new(o, "threads", json_integer(c->threads));
   json_object_set_new(o, "batch", json_integer(r->train.B));
   json_object_set_new(o, "seq", json_integer(r->train.T));
+  if (r->pipe) pipe_config_json(r, o);
   json_object_set_new(o, "val_every", json_integer(c->val_every));
   json_object_set_new(o, "val_batches", json_integer(c->val_batches));
   json_object_set_new(o, "peak_gflops", json_real(r->peak_gflops));
@@ -600,8 +650,7 @@ static long launcher_size(void) {
 
 /* The flags that read or write whole tensors of one device's variables. */
 static const char *whole_tensor_flag(const config *c) {
-  return c->save ? "--save-weights" : c->load ? "--load-weights"
-         : c->save_ckpt ? "--save-checkpoint" : c->resume ? "--resume" : NULL;
+  return c->save ? "--save-weights" : c->load ? "--load-weights" : NULL;
 }
 
 /* Chooses the communicator for the plan: the one-rank table for a plan of
@@ -649,27 +698,44 @@ static int choose_comm(run *r, bool launched) {
   return 0;
 }
 
-/* Everything before the first step. */
-static int setup(run *r) {
+/* Opens --data (and token --val) for a plan that reads tokens, else
+ * refuses --data; opens --inputs and safetensors --val.  fname names the
+ * function that reads them. */
+static int open_inputs(run *r, bool tokens, const char *fname, int64_t bound,
+                       const char *what) {
   config *c = r->c;
-  bool launched = ptrt_launched_multi();
-  if (launched) { /* until the communicator says, the launcher names the rank */
-    long lr = launcher_rank();
-    r->rank = lr >= 0 ? (int)lr : 0;
-    r->quiet = r->rank != 0;
-    r->capture = true;
-    ptc_ctx_set_diag_capture(r->ctx, true);
+  if (tokens) {
+    if (!c->ndata) {
+      ptrt_error(r->ctx, "@%s reads tokens: give the training data with --data FILE "
+                 "(make one with 'ptdata TEXT -o FILE')", fname);
+      return -1;
+    }
+    r->data = ptrt_tokens_open(r->ctx, c->data, c->ndata, bound, what);
+    if (!r->data) return -1;
+    if (c->nval) {
+      r->vdata = ptrt_tokens_open(r->ctx, c->val, c->nval, bound, what);
+      if (!r->vdata) return -1;
+    }
+  } else if (c->ndata) {
+    ptrt_error(r->ctx, "@%s has no %%tokens argument, so --data has nothing to feed; "
+               "its inputs come from --inputs FILE.safetensors", fname);
+    return -1;
   }
-  r->plan = ptrt_plan_open(r->ctx, c->plan);
-  if (!r->plan) return -1;
-  r->env.ctx = r->ctx;
-  r->devices = ptc_mesh_size(&r->plan->mod->mesh);
-  if (choose_comm(r, launched) != 0) return -1;
-  r->pool = ptrt_pool_create(r->ctx, c->threads);
-  if (!r->pool) return -1;
-  r->env.pool = r->pool;
-  ptrt_blas_set_threads(c->threads);
+  if (c->inputs) {
+    r->inputs = ptrt_st_open(r->ctx, c->inputs);
+    if (!r->inputs) return -1;
+  }
+  if (c->val_inputs) {
+    r->vinputs = ptrt_st_open(r->ctx, c->val_inputs);
+    if (!r->vinputs) return -1;
+  }
+  return 0;
+}
 
+/* The step (or @forward) of a single-device or SPMD plan: bindings, data,
+ * variables and programs. */
+static int setup_step(run *r) {
+  config *c = r->c;
   ptrt_plan *pl = r->plan;
   if (bind(r, &r->train, pl->local_entry, pl->entry) != 0) return -1;
   /* --val is a token file like --data, or for models that read rows, a
@@ -692,41 +758,10 @@ static int setup(run *r) {
       return -1;
     }
   }
-  /* the schedule */
-  r->sched.lr = c->lr;
-  r->sched.min_lr = c->min_lr_given ? c->min_lr : c->lr / 10;
-  r->sched.decay_steps = c->decay_given ? c->decay_steps : c->steps;
-  r->sched.warmup = c->warmup_given ? c->warmup : (c->steps / 10 < 100 ? c->steps / 10 : 100);
-  if (!c->val_every_given) c->val_every = c->steps / 10 > 0 ? c->steps / 10 : 1;
-
   /* data */
   char what[160];
   int64_t bound = token_bound(r->train.gf, what, sizeof what);
-  if (r->train.tokens) {
-    if (!c->ndata) {
-      ptrt_error(r->ctx, "@%s reads tokens: give the training data with --data FILE "
-                 "(make one with 'ptdata TEXT -o FILE')", r->train.f->name);
-      return -1;
-    }
-    r->data = ptrt_tokens_open(r->ctx, c->data, c->ndata, bound, what);
-    if (!r->data) return -1;
-    if (c->nval) {
-      r->vdata = ptrt_tokens_open(r->ctx, c->val, c->nval, bound, what);
-      if (!r->vdata) return -1;
-    }
-  } else if (c->ndata) {
-    ptrt_error(r->ctx, "@%s has no %%tokens argument, so --data has nothing to feed; "
-               "its inputs come from --inputs FILE.safetensors", r->train.f->name);
-    return -1;
-  }
-  if (c->inputs) {
-    r->inputs = ptrt_st_open(r->ctx, c->inputs);
-    if (!r->inputs) return -1;
-  }
-  if (c->val_inputs) {
-    r->vinputs = ptrt_st_open(r->ctx, c->val_inputs);
-    if (!r->vinputs) return -1;
-  }
+  if (open_inputs(r, r->train.tokens, r->train.f->name, bound, what) != 0) return -1;
   if (check_rows(r, &r->train, r->inputs, "--inputs") != 0) return -1;
   if (r->val.f && check_rows(r, &r->val, r->vinputs, "--val") != 0) return -1;
   if (r->val.f && r->val.tokens && !r->vdata) {
@@ -740,11 +775,6 @@ static int setup(run *r) {
   ptrt_vars_init(r->vars, c->seed, r->pool);
   if (c->load && ptrt_load_weights(r->ctx, c->load, r->vars) != 0) return -1;
   r->first_step = 1;
-  if (c->resume) {
-    int64_t done = 0;
-    if (ptrt_load_checkpoint(r->ctx, c->resume, r->vars, &done) != 0) return -1;
-    r->first_step = done + 1;
-  }
   ptrt_program_opts topts = {.in_place = pl->training, .fused = pl->fused};
   r->train.prog = ptrt_program_create(&r->env, r->train.f, r->vars, &topts);
   if (!r->train.prog) return -1;
@@ -757,6 +787,419 @@ static int setup(run *r) {
   ptrt_program_set_profile(r->train.prog, c->profile);
   /* MFU: the model's FLOPs (whole tensors) against the peak of every device */
   r->flops = ptrt_func_flops(r->train.gf);
+  return 0;
+}
+
+/* ---- pipeline-parallel plans: this rank's stage ------------------------------- */
+
+/* A chunk of this rank's stage: its forward and backward, and the stash
+ * between them.  Each microbatch in flight owns one stash set, a block
+ * holding every result of @fwd.<c> (64-byte aligned pieces): the forward's
+ * results are written into it and the backward reads its %stash.<k> from
+ * it, so nothing is copied.  After the backward the set is kept for the
+ * next forward: the sets allocated are the most microbatches ever in
+ * flight on this chunk. */
+typedef struct pipe_chunk {
+  int32_t chunk;
+  binding fwd, bwd;
+  int32_t nres;        /* results of @fwd.<c> */
+  int64_t *res_off;    /* heap: per result, its offset in a set */
+  int32_t *stash_res;  /* heap: per argument of @bwd.<c>, the result it takes, or -1 */
+  int64_t set_bytes;
+  char **live;         /* heap: per microbatch, its set while in flight, else NULL */
+  char **spare;        /* heap: sets whose backward ran */
+  int32_t nspare;
+} pipe_chunk;
+
+struct pipe_state {
+  const ptrt_pipe *pp;
+  int32_t stage;
+  const ptrt_pipe_unit *order; /* this stage's */
+  int32_t norder;
+  pipe_chunk *chunks;  /* this stage's chunks, stage + k*P for k < V */
+  binding step;        /* @step.<stage> */
+  int64_t B, T;        /* a microbatch's tokens (tokens plans) */
+  bool tokens;
+  int64_t rows;        /* a microbatch's rows (--inputs plans) */
+  int64_t stash_bytes; /* stash sets allocated now */
+};
+
+/* The stage's functions, i < 2V + 1: forward and backward of each chunk,
+ * then @step.<stage>. */
+static int32_t pipe_nfuncs(const pipe_state *ps) { return 2 * ps->pp->virtual_stages + 1; }
+static binding *pipe_binding(pipe_state *ps, int32_t i) {
+  if (i == 2 * ps->pp->virtual_stages) return &ps->step;
+  pipe_chunk *pc = &ps->chunks[i / 2];
+  return i % 2 ? &pc->bwd : &pc->fwd;
+}
+
+static void pipe_fini(pipe_state *ps) {
+  if (!ps) return;
+  for (int32_t k = 0; ps->chunks && k < ps->pp->virtual_stages; k++) {
+    pipe_chunk *pc = &ps->chunks[k];
+    for (int32_t mb = 0; pc->live && mb < ps->pp->microbatches; mb++) ptrt_free(pc->live[mb]);
+    for (int32_t i = 0; i < pc->nspare; i++) ptrt_free(pc->spare[i]);
+    binding_fini(&pc->fwd);
+    binding_fini(&pc->bwd);
+    free(pc->res_off);
+    free(pc->stash_res);
+    free(pc->live);
+    free(pc->spare);
+  }
+  free(ps->chunks);
+  binding_fini(&ps->step);
+  free(ps);
+}
+
+/* Binds the plan's function `name` (local view and as written). */
+static int pipe_bind(run *r, binding *b, const char *name) {
+  ptc_func *gf = NULL, *f = ptrt_plan_func(r->plan, name, &gf);
+  PTC_ASSERT(f && gf); /* ptrt_plan_open checked every function is there */
+  return bind(r, b, f, gf);
+}
+
+/* The stash of chunk pc: where each result of @fwd.<c> sits in a set, and
+ * which result each %stash.<k> of @bwd.<c> takes (of the same bytes). */
+static int pipe_stash_layout(run *r, pipe_chunk *pc) {
+  const ptc_func *fw = pc->fwd.f, *bw = pc->bwd.f;
+  const ptc_op *ret = &fw->ops[fw->nops - 1];
+  pc->nres = ret->nin;
+  pc->res_off = ptc_xcalloc((size_t)pc->nres + 1, sizeof *pc->res_off);
+  int64_t off = 0;
+  for (int32_t k = 0; k < pc->nres; k++) {
+    pc->res_off[k] = off;
+    off += (ptc_type_bytes(&fw->values[ret->in[k]].type) + 63) & ~(int64_t)63;
+  }
+  pc->set_bytes = off;
+  pc->stash_res = ptc_xcalloc((size_t)bw->nargs + 1, sizeof *pc->stash_res);
+  for (int32_t i = 0; i < bw->nargs; i++) {
+    pc->stash_res[i] = -1;
+    if (pc->bwd.feeds[i] != F_STASH) continue;
+    char *end;
+    long k = strtol(arg_name(bw, i) + 6, &end, 10);
+    const ptc_type *t = &bw->values[bw->args[i]].type;
+    if (*end || k < 0 || k >= pc->nres ||
+        !ptc_type_eq(t, &fw->values[ret->in[k]].type)) {
+      ptc_error(r->ctx, bw->loc, "argument %%%s of @%s does not match a result of @%s (it "
+                "has %d): the plan is damaged; recompile it", arg_name(bw, i), bw->name,
+                fw->name, pc->nres);
+      return -1;
+    }
+    pc->stash_res[i] = (int32_t)k;
+  }
+  pc->live = ptc_xcalloc((size_t)r->pipe->pp->microbatches + 1, sizeof *pc->live);
+  pc->spare = ptc_xcalloc((size_t)r->pipe->pp->microbatches + 1, sizeof *pc->spare);
+  return 0;
+}
+
+/* The shape of a microbatch, from every function of the plan (whole
+ * tensors): tokens [B, T] or rows, the same everywhere.  Reports a
+ * mismatch. */
+static int pipe_batch_shape(run *r, pipe_state *ps) {
+  const ptc_module *m = r->plan->mod;
+  for (int32_t fi = 0; fi < m->nfuncs; fi++) {
+    const ptc_func *f = m->funcs[fi];
+    for (int32_t i = 0; i < f->nargs; i++) {
+      const char *n = arg_name(f, i);
+      const ptc_type *t = &f->values[f->args[i]].type;
+      if (!strcmp(n, "lr") || !strcmp(n, "step") || !strncmp(n, "stash.", 6) || t->rank == 0)
+        continue;
+      bool tok = !strcmp(n, "tokens") || !strcmp(n, "targets");
+      if (tok && t->rank == 2) {
+        if (ps->tokens && (t->dims[0] != ps->B || t->dims[1] != ps->T)) {
+          ptc_error(r->ctx, f->loc, "%%%s of @%s is not a microbatch of the shape the "
+                    "plan's other functions read; recompile the plan", n, f->name);
+          return -1;
+        }
+        ps->tokens = true;
+        ps->B = t->dims[0];
+        ps->T = t->dims[1];
+      } else if (!ps->rows) {
+        ps->rows = t->dims[0];
+      }
+    }
+  }
+  return 0;
+}
+
+/* The bound on token ids over every forward of the plan. */
+static int64_t pipe_token_bound(const ptrt_plan *pl, char *what, size_t cap) {
+  int64_t bound = -1;
+  for (int32_t c = 0; c < pl->pipe->chunks; c++) {
+    char name[32], w[160];
+    snprintf(name, sizeof name, "fwd.%d", c);
+    int64_t b = token_bound(ptc_module_find_func(pl->mod, name), w, sizeof w);
+    if (bound < 0 || b < bound) {
+      bound = b;
+      snprintf(what, cap, "%s", w);
+    }
+  }
+  return bound;
+}
+
+/* Which variables this stage's functions read: the only ones it holds. */
+static bool *pipe_held(pipe_state *ps, const ptc_module *lm) {
+  bool *hold = ptc_xcalloc((size_t)lm->nparams + 1, sizeof *hold);
+  for (int32_t i = 0; i < pipe_nfuncs(ps); i++) {
+    const ptc_func *f = pipe_binding(ps, i)->f;
+    for (int32_t p = 0; p < lm->nparams && p < f->cap_param_value; p++)
+      if (f->param_value[p] >= 0) hold[p] = true;
+  }
+  return hold;
+}
+
+/* What the units of a step accumulate (a gradient, the loss) @step.<stage>
+ * consumes: a variable a forward or backward of this stage assigns but the
+ * stage's @step never reads would be an accumulation nobody uses, e.g. a
+ * gradient added up on a stage that does not update its parameter.  Such
+ * a plan would train wrongly without a sign; it is refused. */
+static int pipe_check_accumulators(run *r, pipe_state *ps) {
+  const ptc_func *sf = ps->step.f;
+  int bad = 0;
+  for (int32_t i = 0; i < pipe_nfuncs(ps) - 1; i++) {
+    const ptc_func *f = pipe_binding(ps, i)->f;
+    for (int32_t k = 0; k < f->nops; k++) {
+      const ptc_op *op = &f->ops[k];
+      if (op->code != PTC_OP_ASSIGN) continue;
+      const ptc_value *v = &f->values[op->in[0]];
+      if (v->kind != PTC_VALUE_PARAM) continue;
+      int32_t p = v->def;
+      if (p < sf->cap_param_value && sf->param_value[p] >= 0) continue;
+      ptc_error(r->ctx, op->loc, "@%s (stage %d) accumulates into @%s, which @%s never "
+                "reads: what it adds up would be lost (for a gradient: the stage that "
+                "updates the parameter never sees it); the plan is inconsistent, "
+                "recompile it", f->name, ps->stage, f->mod->params[p].name, sf->name);
+      bad++;
+    }
+  }
+  return bad ? -1 : 0;
+}
+
+static int pipe_program(run *r, binding *b) {
+  ptrt_program_opts o = {.in_place = true, .fused = ptrt_plan_fused_of(r->plan, b->f)};
+  b->prog = ptrt_program_create(&r->env, b->f, r->vars, &o);
+  if (!b->prog) return -1;
+  ptrt_program_set_check_finite(b->prog, r->c->check_numerics);
+  ptrt_program_set_profile(b->prog, r->c->profile);
+  return 0;
+}
+
+/* A pipelined plan: this rank's stage (its mesh coordinate on pp), the
+ * bindings and programs of its functions, data, and the variables its
+ * functions read.  The model FLOPs of a step are every chunk's forward and
+ * backward on each microbatch and every stage's @step. */
+static int setup_pipe(run *r) {
+  config *c = r->c;
+  ptrt_plan *pl = r->plan;
+  const ptrt_pipe *pp = pl->pipe;
+  if (c->nval) { /* every rank would say it: rank 0 does */
+    if (!r->quiet)
+      ptrt_error(r->ctx, "--val: validation of a pipeline-parallel plan is not supported yet; "
+                 "run without --val, or validate with a plan of the same model compiled "
+                 "without pp in its mesh");
+    return -1;
+  }
+  pipe_state *ps = r->pipe = ptc_xcalloc(1, sizeof *ps);
+  ps->pp = pp;
+  ps->stage = r->env.comm->coord[pp->pp_axis];
+  ps->order = pp->order[ps->stage];
+  ps->norder = pp->norder[ps->stage];
+  ps->chunks = ptc_xcalloc((size_t)pp->virtual_stages, sizeof *ps->chunks);
+  for (int32_t k = 0; k < pp->virtual_stages; k++) {
+    pipe_chunk *pc = &ps->chunks[k];
+    pc->chunk = ps->stage + k * pp->stages;
+    char name[32];
+    snprintf(name, sizeof name, "fwd.%d", pc->chunk);
+    if (pipe_bind(r, &pc->fwd, name) != 0) return -1;
+    snprintf(name, sizeof name, "bwd.%d", pc->chunk);
+    if (pipe_bind(r, &pc->bwd, name) != 0) return -1;
+    if (pipe_stash_layout(r, pc) != 0) return -1;
+  }
+  char name[32];
+  snprintf(name, sizeof name, "step.%d", ps->stage);
+  if (pipe_bind(r, &ps->step, name) != 0) return -1;
+  if (pipe_check_accumulators(r, ps) != 0) return -1;
+  if (pipe_batch_shape(r, ps) != 0) return -1;
+  /* what the log's config and the header state: one microbatch */
+  r->train.tokens = ps->tokens;
+  r->train.B = ps->B;
+  r->train.T = ps->T;
+
+  /* data: every rank opens and checks it, whether or not its stage reads it */
+  char what[160];
+  int64_t bound = pipe_token_bound(pl, what, sizeof what);
+  if (open_inputs(r, ps->tokens, "fwd.0", bound, what) != 0) return -1;
+  for (int32_t i = 0; i < pipe_nfuncs(ps); i++)
+    if (check_rows(r, pipe_binding(ps, i), r->inputs, "--inputs") != 0) return -1;
+
+  /* the variables of this stage (its pieces) and programs */
+  bool *hold = pipe_held(ps, pl->local);
+  r->vars = ptrt_vars_create_subset(r->ctx, pl->local, r->env.comm, hold);
+  free(hold);
+  if (!r->vars) return -1;
+  ptrt_vars_init(r->vars, c->seed, r->pool);
+  r->first_step = 1;
+  for (int32_t i = 0; i < pipe_nfuncs(ps); i++)
+    if (pipe_program(r, pipe_binding(ps, i)) != 0) return -1;
+
+  r->flops = 0;
+  for (int32_t fi = 0; fi < pl->mod->nfuncs; fi++) {
+    const ptc_func *f = pl->mod->funcs[fi];
+    double n = !strncmp(f->name, "step.", 5) ? 1 : (double)pp->microbatches;
+    r->flops += n * ptrt_func_flops(f);
+  }
+  return 0;
+}
+
+/* The pipeline's settings in the log's config. */
+static void pipe_config_json(run *r, json_t *o) {
+  const ptrt_pipe *pp = r->pipe->pp;
+  json_object_set_new(o, "pipeline", json_pack("{s:i,s:i,s:i,s:s}", "stages", (int)pp->stages,
+                                               "microbatches", (int)pp->microbatches,
+                                               "virtual_stages", (int)pp->virtual_stages,
+                                               "schedule", pp->schedule));
+}
+
+/* ---- checkpoints, signals, non-finite steps (runtime/ckpt.h) -------------- */
+
+/* Set by SIGTERM and SIGUSR1 (how a scheduler announces preemption): at the
+ * next step boundary the ranks agree to write a checkpoint and stop. */
+static volatile sig_atomic_t stop_signal;
+
+static void on_stop_signal(int sig) { stop_signal = 1; }
+
+/* The checkpoint options that only make sense together; 0, or EXIT_USAGE
+ * after saying why. */
+static int ckpt_check_args(const config *c) {
+  if (!c->ckpt_dir && (c->ckpt_every || c->ckpt_keep || c->ckpt_async || c->ckpt_durable))
+    return usage("--ckpt-every, --ckpt-keep, --ckpt-async and --ckpt-durable need "
+                 "--ckpt-dir DIR%s", "");
+  if (c->ckpt_durable_every && !c->ckpt_durable)
+    return usage("--ckpt-durable-every needs --ckpt-durable DIR%s", "");
+  if (c->resume && !*c->resume && !c->ckpt_dir)
+    return usage("--resume without a PATH resumes from the newest checkpoint in --ckpt-dir; "
+                 "give --ckpt-dir DIR or --resume PATH%s", "");
+  if (c->nan_patience && c->on_nan != PTRT_ON_NAN_STOP)
+    return usage("--nan-patience counts the steps --on-nan stop undoes before stopping; "
+                 "give --on-nan stop%s", "");
+  return 0;
+}
+
+/* After the variables exist, before the first step: the session, the
+ * signal handlers, and --resume (which sets the first step). */
+static int ckpt_setup(run *r) {
+  config *c = r->c;
+  if (!c->ckpt_dir && !c->resume && c->on_nan == PTRT_ON_NAN_FAIL) return 0;
+  int64_t mbs = r->pipe ? r->pipe->pp->microbatches : 1;
+  ptrt_ckpt_settings s = {.sched = r->sched, .seed = c->seed, .batch = r->train.B * mbs,
+                          .seq = r->train.T,
+                          .data_tokens = r->data ? ptrt_tokens_count(r->data) : 0,
+                          .data_files = c->data, .ndata = c->ndata};
+  ptrt_ckpt_opts o = {.dir = c->ckpt_dir, .every = c->ckpt_every, .keep = (int32_t)c->ckpt_keep,
+                      .durable = c->ckpt_durable, .durable_every = c->ckpt_durable_every,
+                      .async = c->ckpt_async, .resume = c->resume, .on_nan = c->on_nan,
+                      .nan_patience = c->nan_patience ? c->nan_patience : 1,
+                      .stop_signal = &stop_signal, .out = r->quiet ? NULL : stdout};
+  r->ck = ptrt_ckpt_session_create(r->ctx, &o, r->env.comm, r->vars, r->plan->mod,
+                                   r->plan->model, "ptrun " PTC_VERSION_STRING, &s);
+  if (!r->ck) return -1;
+  if (c->ckpt_dir) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGUSR1, &sa, NULL);
+  }
+  const char *from = NULL;
+  if (ptrt_ckpt_session_resume(r->ck, &r->first_step, &from) != 0) return -1;
+  if (from) c->resume = from;
+  if (from && !r->quiet) {
+    printf("ptrun: resuming after step %lld of %s\n", (long long)r->first_step - 1, from);
+    if (r->first_step > c->steps)
+      printf("ptrun: the checkpoint is at step %lld, --steps is %lld: no step to run\n",
+             (long long)r->first_step - 1, (long long)c->steps);
+  }
+  return 0;
+}
+
+/* Before a step: with --on-nan, the copy of the variables it may be undone
+ * from. */
+static void ckpt_before(run *r, int64_t step) {
+  if (r->ck) ptrt_ckpt_session_step_begin(r->ck, step);
+}
+
+/* After a step, before it is reported: 1 when a result of b was not finite
+ * and the step was undone (logged here), -1 when the run must stop, else 0. */
+static int ckpt_after(run *r, const binding *b, int64_t step) {
+  if (!r->ck) return 0;
+  float res[32];
+  int32_t n = 0;
+  const ptc_op *ret = &b->f->ops[b->f->nops - 1];
+  for (int32_t i = 0; i < ret->nin && n < PTC_ARRAY_LEN(res); i++)
+    if (is_scalar_f32(&b->f->values[ret->in[i]].type))
+      res[n++] = *(const float *)ptrt_program_result(b->prog, i);
+  int rc = ptrt_ckpt_session_step_end(r->ck, step, res, n);
+  if (rc <= 0) return rc;
+  json_t *vals = json_array();
+  char text[256] = "";
+  size_t k = 0;
+  for (int32_t i = 0; i < n; i++) {
+    char v[32];
+    snprintf(v, sizeof v, "%g", (double)res[i]);
+    json_array_append_new(vals, json_string(v));
+    if (k < sizeof text) k += (size_t)snprintf(text + k, sizeof text - k, " %s", v);
+  }
+  log_json(r, json_pack("{s:I,s:s,s:o}", "step", (json_int_t)step, "skipped",
+                        "a result is not finite; the update was undone", "results", vals));
+  if (!r->quiet) {
+    clear_progress(r);
+    printf("step %*lld/%lld | results%s: not finite, the update is undone (--on-nan)\n",
+           r->step_width, (long long)step, (long long)r->c->steps, text);
+    fflush(stdout);
+  }
+  return 1;
+}
+
+/* At the end of a step: a checkpoint when one is due.  1: stop now (a
+ * signal; the checkpoint is written), -1: stop with an error, else 0. */
+static int ckpt_boundary(run *r, int64_t step) {
+  if (!r->ck) return 0;
+  clear_progress(r);
+  int rc = ptrt_ckpt_session_boundary(r->ck, step, r->c->steps);
+  return rc == 2 ? -1 : rc;
+}
+
+/* Everything before the first step. */
+static int setup(run *r) {
+  config *c = r->c;
+  bool launched = ptrt_launched_multi();
+  if (launched) { /* until the communicator says, the launcher names the rank */
+    long lr = launcher_rank();
+    r->rank = lr >= 0 ? (int)lr : 0;
+    r->quiet = r->rank != 0;
+    r->capture = true;
+    ptc_ctx_set_diag_capture(r->ctx, true);
+  }
+  r->plan = ptrt_plan_open(r->ctx, c->plan);
+  if (!r->plan) return -1;
+  r->env.ctx = r->ctx;
+  r->devices = ptc_mesh_size(&r->plan->mod->mesh);
+  if (choose_comm(r, launched) != 0) return -1;
+  r->pool = ptrt_pool_create(r->ctx, c->threads);
+  if (!r->pool) return -1;
+  r->env.pool = r->pool;
+  ptrt_blas_set_threads(c->threads);
+
+  /* the schedule */
+  r->sched.lr = c->lr;
+  r->sched.min_lr = c->min_lr_given ? c->min_lr : c->lr / 10;
+  r->sched.decay_steps = c->decay_given ? c->decay_steps : c->steps;
+  r->sched.warmup = c->warmup_given ? c->warmup : (c->steps / 10 < 100 ? c->steps / 10 : 100);
+  if (!c->val_every_given) c->val_every = c->steps / 10 > 0 ? c->steps / 10 : 1;
+
+  if ((r->plan->pipe ? setup_pipe(r) : setup_step(r)) != 0) return -1;
+  if (ckpt_setup(r) != 0) return -1;
   if (c->peak_gflops > 0) r->peak_gflops = c->peak_gflops;
   else if (!r->quiet) r->peak_gflops = ptrt_measure_sgemm_gflops(0.3);
   else r->peak_gflops = 1; /* printed by rank 0 only */
@@ -777,25 +1220,38 @@ static void print_header(run *r) {
   char pb[32], vb[32];
   human_bytes(pb, sizeof pb, 4.0 * (double)ptc_module_param_count(r->plan->mod));
   human_bytes(vb, sizeof vb, (double)r->vars->bytes);
+  const pipe_state *ps = r->pipe;
   printf("ptrun: plan %s (@%s, %s), %lld parameters (%s), variables %s%s\n", c->plan,
-         r->plan->model, r->plan->training ? "training step" : "evaluation only: no @step",
+         r->plan->model, ps ? "pipelined training step"
+                         : r->plan->training ? "training step" : "evaluation only: no @step",
          (long long)ptc_module_param_count(r->plan->mod), pb, vb,
-         r->devices > 1 ? " per rank" : "");
+         ps ? " on rank 0 (its stage's)" : r->devices > 1 ? " per rank" : "");
   if (r->devices > 1) {
     char mt[128];
     mesh_text(mt, sizeof mt, &r->plan->mod->mesh);
     printf("ptrun: %lld ranks on %s (%s communicator, timeout %g s), each running its "
            "pieces of the plan\n", (long long)r->devices, mt, r->env.comm->name, c->timeout);
   }
+  if (ps)
+    printf("ptrun: pipeline of %d stages x %d chunk%s, schedule %s, %d microbatches per "
+           "step\n", (int)ps->pp->stages, (int)ps->pp->virtual_stages,
+           ps->pp->virtual_stages == 1 ? "" : "s", ps->pp->schedule, (int)ps->pp->microbatches);
   printf("ptrun: %d thread%s%s, %.3g GFLOP per step, peak %.1f GFLOP/s%s (%s)\n", c->threads,
          c->threads == 1 ? "" : "s", r->devices > 1 ? " per rank" : "", r->flops / 1e9,
          r->peak_gflops, r->devices > 1 ? " per rank" : "",
          c->peak_gflops > 0 ? "--peak-gflops" : "sgemm measured at start");
+  char mbs[64] = "";
+  int64_t rows = r->train.B;
+  if (ps) {
+    rows *= ps->pp->microbatches;
+    snprintf(mbs, sizeof mbs, " (%d microbatches of %lld)", (int)ps->pp->microbatches,
+             (long long)r->train.B);
+  }
   if (r->train.tokens)
-    printf("ptrun: data %lld tokens, batch %lld x %lld; lr %.3g, warm-up %lld, cosine to "
-           "%.3g at step %lld\n", (long long)ptrt_tokens_count(r->data),
-           (long long)r->train.B, (long long)r->train.T, r->sched.lr,
-           (long long)r->sched.warmup, r->sched.min_lr, (long long)r->sched.decay_steps);
+    printf("ptrun: data %lld tokens, batch %lld x %lld%s; lr %.3g, warm-up %lld, cosine to "
+           "%.3g at step %lld\n", (long long)ptrt_tokens_count(r->data), (long long)rows,
+           (long long)r->train.T, mbs, r->sched.lr, (long long)r->sched.warmup,
+           r->sched.min_lr, (long long)r->sched.decay_steps);
   fflush(stdout);
 }
 
@@ -813,6 +1269,72 @@ static int run_step(run *r, binding *b) {
   }
   r->comm_steps++;
   return rc;
+}
+
+/* What a step's line and log record say besides the step function's
+ * results. */
+typedef struct step_line {
+  int64_t step;
+  double lr, dt;
+  double mem, peak_mem;  /* bytes this rank holds in this step, and at most */
+  double per_step;       /* tokens (or rows) of the step's whole batch */
+  bool tokens;           /* per_step counts tokens, not rows */
+  double peak;           /* FLOP/s of the whole mesh */
+} step_line;
+
+/* Logs, and on rank 0 prints, one training step: the loss (result 0 of b's
+ * program, whole on every rank after the plan's collectives), the other
+ * f32[] results, time, throughput, MFU and memory.  -1 after reporting a
+ * loss that is not finite. */
+static int report_step(run *r, const binding *b, const step_line *l) {
+  config *c = r->c;
+  int64_t step = l->step;
+  float loss = *(const float *)ptrt_program_result(b->prog, 0);
+  if (!isfinite(loss)) {
+    clear_progress(r);
+    ptrt_error(r->ctx, "step %lld: the loss is %s; rerun with --check-numerics to stop "
+               "at the first op that produces it, or lower --lr", (long long)step,
+               isnan(loss) ? "NaN" : "infinite");
+    return -1;
+  }
+  double mfu = r->flops / l->dt / l->peak;
+  double rate = l->per_step / l->dt;
+  bool tokens = l->tokens;
+  json_t *rec = json_pack("{s:I,s:f,s:f,s:f,s:f,s:f,s:I,s:I}", "step", (json_int_t)step,
+                          "loss", (double)loss, "lr", l->lr, "ms", 1e3 * l->dt,
+                          tokens ? "tokens_per_s" : "rows_per_s", rate, "mfu", mfu,
+                          "mem_bytes", (json_int_t)l->mem, "peak_bytes",
+                          (json_int_t)l->peak_mem);
+  char extra[256] = "";
+  size_t ne = 0;
+  const ptc_op *ret = &b->f->ops[b->f->nops - 1];
+  for (int32_t i = 1; i < ret->nin; i++) {
+    if (!is_scalar_f32(&b->f->values[ret->in[i]].type)) continue;
+    float v = *(const float *)ptrt_program_result(b->prog, i);
+    /* named as the IR names the value (the optimizer's %grad_norm),
+     * else by position */
+    char key[64];
+    const char *vname = b->f->values[ret->in[i]].name;
+    if (vname && strlen(vname) < sizeof key) snprintf(key, sizeof key, "%s", vname);
+    else snprintf(key, sizeof key, "r%d", i);
+    json_object_set_new(rec, key, json_real(v));
+    if (ne < sizeof extra)
+      ne += (size_t)snprintf(extra + ne, sizeof extra - ne, " | %s %.4g", key, v);
+  }
+  log_json(r, rec);
+  if (!r->quiet && (step % c->print_every == 0 || step == c->steps || step == r->first_step)) {
+    char mb[32], pk[32];
+    human_bytes(mb, sizeof mb, l->mem);
+    human_bytes(pk, sizeof pk, l->peak_mem);
+    clear_progress(r);
+    char lrs[32] = "";
+    if (r->plan->training) snprintf(lrs, sizeof lrs, " | lr %.3e", l->lr);
+    printf("step %*lld/%lld | loss %.6f%s | %8.1f ms | %9.0f %s | MFU %5.1f%% | "
+           "mem %s (peak %s)%s\n", r->step_width, (long long)step, (long long)c->steps,
+           loss, lrs, 1e3 * l->dt, rate, tokens ? "tok/s" : "rows/s", 100 * mfu, mb, pk, extra);
+    fflush(stdout);
+  }
+  return 0;
 }
 
 static int train(run *r) {
@@ -833,8 +1355,6 @@ static int train(run *r) {
   double peak = r->peak_gflops * 1e9 * (double)r->devices;
   r->step_width = snprintf(NULL, 0, "%lld", (long long)c->steps);
   double t_start = ptrt_now(), t_steps = 0;
-  if (r->first_step > 1 && !r->quiet)
-    printf("ptrun: resuming after step %lld of %s\n", (long long)r->first_step - 1, c->resume);
   int64_t nrun = c->steps >= r->first_step ? c->steps - r->first_step + 1 : 0;
   for (int64_t step = r->first_step; step <= c->steps; step++) {
     double lr = ptrt_schedule_lr(&r->sched, step);
@@ -846,6 +1366,7 @@ static int train(run *r) {
              "start\n", (long long)step, (long long)ptrt_tokens_count(r->data));
       r->wrapped_logged = true;
     }
+    ckpt_before(r, step);
     double t0 = ptrt_now();
     if (run_step(r, b) != 0) {
       ptrt_error(r->ctx, "step %lld failed (above)", (long long)step);
@@ -853,53 +1374,12 @@ static int train(run *r) {
     }
     double dt = ptrt_now() - t0;
     t_steps += dt;
-    /* the loss is whole on every rank after the plan's collectives */
-    float loss = *(const float *)ptrt_program_result(b->prog, 0);
-    if (!isfinite(loss)) {
-      clear_progress(r);
-      ptrt_error(r->ctx, "step %lld: the loss is %s; rerun with --check-numerics to stop "
-                 "at the first op that produces it, or lower --lr", (long long)step,
-                 isnan(loss) ? "NaN" : "infinite");
-      return -1;
-    }
     ptrt_mem mem = ptrt_program_mem(b->prog);
     double base = (double)(mem.vars + mem.fixed);
-    double mfu = r->flops / dt / peak;
-    double rate = (double)per_step / dt;
-    json_t *rec = json_pack("{s:I,s:f,s:f,s:f,s:f,s:f,s:I,s:I}", "step", (json_int_t)step,
-                            "loss", (double)loss, "lr", lr, "ms", 1e3 * dt,
-                            b->tokens ? "tokens_per_s" : "rows_per_s", rate, "mfu", mfu,
-                            "mem_bytes", (json_int_t)(base + (double)mem.run_peak),
-                            "peak_bytes", (json_int_t)(base + (double)mem.peak));
-    char extra[256] = "";
-    size_t ne = 0;
-    const ptc_op *ret = &b->f->ops[b->f->nops - 1];
-    for (int32_t i = 1; i < ret->nin; i++) {
-      if (!is_scalar_f32(&b->f->values[ret->in[i]].type)) continue;
-      float v = *(const float *)ptrt_program_result(b->prog, i);
-      /* named as the IR names the value (the optimizer's %grad_norm),
-       * else by position */
-      char key[64];
-      const char *vname = b->f->values[ret->in[i]].name;
-      if (vname && strlen(vname) < sizeof key) snprintf(key, sizeof key, "%s", vname);
-      else snprintf(key, sizeof key, "r%d", i);
-      json_object_set_new(rec, key, json_real(v));
-      if (ne < sizeof extra)
-        ne += (size_t)snprintf(extra + ne, sizeof extra - ne, " | %s %.4g", key, v);
-    }
-    log_json(r, rec);
-    if (!r->quiet && (step % c->print_every == 0 || step == c->steps || step == r->first_step)) {
-      char mb[32], pk[32];
-      human_bytes(mb, sizeof mb, base + (double)mem.run_peak);
-      human_bytes(pk, sizeof pk, base + (double)mem.peak);
-      clear_progress(r);
-      char lrs[32] = "";
-      if (r->plan->training) snprintf(lrs, sizeof lrs, " | lr %.3e", lr);
-      printf("step %*lld/%lld | loss %.6f%s | %8.1f ms | %9.0f %s | MFU %5.1f%% | "
-             "mem %s (peak %s)%s\n", r->step_width, (long long)step, (long long)c->steps,
-             loss, lrs, 1e3 * dt, rate, unit, 100 * mfu, mb, pk, extra);
-      fflush(stdout);
-    }
+    step_line line = {step, lr, dt, base + (double)mem.run_peak, base + (double)mem.peak,
+                      (double)per_step, b->tokens, peak};
+    int undone = ckpt_after(r, b, step);
+    if (undone < 0 || (!undone && report_step(r, b, &line) != 0)) return -1;
     bool val_now = (c->nval || c->val_inputs) &&
                    (step % c->val_every == 0 || step == c->steps);
     if (val_now) {
@@ -912,6 +1392,12 @@ static int train(run *r) {
         fflush(stdout);
       }
       log_json(r, json_pack("{s:I,s:f}", "step", (json_int_t)step, "val_loss", vl));
+    }
+    int stop = ckpt_boundary(r, step);
+    if (stop < 0) return -1;
+    if (stop) {
+      nrun = step - r->first_step + 1;
+      break;
     }
     if (!r->quiet) progress(r, step, ptrt_now() - t_start);
   }
@@ -929,6 +1415,160 @@ static int train(run *r) {
            (long long)ptrt_program_planned_peak(b->prog));
   }
   if (c->profile) ptrt_program_print_profile(b->prog, stdout);
+  return 0;
+}
+
+/* ---- the pipelined training loop ---------------------------------------------- */
+
+/* Bytes this rank holds for the run: the variables of its stage, every
+ * program's arguments, results and arena, and the stash sets. */
+static double pipe_mem(const run *r) {
+  pipe_state *ps = r->pipe;
+  double total = (double)r->vars->bytes + (double)ps->stash_bytes;
+  for (int32_t i = 0; i < pipe_nfuncs(ps); i++) {
+    const ptrt_program *p = pipe_binding(ps, i)->prog;
+    total += (double)ptrt_program_mem(p).fixed + (double)ptrt_program_planned_peak(p);
+  }
+  return total;
+}
+
+/* F<c>.<mb>: the forward of a chunk on microbatch mb of the step, its
+ * results into a stash set of their own. */
+static int pipe_forward(run *r, pipe_chunk *pc, int32_t mb, int64_t step, double lr,
+                        bool *wrapped) {
+  pipe_state *ps = r->pipe;
+  char *set = pc->nspare ? pc->spare[--pc->nspare] : NULL;
+  if (!set) {
+    set = ptrt_alloc(pc->set_bytes);
+    if (!set) {
+      ptrt_error(r->ctx, "out of memory for the %lld-byte stash of @%s (microbatch %d)",
+                 (long long)pc->set_bytes, pc->fwd.f->name, mb);
+      return -1;
+    }
+    ps->stash_bytes += pc->set_bytes;
+  }
+  pc->live[mb] = set;
+  for (int32_t k = 0; k < pc->nres; k++)
+    ptrt_program_bind_result(pc->fwd.prog, k, set + pc->res_off[k]);
+  int64_t s = (step - 1) * ps->pp->microbatches + mb; /* the global microbatch index */
+  if (feed_args(r, &pc->fwd, r->data, r->inputs, s, step, lr, wrapped) != 0) return -1;
+  return ptrt_program_run(pc->fwd.prog, true);
+}
+
+/* B<c>.<mb>: the backward, reading the stash its forward left; the set is
+ * then free for another microbatch. */
+static int pipe_backward(run *r, pipe_chunk *pc, int32_t mb, int64_t step, double lr) {
+  pipe_state *ps = r->pipe;
+  char *set = pc->live[mb];
+  PTC_ASSERT(set); /* ptrt_plan_open checked that F comes before B */
+  for (int32_t i = 0; i < pc->bwd.f->nargs; i++)
+    if (pc->stash_res[i] >= 0)
+      ptrt_program_bind_arg(pc->bwd.prog, i, set + pc->res_off[pc->stash_res[i]]);
+  int64_t s = (step - 1) * ps->pp->microbatches + mb;
+  if (feed_args(r, &pc->bwd, r->data, r->inputs, s, step, lr, NULL) != 0) return -1;
+  int rc = ptrt_program_run(pc->bwd.prog, true);
+  pc->live[mb] = NULL;
+  pc->spare[pc->nspare++] = set;
+  return rc;
+}
+
+/* One training step of this stage: its order of forward and backward
+ * units over the step's microbatches, then @step.<stage> (the mean loss
+ * and gradients, the optimizer), then every send this rank issued
+ * delivered.  -1 after reporting. */
+static int pipe_step(run *r, int64_t step, double lr, bool *wrapped) {
+  pipe_state *ps = r->pipe;
+  const ptrt_comm *c = r->env.comm;
+  for (int32_t k = 0; k < ps->norder; k++) {
+    ptrt_pipe_unit u = ps->order[k];
+    pipe_chunk *pc = &ps->chunks[u.chunk / ps->pp->stages];
+    int rc = u.backward ? pipe_backward(r, pc, u.mb, step, lr)
+                        : pipe_forward(r, pc, u.mb, step, lr, wrapped);
+    if (rc != 0) {
+      ptrt_error(r->ctx, "step %lld failed at %c%d.%d (@%s on microbatch %d of stage %d's "
+                 "order, above)", (long long)step, u.backward ? 'B' : 'F', u.chunk, u.mb,
+                 u.backward ? pc->bwd.f->name : pc->fwd.f->name, u.mb, ps->stage);
+      return -1;
+    }
+  }
+  if (feed_args(r, &ps->step, NULL, NULL, 0, step, lr, NULL) != 0 ||
+      ptrt_program_run(ps->step.prog, true) != 0) {
+    ptrt_error(r->ctx, "step %lld failed in @%s (above)", (long long)step, ps->step.f->name);
+    return -1;
+  }
+  snprintf(c->state->what, sizeof c->state->what, "the end of step %lld", (long long)step);
+  if (c->flush && c->flush(c) != 0) {
+    ptrt_error(r->ctx, "step %lld: a pipeline transfer failed (above)", (long long)step);
+    return -1;
+  }
+  return 0;
+}
+
+/* The training loop of a pipelined plan: as train(), with a step made of
+ * this stage's units; the loss and the gradient norm are @step.<stage>'s
+ * results, the same on every rank. */
+static int train_pipe(run *r) {
+  config *c = r->c;
+  pipe_state *ps = r->pipe;
+  const ptrt_comm_state *st = r->env.comm->state;
+  int64_t per_step = ps->pp->microbatches * (ps->tokens ? ps->B * ps->T : ps->rows);
+  double peak = r->peak_gflops * 1e9 * (double)r->devices;
+  r->step_width = snprintf(NULL, 0, "%lld", (long long)c->steps);
+  double t_start = ptrt_now(), t_steps = 0, mem_peak = 0;
+  int64_t nrun = c->steps >= r->first_step ? c->steps - r->first_step + 1 : 0;
+  for (int64_t step = r->first_step; step <= c->steps; step++) {
+    double lr = ptrt_schedule_lr(&r->sched, step);
+    double sent[PTC_MAX_MESH_AXES];
+    int64_t calls[PTC_MAX_MESH_AXES];
+    memcpy(sent, st->sent, sizeof sent);
+    memcpy(calls, st->calls, sizeof calls);
+    bool wrapped = false;
+    ckpt_before(r, step);
+    double t0 = ptrt_now();
+    if (pipe_step(r, step, lr, &wrapped) != 0) return -1;
+    double dt = ptrt_now() - t0;
+    t_steps += dt;
+    for (int a = 0; a < PTC_MAX_MESH_AXES; a++) {
+      r->comm_sent[a] += st->sent[a] - sent[a];
+      r->comm_calls[a] += st->calls[a] - calls[a];
+    }
+    r->comm_steps++;
+    if (wrapped && !r->wrapped_logged && !r->quiet) {
+      clear_progress(r);
+      printf("ptrun: step %lld: the training data (%lld tokens) wrapped around to its "
+             "start\n", (long long)step, (long long)ptrt_tokens_count(r->data));
+      r->wrapped_logged = true;
+    }
+    double mem = pipe_mem(r);
+    mem_peak = mem > mem_peak ? mem : mem_peak;
+    step_line line = {step, lr, dt, mem, mem_peak, (double)per_step, ps->tokens, peak};
+    int undone = ckpt_after(r, &ps->step, step);
+    if (undone < 0 || (!undone && report_step(r, &ps->step, &line) != 0)) return -1;
+    int stop = ckpt_boundary(r, step);
+    if (stop < 0) return -1;
+    if (stop) {
+      nrun = step - r->first_step + 1;
+      break;
+    }
+    if (!r->quiet) progress(r, step, ptrt_now() - t_start);
+  }
+  if (r->quiet) return 0;
+  clear_progress(r);
+  if (nrun > 0) {
+    char pk[32], sb[32];
+    human_bytes(pk, sizeof pk, mem_peak);
+    human_bytes(sb, sizeof sb, (double)ps->stash_bytes);
+    printf("ptrun: %lld steps in %.2f s: %.0f %s, MFU %.1f%%, peak memory %s on rank 0 "
+           "(stage %d; stash %s)\n", (long long)nrun, t_steps,
+           (double)per_step * (double)nrun / t_steps, ps->tokens ? "tok/s" : "rows/s",
+           100 * r->flops * (double)nrun / t_steps / peak, pk, ps->stage, sb);
+  }
+  if (c->profile)
+    for (int32_t i = 0; i < pipe_nfuncs(ps); i++) {
+      const binding *b = pipe_binding(ps, i);
+      printf("@%s: ", b->f->name);
+      ptrt_program_print_profile(b->prog, stdout);
+    }
   return 0;
 }
 
@@ -1035,6 +1675,8 @@ static void run_fini(run *r) {
   if (r->log) fclose(r->log);
   binding_fini(&r->train);
   binding_fini(&r->val);
+  pipe_fini(r->pipe);
+  ptrt_ckpt_session_destroy(r->ck); /* before the variables it writes from */
   ptrt_vars_destroy(r->vars);
   ptrt_tokens_close(r->data);
   ptrt_tokens_close(r->vdata);
@@ -1066,6 +1708,7 @@ int main(int argc, char **argv) {
     else if (!steps_given) status = usage("--steps N is required (the last step's number)%s", "");
     else if (c.load && c.resume)
       status = usage("--load-weights and --resume both set the variables; give one%s", "");
+    else status = ckpt_check_args(&c);
   }
   if (status != 0 || c.help || c.version) {
     config_fini(&c);
@@ -1084,13 +1727,10 @@ int main(int argc, char **argv) {
   }
   if (status == 0) {
     print_header(&r);
-    status = train(&r);
+    status = r.pipe ? train_pipe(&r) : train(&r);
   }
   if (status == 0 && c.save && ptrt_save_weights(ctx, c.save, r.vars) != 0) status = -1;
-  if (status == 0 && c.save_ckpt &&
-      ptrt_save_checkpoint(ctx, c.save_ckpt, r.vars,
-                           c.steps > r.first_step - 1 ? c.steps : r.first_step - 1) != 0)
-    status = -1;
+  if (status == 0 && r.ck && ptrt_ckpt_session_finish(r.ck) != 0) status = -1;
   if (status == 0) status = comm_report(&r);
   flush_diags(&r);
   if (status != 0 && r.mpi) ptrt_comm_abort(r.mpi, EXIT_USER); /* no rank waits for this one */

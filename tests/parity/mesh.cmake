@@ -61,3 +61,31 @@ foreach(model gpt2 llama)
   ptc_add_mesh_test(${model} dp8.zero3 8 "--mesh dp=8 --zero 3")
 endforeach()
 ptc_add_mesh_test(mlp dp4 4 "--mesh dp=4")
+
+# Pipeline parallelism: each step runs M microbatches of --batch rows, the
+# same M x batch rows the one-rank reference trains on.
+foreach(model gpt2 llama)
+  ptc_add_mesh_test(${model} pp2.gpipe 2 "--mesh pp=2 --batch 4 --microbatches 2 --pp-schedule gpipe")
+  ptc_add_mesh_test(${model} pp2.1f1b 2 "--mesh pp=2 --batch 2 --microbatches 4 --pp-schedule 1f1b")
+  ptc_add_mesh_test(${model} pp2dp2tp2.1f1b 8 "--mesh pp=2,dp=2,tp=2 --batch 4 --microbatches 2 --pp-schedule 1f1b")
+endforeach()
+
+# The interleaved schedule needs a chunk per layer: an 8-layer GPT-2 over
+# pp=4 with 2 virtual stages, against its own one-rank reference.
+set(PTC_MESH_gpt2deep "layers=8,dim=64,heads=4,vocab=256,ctx=64,batch=8,seq=32")
+add_test(NAME mesh.gpt2deep.ref
+         COMMAND ${PTC_MESH_RUN} ${CMAKE_BINARY_DIR} gpt2 ${PTC_MESH_gpt2deep} none 1
+                 ${PTC_MESH_DIR}/gpt2deep.ref ${PTC_MESH_DIR}/gpt2deep.ref.jsonl)
+set_tests_properties(mesh.gpt2deep.ref PROPERTIES LABELS "mesh" TIMEOUT 120
+                     FIXTURES_SETUP mesh.gpt2deep.ref SKIP_RETURN_CODE 77)
+add_test(NAME mesh.gpt2deep.pp4.interleaved
+         COMMAND ${PTC_MESH_RUN} ${CMAKE_BINARY_DIR} gpt2 ${PTC_MESH_gpt2deep}
+                 "--mesh pp=4 --batch 2 --microbatches 4 --pp-schedule interleaved --virtual-stages 2"
+                 4 ${PTC_MESH_DIR}/gpt2deep.pp4.interleaved ${PTC_MESH_DIR}/gpt2deep.ref.jsonl)
+set_tests_properties(mesh.gpt2deep.pp4.interleaved PROPERTIES LABELS "mesh" TIMEOUT 300
+                     PROCESSORS 4 FIXTURES_REQUIRED mesh.gpt2deep.ref SKIP_RETURN_CODE 77
+                     RESOURCE_LOCK ptc_mesh_many_ranks)
+if(MPIEXEC_EXECUTABLE)
+  set_tests_properties(mesh.gpt2deep.pp4.interleaved PROPERTIES
+                       ENVIRONMENT "MPIRUN=${MPIEXEC_EXECUTABLE}")
+endif()

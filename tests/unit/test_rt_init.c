@@ -85,6 +85,16 @@ static void test_init(void) {
   m1 /= n, m2 /= n, m4 /= n;
   CHECK_MSG(fabs(m1) < 0.01 && fabs(m2 - 1) < 0.015 && fabs(m4 - 3) < 0.1,
             "moments %g %g %g", m1, m2, m4);
+  /* a subset (a pipeline stage's variables): the held ones as in the whole
+   * set, the others without memory */
+  bool hold[4] = {false, true, false, true};
+  ptrt_vars *vs = ptrt_vars_create_subset(ctx, a, NULL, hold);
+  ptrt_vars_init(vs, 42, pool);
+  CHECK(vs->nheld == 2 && vs->bytes == 4032 + 64 && va->nheld == 4);
+  CHECK(!ptrt_vars_holds(vs, 0) && ptrt_vars_holds(vs, 1) && !ptrt_vars_holds(vs, 2));
+  CHECK(memcmp(ptrt_vars_data(va, 1), ptrt_vars_data(vs, 1), 1001 * 4) == 0);
+  CHECK(ptrt_vars_data(vs, 3)[8] == 0.0f);
+  ptrt_vars_destroy(vs);
   ptrt_vars_destroy(va);
   ptrt_vars_destroy(vb);
   ptrt_vars_destroy(vc);

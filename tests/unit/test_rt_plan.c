@@ -231,6 +231,112 @@ static void test_replace(void) {
   ptc_ctx_destroy(ctx);
 }
 
+/* A pipeline-parallel plan (entry "pipeline"): its schedule from the module
+ * attributes, one function per chunk and stage, the refusals of a broken
+ * order, and programs whose stash buffers belong to the caller. */
+static const char *pipe_ir =
+    "module @pipe mesh<pp=2> attributes {pipeline.microbatches = 2, "
+    "pipeline.order.0 = \"F0.0 F0.1 B0.0 B0.1\", pipeline.order.1 = \"F1.0 B1.0 F1.1 B1.1\", "
+    "pipeline.schedule = \"1f1b\", pipeline.stages = 2, pipeline.virtual = 1} {\n"
+    "  param @w : f32[4] init normal(0.02)\n"
+    "  state @w.grad_acc : f32[4] init zeros\n"
+    "  func @fwd.0(%x: f32[2,4]) -> (f32[2,4], f32[2,4]) {\n"
+    "    %0 = mul %x, @w : f32[2,4]\n"
+    "    send %0 {peer = 1, tag = 0}\n"
+    "    return %x, %0\n"
+    "  }\n"
+    "  func @fwd.1() -> (f32[2,4]) {\n"
+    "    %0 = recv {peer = 0, tag = 0} : f32[2,4]\n"
+    "    return %0\n"
+    "  }\n"
+    "  func @bwd.0(%stash.0: f32[2,4], %stash.1: f32[2,4]) {\n"
+    "    %0 = recv {peer = 1, tag = 1} : f32[2,4]\n"
+    "    %1 = mul %0, %stash.0 : f32[2,4]\n"
+    "    %2 = reduce_sum %1 {axes = [0]} : f32[4]\n"
+    "    %3 = add @w.grad_acc, %2 : f32[4]\n"
+    "    assign @w.grad_acc, %3\n"
+    "    return\n"
+    "  }\n"
+    "  func @bwd.1(%stash.0: f32[2,4]) {\n"
+    "    send %stash.0 {peer = 0, tag = 1}\n"
+    "    return\n"
+    "  }\n"
+    "  func @step.0(%lr: f32[], %step: f32[]) -> (f32[]) {\n"
+    "    %0 = reduce_sum @w.grad_acc {axes = [0]} : f32[]\n"
+    "    return %0\n"
+    "  }\n"
+    "  func @step.1(%lr: f32[], %step: f32[]) -> (f32[]) {\n"
+    "    %0 = constant {value = 0.0} : f32[]\n"
+    "    return %0\n"
+    "  }\n"
+    "}\n";
+
+static void write_pipe(const char *name, const char *from, const char *to) {
+  char text[4096];
+  const char *at = from ? strstr(pipe_ir, from) : NULL;
+  PTC_ASSERT(!from || at);
+  if (at)
+    snprintf(text, sizeof text, "%.*s%s%s", (int)(at - pipe_ir), pipe_ir, to, at + strlen(from));
+  else
+    snprintf(text, sizeof text, "%s", pipe_ir);
+  ptc_ctx *ctx = ptc_ctx_create();
+  ptc_module *m = ptc_parse_module(ctx, "pipe.ptir", text, strlen(text));
+  PTC_ASSERT(m && ptc_verify_module(m) == 0);
+  CHECK(ptc_plan_write(m, path(name, NULL)) == 0);
+  ptc_module_destroy(m);
+  ptc_ctx_destroy(ctx);
+}
+
+static void test_pipeline(void) {
+  write_pipe("pipe", NULL, NULL);
+  ptc_ctx *ctx = ptc_ctx_create();
+  ptc_ctx_set_diag_capture(ctx, true);
+  ptrt_plan *p = ptrt_plan_open(ctx, path("pipe", NULL));
+  CHECK_MSG(p, "%s", ptc_ctx_diag_text(ctx));
+  if (!p) return;
+  const ptrt_pipe *pp = p->pipe;
+  CHECK(pp && p->training && !p->entry && !p->local_entry && pp->stages == 2 &&
+        pp->microbatches == 2 && pp->virtual_stages == 1 && pp->chunks == 2 &&
+        strcmp(pp->schedule, "1f1b") == 0 && pp->pp_axis == 0);
+  CHECK(pp->norder[1] == 4 && !pp->order[1][0].backward && pp->order[1][1].backward &&
+        pp->order[1][1].chunk == 1 && pp->order[1][1].mb == 0 && pp->order[1][2].mb == 1);
+  ptc_func *g = NULL, *f = ptrt_plan_func(p, "fwd.0", &g);
+  CHECK(f && g && f->mod == p->local && g->mod == p->mod && !ptrt_plan_func(p, "fwd.2", NULL));
+  /* a forward's results written straight into the caller's stash, which
+   * the backward then reads */
+  ptrt_vars *v = ptrt_vars_create(ctx, p->local, NULL);
+  ptrt_vars_init(v, 1, NULL);
+  /* stage 1 of the mesh: @step.1 calls no communicator */
+  ptrt_comm_state st = {{0}};
+  ptrt_comm stage1 = {.name = "fake", .rank = 1, .size = 2, .mesh = p->mod->mesh,
+                      .coord = {1}, .state = &st};
+  ptrt_env env = {ctx, NULL, &stage1};
+  ptc_func *step = ptrt_plan_func(p, "step.1", NULL);
+  ptrt_program *prog = ptrt_program_create(&env, step, v, NULL);
+  CHECK(prog && ptrt_program_result_bytes(prog, 0) == 4);
+  if (prog) {
+    float out[16] __attribute__((aligned(64))) = {1};
+    int64_t fixed = ptrt_program_mem(prog).fixed;
+    ptrt_program_bind_result(prog, 0, out);
+    CHECK(ptrt_program_mem(prog).fixed == fixed - 4 && ptrt_program_result(prog, 0) == out);
+    CHECK(ptrt_program_run(prog, true) == 0 && out[0] == 0.0f);
+    ptrt_program_destroy(prog);
+  }
+  ptrt_vars_destroy(v);
+  ptrt_plan_close(p);
+  ptc_ctx_destroy(ctx);
+
+  write_pipe("pipe-order", "F0.0 F0.1 B0.0 B0.1", "B0.0 F0.0 F0.1 B0.1");
+  expect_refusal("pipe-order", "pipeline.order.0 of step.ptir runs a backward before its "
+                               "forward (B0.0)");
+  write_pipe("pipe-chunk", "F1.0 B1.0 F1.1 B1.1", "F0.0 B1.0 F1.1 B1.1");
+  expect_refusal("pipe-chunk", "names a chunk of another stage (F0.0)");
+  write_pipe("pipe-short", "F1.0 B1.0 F1.1 B1.1", "F1.0 B1.0 F1.1");
+  expect_refusal("pipe-short", "leaves out a unit (B1.1)");
+  write_pipe("pipe-stages", "pipeline.stages = 2", "pipeline.stages = 3");
+  expect_refusal("pipe-stages", "is a pipeline of 3 stages, but its mesh has another pp size");
+}
+
 int main(void) {
   const char *tmp = getenv("TMPDIR");
   snprintf(root, sizeof root, "%s/test_rt_plan.XXXXXX", tmp && *tmp ? tmp : "/tmp");
@@ -240,6 +346,7 @@ int main(void) {
   test_local_view();
   test_refusals();
   test_replace();
+  test_pipeline();
   char cmd[600];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", root);
   if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", root);
