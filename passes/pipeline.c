@@ -272,14 +272,29 @@ static int cut_forward(pl *L) {
 static void place_backward(pl *L, const int32_t *pmax) {
   ptc_func *f = L->f;
   bool *pure = ptc_xcalloc((size_t)f->nops + 1, sizeof *pure);
+  /* a forward value is on its own chunk and on every later chunk whose
+   * forward reads it (received there): a gradient op reading it can run on
+   * the last of them, next to the op it differentiates (the weight gradient
+   * of a layer whose input came from the previous stage) */
+  int32_t *avail = ptc_xmalloc((size_t)(f->nvalues + 1) * sizeof *avail);
+  for (int32_t v = 0; v < f->nvalues; v++) avail[v] = -1;
+  for (int32_t i = 0; i < f->nops; i++) {
+    if (L->cls[i] != 0) continue;
+    for (int32_t r = 0; r < f->ops[i].nout; r++)
+      if (L->chunk[i] > avail[f->ops[i].out[r]]) avail[f->ops[i].out[r]] = L->chunk[i];
+    for (int32_t k = 0; k < f->ops[i].nin; k++) {
+      int32_t v = f->ops[i].in[k];
+      if (f->values[v].kind == PTC_VALUE_OP && L->chunk[i] > avail[v]) avail[v] = L->chunk[i];
+    }
+  }
   for (int32_t i = 0; i < f->nops; i++) {
     if (L->cls[i] != 1) continue;
     int32_t fmax = -1;
     for (int32_t k = 0; k < f->ops[i].nin; k++) {
-      const ptc_value *v = &f->values[f->ops[i].in[k]];
+      int32_t vi = f->ops[i].in[k];
+      const ptc_value *v = &f->values[vi];
       if (v->kind == PTC_VALUE_PARAM && pmax[v->def] > fmax) fmax = pmax[v->def];
-      if (v->kind == PTC_VALUE_OP && L->cls[v->def] == 0 && L->chunk[v->def] > fmax)
-        fmax = L->chunk[v->def];
+      if (v->kind == PTC_VALUE_OP && L->cls[v->def] == 0 && avail[vi] > fmax) fmax = avail[vi];
     }
     L->chunk[i] = fmax;
     pure[i] = fmax < 0;
@@ -335,6 +350,7 @@ static void place_backward(pl *L, const int32_t *pmax) {
     }
     L->chunk[i] = bmin >= 0 ? bmin : 0;
   }
+  free(avail);
   free(pure);
 }
 

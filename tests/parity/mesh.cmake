@@ -89,3 +89,5 @@ if(MPIEXEC_EXECUTABLE)
   set_tests_properties(mesh.gpt2deep.pp4.interleaved PROPERTIES
                        ENVIRONMENT "MPIRUN=${MPIEXEC_EXECUTABLE}")
 endif()
+# the MLP over two stages (a weight gradient computed next to its layer)
+ptc_add_mesh_test(mlp pp2.1f1b 2 "--mesh pp=2 --batch 16 --microbatches 2 --pp-schedule 1f1b")
