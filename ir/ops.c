@@ -596,6 +596,17 @@ static int minor_axis_check(const ptc_infer *inf, const ptc_sharding *s, int64_t
               inf->mod->mesh.axes[ax].name, inf->mod->mesh.axes[b].name);
 }
 
+/* Adds ax to dim's split (as its minor axis) and checks the pieces divide. */
+static int add_split(const ptc_infer *inf, ptc_sharding *s, int64_t dim, int ax) {
+  if (minor_axis_check(inf, s, dim, ax, "split")) return -1;
+  s->dim_axes[dim] |= (uint8_t)(1u << ax);
+  int64_t parts = ptc_shard_parts(&inf->mod->mesh, s->dim_axes[dim]);
+  if (inf->in[0].dims[dim] % parts)
+    return fail(inf, "dimension %lld of size %lld does not divide into %lld pieces",
+                (long long)dim, (long long)inf->in[0].dims[dim], (long long)parts);
+  return 0;
+}
+
 static int infer_all_reduce(ptc_infer *inf) {
   int ax;
   if (mesh_axis(inf, &ax) || reduce_kind(inf)) return -1;
@@ -643,13 +654,8 @@ static int infer_reduce_scatter(ptc_infer *inf) {
   if (s.dim_axes[dim] & (1u << ax))
     return fail(inf, "dimension %lld is already split over %s", (long long)dim,
                 inf->mod->mesh.axes[ax].name);
-  if (minor_axis_check(inf, &s, dim, ax, "split")) return -1;
   s.partial &= (uint8_t)~(1u << ax);
-  s.dim_axes[dim] |= (uint8_t)(1u << ax);
-  int64_t parts = ptc_shard_parts(&inf->mod->mesh, s.dim_axes[dim]);
-  if (inf->in[0].dims[dim] % parts)
-    return fail(inf, "dimension %lld of size %lld does not divide into %lld pieces",
-                (long long)dim, (long long)inf->in[0].dims[dim], (long long)parts);
+  if (add_split(inf, &s, dim, ax)) return -1;
   return set_shard(inf, 0, &s);
 }
 
@@ -664,16 +670,11 @@ static int infer_shard(ptc_infer *inf) {
     memset(&s, 0, sizeof s);
     s.present = true;
   }
-  if (minor_axis_check(inf, &s, dim, ax, "split")) return -1;
   if (s.partial & (1u << ax))
     return fail(inf, "the operand is a partial sum over %s; reduce it (all_reduce "
                 "or reduce_scatter) instead of taking a piece",
                 inf->mod->mesh.axes[ax].name);
-  s.dim_axes[dim] |= (uint8_t)(1u << ax);
-  int64_t parts = ptc_shard_parts(&inf->mod->mesh, s.dim_axes[dim]);
-  if (inf->in[0].dims[dim] % parts)
-    return fail(inf, "dimension %lld of size %lld does not divide into %lld pieces",
-                (long long)dim, (long long)inf->in[0].dims[dim], (long long)parts);
+  if (add_split(inf, &s, dim, ax)) return -1;
   return set_shard(inf, 0, &s);
 }
 

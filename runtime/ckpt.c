@@ -84,27 +84,6 @@ static char *xstrdup(const char *s) {
   return d;
 }
 
-static const struct {
-  const char *name;
-  ptc_dtype dtype;
-} dtypes[] = {
-    {"F32", PTC_DTYPE_F32}, {"F64", PTC_DTYPE_F64}, {"F16", PTC_DTYPE_F16},
-    {"BF16", PTC_DTYPE_BF16}, {"I64", PTC_DTYPE_I64}, {"I32", PTC_DTYPE_I32},
-    {"I8", PTC_DTYPE_I8}, {"BOOL", PTC_DTYPE_BOOL},
-};
-
-static const char *dtype_str(ptc_dtype t) {
-  for (int i = 0; i < PTC_ARRAY_LEN(dtypes); i++)
-    if (dtypes[i].dtype == t) return dtypes[i].name;
-  return "?";
-}
-
-static int dtype_parse(const char *s) {
-  for (int i = 0; i < PTC_ARRAY_LEN(dtypes); i++)
-    if (!strcmp(dtypes[i].name, s)) return (int)dtypes[i].dtype;
-  return -1;
-}
-
 static json_t *ints_json(const int64_t *v, int32_t n) {
   json_t *a = json_array();
   for (int32_t i = 0; i < n; i++) json_array_append_new(a, json_integer((json_int_t)v[i]));
@@ -112,7 +91,7 @@ static json_t *ints_json(const int64_t *v, int32_t n) {
 }
 
 static void shape_text(char *out, size_t cap, ptc_dtype dt, int32_t rank, const int64_t *d) {
-  size_t k = (size_t)snprintf(out, cap, "%s[", dtype_str(dt));
+  size_t k = (size_t)snprintf(out, cap, "%s[", ptrt_st_dtype_name(dt));
   for (int32_t i = 0; i < rank && k < cap; i++)
     k += (size_t)snprintf(out + k, cap - k, i ? ",%lld" : "%lld", (long long)d[i]);
   if (k < cap) snprintf(out + k, cap - k, "]");
@@ -370,7 +349,7 @@ static json_t *model_tensors_json(const ptc_module *m) {
     if (transient_var(p->name)) continue;
     json_array_append_new(a, json_pack("{s:s,s:s,s:s,s:o}", "name", p->name, "kind",
                                        p->trainable ? "parameter" : "state", "dtype",
-                                       dtype_str(p->type.dtype), "shape",
+                                       ptrt_st_dtype_name(p->type.dtype), "shape",
                                        ints_json(p->type.dims, p->type.rank)));
   }
   return a;
@@ -493,7 +472,7 @@ static int write_shard(const char *tmp, int rank, const ptrt_vars *v,
     json_array_append_new(
         blocks, json_pack("{s:s,s:s,s:s,s:o,s:I,s:I,s:o,s:o}", "name", p->name, "kind",
                           p->trainable ? "parameter" : "state", "dtype",
-                          dtype_str(p->type.dtype), "shape", ints_json(gdims, p->type.rank),
+                          ptrt_st_dtype_name(p->type.dtype), "shape", ints_json(gdims, p->type.rank),
                           "offset", (json_int_t)w.off, "bytes", (json_int_t)bytes, "origin",
                           ints_json(origin, p->type.rank), "dims",
                           ints_json(p->type.dims, p->type.rank)));
@@ -661,7 +640,7 @@ static int write_manifest(ptc_ctx *ctx, const char *tmp, const ptrt_ckpt_write *
     ptrt_ckpt_tensor tt = {.name = json_string_value(json_object_get(t, "name"))};
     json_t *sh = json_object_get(t, "shape"), *bl = json_object_get(t, "blocks");
     tt.rank = (int32_t)json_array_size(sh);
-    tt.dtype = (ptc_dtype)dtype_parse(json_string_value(json_object_get(t, "dtype")));
+    tt.dtype = (ptc_dtype)ptrt_st_dtype_from(json_string_value(json_object_get(t, "dtype")));
     for (int32_t d = 0; d < tt.rank; d++)
       tt.dims[d] = json_integer_value(json_array_get(sh, (size_t)d));
     ptrt_ckpt_block *b = ptc_xcalloc(json_array_size(bl) + 1, sizeof *b);
@@ -1094,7 +1073,7 @@ static int parse_tensor(ptc_ctx *ctx, ptrt_ckpt *ck, const char *mpath, json_t *
   }
   out->name = json_string_value(name);
   out->trainable = !strcmp(json_string_value(kind), "parameter");
-  int d = dtype_parse(json_string_value(dt));
+  int d = ptrt_st_dtype_from(json_string_value(dt));
   out->rank = (int32_t)json_array_size(sh);
   if (d < 0 || !read_ints(sh, out->rank, out->dims) ||
       (!out->trainable && strcmp(json_string_value(kind), "state"))) {

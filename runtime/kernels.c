@@ -659,6 +659,19 @@ static int k_all_reduce(const ptrt_kargs *k) {
  * (an i64 element is two words), untouched. */
 static int64_t words_per_elem(const ptc_type *t) { return ptc_dtype_size(t->dtype) / 4; }
 
+/* Moves g device blocks of `outer` rows of blk floats between the layout a
+ * tensor has ([outer][g][blk]: the blocks interleaved along dim) and the one
+ * a communicator uses ([g][outer][blk]: each device's block contiguous). */
+static void blocks_interleave(float *dst, const float *src, int64_t g, int64_t outer,
+                              int64_t blk, bool to_contiguous) {
+  for (int64_t j = 0; j < g; j++)
+    for (int64_t r = 0; r < outer; r++) {
+      int64_t a = (r * g + j) * blk, b = (j * outer + r) * blk;
+      memcpy(dst + (to_contiguous ? b : a), src + (to_contiguous ? a : b),
+             (size_t)blk * sizeof *dst);
+    }
+}
+
 /* all_gather {axis, dim}: [.., L, ..] -> [.., g*L, ..], block j (from the
  * device at coordinate j of axis) at [j*L, (j+1)*L) of dim.  The
  * communicator gathers whole buffers, one after the other: that is the
@@ -681,11 +694,8 @@ static int k_all_gather(const ptrt_kargs *k) {
     return ptrt__op_error(k, "out of memory: %lld bytes to gather into",
                           (long long)(g * n * (int64_t)sizeof(float)));
   int rc = comm_status(k, c->all_gather(c, axis, kin_f(k, 0), tmp, n));
-  float *o = kout_f(k, 0);
-  int64_t blk = len * inner * w; /* one outer row of one device's block, in words */
-  for (int64_t j = 0; rc == 0 && j < g; j++)
-    for (int64_t r = 0; r < outer; r++)
-      memcpy(o + (r * g + j) * blk, tmp + (j * outer + r) * blk, (size_t)blk * sizeof *o);
+  /* one outer row of one device's block, in words */
+  if (rc == 0) blocks_interleave(kout_f(k, 0), tmp, g, outer, len * inner * w, false);
   ptrt_free(tmp);
   return rc;
 }
@@ -711,11 +721,7 @@ static int k_reduce_scatter(const ptrt_kargs *k) {
   if (!tmp)
     return ptrt__op_error(k, "out of memory: %lld bytes to scatter from",
                           (long long)(n * (int64_t)sizeof(float)));
-  const float *x = kin_f(k, 0);
-  int64_t blk = len * inner;
-  for (int64_t j = 0; j < g; j++)
-    for (int64_t r = 0; r < outer; r++)
-      memcpy(tmp + (j * outer + r) * blk, x + (r * g + j) * blk, (size_t)blk * sizeof *x);
+  blocks_interleave(tmp, kin_f(k, 0), g, outer, len * inner, true);
   int rc = comm_status(k, c->reduce_scatter(c, axis, reduce_of(k->op), tmp, kout_f(k, 0), n));
   ptrt_free(tmp);
   return rc;

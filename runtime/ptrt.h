@@ -500,6 +500,11 @@ typedef struct ptrt_st_entry {
   const void *data; /* little-endian, numel * dtype size bytes */
 } ptrt_st_entry;
 
+/* The format's dtype names ("F32", "BF16", ...): name of t ("?" for none),
+ * and the dtype of a name (-1 when unknown). */
+const char *ptrt_st_dtype_name(ptc_dtype t);
+int ptrt_st_dtype_from(const char *s);
+
 /* Writes tensors (in the order given) atomically. */
 int ptrt_st_write(ptc_ctx *ctx, const char *path, const ptrt_st_entry *e, int32_t n);
 

@@ -48,13 +48,13 @@ static const struct {
     {"I8", PTC_DTYPE_I8}, {"BOOL", PTC_DTYPE_BOOL},
 };
 
-static int dtype_from(const char *s) {
+int ptrt_st_dtype_from(const char *s) {
   for (int i = 0; i < PTC_ARRAY_LEN(dtypes); i++)
     if (strcmp(dtypes[i].name, s) == 0) return (int)dtypes[i].dtype;
   return -1;
 }
 
-static const char *dtype_to(ptc_dtype t) {
+const char *ptrt_st_dtype_name(ptc_dtype t) {
   for (int i = 0; i < PTC_ARRAY_LEN(dtypes); i++)
     if (dtypes[i].dtype == t) return dtypes[i].name;
   return "?";
@@ -86,7 +86,7 @@ static int read_entry(ptc_ctx *ctx, ptrt_st *s, const char *name, json_t *e) {
                     "and \"data_offsets\": [begin, end]", name);
     return -1;
   }
-  int d = dtype_from(json_string_value(dt));
+  int d = ptrt_st_dtype_from(json_string_value(dt));
   if (d < 0) {
     ptrt_file_error(ctx, path, "tensor '%s': dtype %s is not supported (F32, F64, F16, "
                     "BF16, I64, I32, I8, BOOL)", name, json_string_value(dt));
@@ -127,7 +127,7 @@ static int read_entry(ptc_ctx *ctx, ptrt_st *s, const char *name, json_t *e) {
   if (t->end - t->begin != numel * ptc_dtype_size(t->dtype)) {
     ptrt_file_error(ctx, path, "tensor '%s': %lld bytes for %lld elements of %s", name,
                     (long long)(t->end - t->begin), (long long)numel,
-                    dtype_to(t->dtype));
+                    ptrt_st_dtype_name(t->dtype));
     return -1;
   }
   t->name = strdup(name);
@@ -256,7 +256,7 @@ static int st_write(ptc_ctx *ctx, const char *path, const ptrt_st_entry *e, int3
     }
     int64_t bytes = numel * ptc_dtype_size(e[i].dtype);
     json_object_set_new(root, e[i].name,
-                        json_pack("{s:s,s:o,s:[I,I]}", "dtype", dtype_to(e[i].dtype), "shape",
+                        json_pack("{s:s,s:o,s:[I,I]}", "dtype", ptrt_st_dtype_name(e[i].dtype), "shape",
                                   shape, "data_offsets", (json_int_t)off,
                                   (json_int_t)(off + bytes)));
     off += bytes;
@@ -368,7 +368,7 @@ static int load_vars(ptc_ctx *ctx, const char *path, ptrt_vars *v, bool state,
       shape_str(a, sizeof a, t->rank, t->dims);
       shape_str(b, sizeof b, p->type.rank, p->type.dims);
       ptrt_file_error(ctx, path, "tensor '%s' is %s%s, but the %s is F32%s", p->name,
-                      dtype_to(t->dtype), a, p->trainable ? "parameter" : "state variable", b);
+                      ptrt_st_dtype_name(t->dtype), a, p->trainable ? "parameter" : "state variable", b);
       bad++;
       continue;
     }

@@ -307,7 +307,8 @@ static void test_pipeline(void) {
   ptrt_vars *v = ptrt_vars_create(ctx, p->local, NULL);
   ptrt_vars_init(v, 1, NULL);
   /* stage 1 of the mesh: @step.1 calls no communicator */
-  ptrt_comm_state st = {{0}};
+  ptrt_comm_state st;
+  memset(&st, 0, sizeof st);
   ptrt_comm stage1 = {.name = "fake", .rank = 1, .size = 2, .mesh = p->mod->mesh,
                       .coord = {1}, .state = &st};
   ptrt_env env = {ctx, NULL, &stage1};
