@@ -890,11 +890,18 @@ static int partition_func(part *P) {
     uint8_t keep_partial = 0;
     if ((op.code == PTC_OP_ADD || op.code == PTC_OP_SUB) && has_rule) {
       keep_partial = f->values[op.in[0]].shard.partial;
+      uint8_t stored = 0; /* a variable kept as a partial sum (an accumulator) */
+      bool same = true;
       for (int32_t i = 0; i < nin; i++) {
         const ptc_value *vi = &f->values[op.in[i]];
-        if (vi->shard.partial != keep_partial || !ptc_type_eq(&vi->type, vty(f, op.out[0])))
-          keep_partial = 0;
+        same &= ptc_type_eq(&vi->type, vty(f, op.out[0]));
+        if (vi->shard.partial != keep_partial) keep_partial = 0;
+        if (vi->kind == PTC_VALUE_PARAM) stored |= vi->shard.partial;
       }
+      /* whole operands join a partial-sum variable as shares (to_partial,
+       * no traffic) rather than the variable being reduced to add them */
+      if (!same) keep_partial = 0;
+      else if (stored) keep_partial = stored;
     }
     if (has_rule) {
       bool set[PTC_SR_MAX_FACTORS] = {0}, contract[PTC_SR_MAX_FACTORS];
