@@ -12,9 +12,9 @@
  *   %r  = all_reduce %c {axis = dp, op = sum} : f32[n]
  *   %s1 = slice %r {axis = 0, start = 0, end = n1}; %y1 = reshape %s1 : <g1's type>
  *
- * The packed all_reduce goes where the last member's was (the bucket is
- * issued as soon as its last gradient is ready) and a member joins only if
- * nothing uses its reduced value before that point.  A bucket closes at
+ * The packed all_reduce is issued as soon as the last member's gradient is
+ * ready, and a member joins only if nothing uses its reduced value before
+ * that point.  A bucket closes at
  * `size-mb` megabytes.  Members split over another axis (a tensor-parallel
  * weight's gradient) are left alone: their pieces are not one block of a
  * flat buffer.
@@ -56,9 +56,15 @@ static int32_t first_use(const ptc_func *f, int32_t v, int32_t at) {
   return f->nops;
 }
 
-/* Packs members (op indices, ascending) into one all_reduce placed before
- * the last member.  Returns 0 or -1. */
-static int pack(ptc_func *f, const int32_t *mem, int32_t n, int axis) {
+/* Where v is ready: the index after the op defining it (0 for arguments
+ * and parameters). */
+static int32_t ready_at(const ptc_func *f, int32_t v) {
+  return f->values[v].kind == PTC_VALUE_OP ? f->values[v].def + 1 : 0;
+}
+
+/* Packs members (op indices, ascending) into one all_reduce issued at
+ * `issue` (where the last of their operands is ready).  Returns 0 or -1. */
+static int pack(ptc_func *f, const int32_t *mem, int32_t n, int axis, int32_t issue) {
   ptc_module *m = f->mod;
   int32_t last = mem[n - 1];
   ptc_loc loc = f->ops[last].loc;
@@ -73,7 +79,7 @@ static int pack(ptc_func *f, const int32_t *mem, int32_t n, int axis) {
     total += ptc_type_numel(&ty[i]);
   }
   int rc = -1;
-  int32_t pos = last; /* new ops go before the last member, in order */
+  int32_t pos = issue; /* new ops go here, in order */
   ptc_sharding part;
   memset(&part, 0, sizeof part);
   part.present = true;
@@ -123,11 +129,11 @@ static int pack(ptc_func *f, const int32_t *mem, int32_t n, int axis) {
     ptc_func_replace_uses(f, res[i], y, pos);
     off += len;
   }
-  /* drop the members (their indices moved by the ops inserted before the
-   * last one only) */
+  /* drop the members (those at or after `issue` moved by what was inserted) */
+  int32_t added = pos - issue;
   bool *keep = ptc_xmalloc((size_t)f->nops);
   memset(keep, 1, (size_t)f->nops);
-  for (int32_t i = 0; i < n; i++) keep[i == n - 1 ? pos : mem[i]] = false;
+  for (int32_t i = 0; i < n; i++) keep[mem[i] >= issue ? mem[i] + added : mem[i]] = false;
   ptc_func_erase_ops(f, keep);
   free(keep);
   rc = 0;
@@ -150,21 +156,21 @@ static int run_bucket(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
       int32_t mem[256];
       int32_t n = 0;
       int64_t bytes = 0;
-      int32_t bound = f->nops; /* the bucket must be issued before this */
-      for (int32_t j = i; j < f->nops && j < bound && n < 256 && bytes < limit; j++) {
+      int32_t bound = f->nops; /* the bucket must be issued before every use */
+      int32_t issue = 0;       /* and after every operand is ready */
+      for (int32_t j = i; j < f->nops && n < 256 && bytes < limit; j++) {
         int a2;
         if (!candidate(f, &f->ops[j], &a2) || a2 != axis) continue;
+        int32_t r = ready_at(f, f->ops[j].in[0]);
         int32_t u = first_use(f, f->ops[j].out[0], j);
-        /* joining moves every member's reduction to j: all uses after j */
-        bool ok = true;
-        for (int32_t k = 0; k < n && ok; k++) ok = first_use(f, f->ops[mem[k]].out[0], mem[k]) > j;
-        if (!ok) break;
+        if ((r > issue ? r : issue) > (u < bound ? u : bound)) break;
         mem[n++] = j;
         bytes += ptc_type_bytes(&f->values[f->ops[j].in[0]].type);
+        if (r > issue) issue = r;
         if (u < bound) bound = u;
       }
       if (n < 2) continue;
-      if (pack(f, mem, n, axis) != 0) return -1;
+      if (pack(f, mem, n, axis, issue) != 0) return -1;
       *changed = true;
     }
   }
