@@ -642,6 +642,18 @@ static int group_check(const ptrt_kargs *k, int axis, int64_t dim, int64_t g) {
                         (long long)g, axis_name(k, axis), c->name, (long long)have);
 }
 
+/* The group of an op that cuts or joins dimension `dim` over `axis`
+ * (all_gather, reduce_scatter, shard): g devices, from the local shapes of
+ * the whole side and the piece side, checked against the communicator.
+ * Returns 0, or -1 after reporting. */
+static int split_group(const ptrt_kargs *k, const ptc_type *whole, const ptc_type *piece,
+                       int64_t *dim, int *axis, int64_t *g) {
+  *dim = ptc_op_attr_int(k->op, "dim", 0);
+  *axis = mesh_axis_of(k);
+  *g = piece->dims[*dim] ? whole->dims[*dim] / piece->dims[*dim] : 1;
+  return group_check(k, *axis, *dim, *g);
+}
+
 /* Types are one device's pieces (on one device, whole tensors, where
  * every collective leaves the value as it is); the communicator moves the
  * data where there are peers. */
@@ -680,10 +692,9 @@ static void blocks_interleave(float *dst, const float *src, int64_t g, int64_t o
 static int k_all_gather(const ptrt_kargs *k) {
   const ptc_type *it = kin_t(k, 0), *ot = kout_t(k, 0);
   const ptrt_comm *c = k->env->comm;
-  int64_t dim = ptc_op_attr_int(k->op, "dim", 0);
-  int axis = mesh_axis_of(k);
-  int64_t g = it->dims[dim] ? ot->dims[dim] / it->dims[dim] : 1;
-  if (group_check(k, axis, dim, g) != 0) return -1;
+  int64_t dim, g;
+  int axis;
+  if (split_group(k, ot, it, &dim, &axis, &g) != 0) return -1;
   int64_t w = words_per_elem(it), n = ptc_type_numel(it) * w, outer, len, inner;
   axis_split(it, dim, &outer, &len, &inner);
   comm_note(k, axis);
@@ -707,10 +718,9 @@ static int k_all_gather(const ptrt_kargs *k) {
 static int k_reduce_scatter(const ptrt_kargs *k) {
   const ptc_type *it = kin_t(k, 0), *ot = kout_t(k, 0);
   const ptrt_comm *c = k->env->comm;
-  int64_t dim = ptc_op_attr_int(k->op, "dim", 0);
-  int axis = mesh_axis_of(k);
-  int64_t g = ot->dims[dim] ? it->dims[dim] / ot->dims[dim] : 1;
-  if (group_check(k, axis, dim, g) != 0) return -1;
+  int64_t dim, g;
+  int axis;
+  if (split_group(k, it, ot, &dim, &axis, &g) != 0) return -1;
   int64_t n = ptc_type_numel(it), outer, len, inner;
   axis_split(ot, dim, &outer, &len, &inner);
   comm_note(k, axis);
@@ -732,10 +742,9 @@ static int k_reduce_scatter(const ptrt_kargs *k) {
 static int k_shard(const ptrt_kargs *k) {
   const ptc_type *it = kin_t(k, 0), *ot = kout_t(k, 0);
   const ptrt_comm *c = k->env->comm;
-  int64_t dim = ptc_op_attr_int(k->op, "dim", 0);
-  int axis = mesh_axis_of(k);
-  int64_t g = ot->dims[dim] ? it->dims[dim] / ot->dims[dim] : 1;
-  if (group_check(k, axis, dim, g) != 0) return -1;
+  int64_t dim, g;
+  int axis;
+  if (split_group(k, it, ot, &dim, &axis, &g) != 0) return -1;
   int64_t piece = g > 1 ? c->coord[axis] : 0;
   int64_t outer, len, inner;
   axis_split(it, dim, &outer, &len, &inner);
