@@ -42,10 +42,9 @@ static void pipeline_report(ptc_buf *b, ptc_module *m) {
                  vs && vs->u.i > 1 ? "s" : "");
   double busy = 0;
   for (int32_t s = 0; s < sim.stages; s++) busy += sim.busy[s];
-  double ideal = busy / sim.stages;
   ptc_buf_printf(b, "  bubble: %.1f%% (idle over ideal time: makespan %.4g vs %.4g FLOP of "
                  "work per stage, timing model: a unit takes its FLOPs)\n",
-                 ideal > 0 ? 100.0 * (sim.makespan - ideal) / ideal : 0.0, sim.makespan, ideal);
+                 100.0 * ptc_pipe_bubble(&sim), sim.makespan, busy / sim.stages);
   ptc_module *lm = ptc_module_get_attr(m, "partitioned") ? ptc_module_localize(m) : NULL;
   const ptc_module *vm = lm ? lm : m;
   for (int32_t s = 0; s < sim.stages; s++) {

@@ -530,6 +530,9 @@ typedef struct ptc_cost {
 
 /* Cost of one op of f (global, i.e. for the whole unsharded tensor). */
 ptc_cost ptc_op_cost(const ptc_func *f, const ptc_op *op);
+/* FLOPs of one call of f: ptc_op_cost summed over its ops (of the shapes f
+ * states: a localized function gives one rank's). */
+double ptc_func_flops(const ptc_func *f);
 
 /* ---- shard_rules.c: how each op may be split ------------------------------ */
 

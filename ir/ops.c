@@ -933,3 +933,9 @@ ptc_cost ptc_op_cost(const ptc_func *f, const ptc_op *op) {
   r.bytes = (op->code == PTC_OP_RESHAPE || op->code == PTC_OP_RETURN) ? 0 : io_bytes(&c);
   return r;
 }
+
+double ptc_func_flops(const ptc_func *f) {
+  double s = 0;
+  for (int32_t i = 0; i < f->nops; i++) s += ptc_op_cost(f, &f->ops[i]).flops;
+  return s;
+}

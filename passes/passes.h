@@ -107,6 +107,8 @@ typedef struct ptc_pipe_sim {
   int64_t inflight_bytes[PTC_PIPE_MAX_STAGES]; /* peak stashed activations */
 } ptc_pipe_sim;
 int ptc_pipeline_simulate(ptc_module *m, ptc_pipe_sim *out, bool report);
+/* The bubble: idle over ideal time, (makespan - mean busy) / mean busy. */
+double ptc_pipe_bubble(const ptc_pipe_sim *sim);
 extern const ptc_pass_info ptc_pass_partition;
 
 /* Helpers passes share.  dce.c: removes the pure ops of f whose results

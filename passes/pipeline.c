@@ -791,10 +791,14 @@ static int parse_order(const char *s, unit **out, int32_t *n) {
 /* FLOPs one rank spends in f: its ops on the pieces it holds. */
 static double local_flops(const ptc_module *lm, const ptc_func *f) {
   const ptc_func *lf = lm ? ptc_module_find_func(lm, f->name) : NULL;
-  if (!lf) lf = f;
-  double t = 0;
-  for (int32_t i = 0; i < lf->nops; i++) t += ptc_op_cost(lf, &lf->ops[i]).flops;
-  return t;
+  return ptc_func_flops(lf ? lf : f);
+}
+
+double ptc_pipe_bubble(const ptc_pipe_sim *sim) {
+  double busy = 0;
+  for (int32_t s = 0; s < sim->stages; s++) busy += sim->busy[s];
+  double ideal = sim->stages ? busy / sim->stages : 0;
+  return ideal > 0 ? (sim->makespan - ideal) / ideal : 0.0;
 }
 
 static int64_t local_stash_bytes(const ptc_module *m, const ptc_func *f) {

@@ -501,8 +501,4 @@ void ptrt_program_print_profile(const ptrt_program *p, FILE *out) {
             (long long)p->prof_fused_n);
 }
 
-double ptrt_func_flops(const ptc_func *f) {
-  double s = 0;
-  for (int32_t i = 0; i < f->nops; i++) s += ptc_op_cost(f, &f->ops[i]).flops;
-  return s;
-}
+double ptrt_func_flops(const ptc_func *f) { return ptc_func_flops(f); }

@@ -639,8 +639,7 @@ static void write_report(ptc_buf *b, const ptc_module *m) {
    * (forward, backward and update, once autodiff has run). */
   for (int32_t i = 0; i < m->nfuncs; i++) {
     const ptc_func *f = m->funcs[i];
-    double flops = 0;
-    for (int32_t k = 0; k < f->nops; k++) flops += ptc_op_cost(f, &f->ops[k]).flops;
+    double flops = ptc_func_flops(f);
     ptc_buf_printf(b, "flops @%s: %.0f (", f->name, flops);
     human_flops(b, flops);
     ptc_buf_puts(b, " per call, whole mesh)\n");
@@ -649,12 +648,8 @@ static void write_report(ptc_buf *b, const ptc_module *m) {
   if (!pa || pa->kind != PTC_ATTR_BOOL || !pa->u.b || ptc_mesh_size(&m->mesh) <= 1) return;
   ptc_pipe_sim sim;
   if (ptc_pipeline_simulate((ptc_module *)m, &sim, false) == 0 && sim.stages > 0) {
-    double busy = 0;
-    for (int32_t s = 0; s < sim.stages; s++) busy += sim.busy[s];
-    double ideal = busy / sim.stages;
     ptc_buf_printf(b, "pipeline: %d stages, bubble %.1f%% (timing model: a unit takes its "
-                   "FLOPs on one rank)\n", sim.stages,
-                   ideal > 0 ? 100.0 * (sim.makespan - ideal) / ideal : 0.0);
+                   "FLOPs on one rank)\n", sim.stages, 100.0 * ptc_pipe_bubble(&sim));
     for (int32_t s = 0; s < sim.stages; s++)
       ptc_buf_printf(b, "  stage %d: %.0f FLOPs per step per rank, activations in flight "
                      "%lld bytes per rank\n", s, sim.busy[s], (long long)sim.inflight_bytes[s]);
@@ -680,8 +675,7 @@ static void write_report(ptc_buf *b, const ptc_module *m) {
   ptc_buf_puts(b, ")\n");
   for (int32_t i = 0; i < lm->nfuncs; i++) {
     const ptc_func *f = lm->funcs[i];
-    double flops = 0;
-    for (int32_t k = 0; k < f->nops; k++) flops += ptc_op_cost(f, &f->ops[k]).flops;
+    double flops = ptc_func_flops(f);
     ptc_buf_printf(b, "  flops @%s: %.0f (", f->name, flops);
     human_flops(b, flops);
     ptc_buf_puts(b, " per call)\n");
