@@ -583,6 +583,62 @@ static void human_flops(ptc_buf *b, double v) {
   ptc_buf_printf(b, "%.3g %sFLOP", v, units[u]);
 }
 
+/* Per pipeline stage, each of its ranks: the variables its functions read,
+ * FLOPs and bytes sent per step (a chunk's forward and backward run once
+ * per microbatch, the stage's @step once), activations in flight. */
+static void pipeline_stages(ptc_buf *b, const ptc_module *m, const ptc_pipe_sim *sim) {
+  ptc_module *lm = ptc_module_localize(m);
+  const ptc_attr *mba = ptc_module_get_attr(m, "pipeline.microbatches");
+  int64_t mb = mba ? mba->u.i : 1;
+  for (int32_t s = 0; s < sim->stages; s++) {
+    int64_t pn = 0, pbytes = 0, sbytes = 0;
+    double sent[PTC_MAX_MESH_AXES] = {0};
+    int64_t calls[PTC_MAX_MESH_AXES] = {0};
+    bool *held = ptc_xcalloc((size_t)lm->nparams + 1, sizeof *held);
+    for (int32_t fi = 0; fi < lm->nfuncs; fi++) {
+      const ptc_func *lf = lm->funcs[fi];
+      const char *n = lf->name;
+      bool chunk = strncmp(n, "fwd.", 4) == 0 || strncmp(n, "bwd.", 4) == 0;
+      bool step = strncmp(n, "step.", 5) == 0;
+      if ((!chunk && !step) || (chunk ? atoi(n + 4) : atoi(n + 5)) % sim->stages != s) continue;
+      for (int32_t p = 0; p < lm->nparams && p < lf->cap_param_value; p++)
+        if (lf->param_value[p] >= 0) held[p] = true;
+      double fs[PTC_MAX_MESH_AXES];
+      int64_t fc[PTC_MAX_MESH_AXES];
+      ptc_comm_volume(m->funcs[fi], fs, fc); /* the global module: layouts and local shapes */
+      int64_t times = chunk ? mb : 1;
+      for (int a = 0; a < m->mesh.naxes; a++) {
+        sent[a] += (double)times * fs[a];
+        calls[a] += times * fc[a];
+      }
+    }
+    for (int32_t p = 0; p < lm->nparams; p++) {
+      if (!held[p]) continue;
+      if (lm->params[p].trainable) {
+        pn += ptc_type_numel(&lm->params[p].type);
+        pbytes += ptc_type_bytes(&lm->params[p].type);
+      } else {
+        sbytes += ptc_type_bytes(&lm->params[p].type);
+      }
+    }
+    free(held);
+    ptc_buf_printf(b, "  stage %d, each rank: parameters %lld (", s, (long long)pn);
+    ptc_buf_put_bytes(b, (double)pbytes);
+    ptc_buf_puts(b, "), state ");
+    ptc_buf_put_bytes(b, (double)sbytes);
+    ptc_buf_printf(b, ", %.0f FLOPs per step, activations in flight %lld bytes\n",
+                   sim->busy[s], (long long)sim->inflight_bytes[s]);
+    ptc_buf_puts(b, "    sent per step:");
+    for (int a = 0; a < m->mesh.naxes; a++) {
+      ptc_buf_printf(b, " %s %.0f bytes (", m->mesh.axes[a].name, sent[a]);
+      ptc_buf_put_bytes(b, sent[a]);
+      ptc_buf_printf(b, ", %lld calls)%s", (long long)calls[a], a + 1 < m->mesh.naxes ? "," : "");
+    }
+    ptc_buf_puts(b, "\n");
+  }
+  ptc_module_destroy(lm);
+}
+
 /* The --report summary.  `parameters: N` is a plain integer so scripts can
  * read it. */
 static void write_report(ptc_buf *b, const ptc_module *m) {
@@ -650,9 +706,8 @@ static void write_report(ptc_buf *b, const ptc_module *m) {
   if (ptc_pipeline_simulate((ptc_module *)m, &sim, false) == 0 && sim.stages > 0) {
     ptc_buf_printf(b, "pipeline: %d stages, bubble %.1f%% (timing model: a unit takes its "
                    "FLOPs on one rank)\n", sim.stages, 100.0 * ptc_pipe_bubble(&sim));
-    for (int32_t s = 0; s < sim.stages; s++)
-      ptc_buf_printf(b, "  stage %d: %.0f FLOPs per step per rank, activations in flight "
-                     "%lld bytes per rank\n", s, sim.busy[s], (long long)sim.inflight_bytes[s]);
+    pipeline_stages(b, m, &sim);
+    return; /* a pipeline's ranks differ by stage: the table above is per rank */
   }
   /* SPMD: every rank holds pieces of the same shapes and runs the same ops */
   ptc_module *lm = ptc_module_localize(m);
@@ -665,8 +720,7 @@ static void write_report(ptc_buf *b, const ptc_module *m) {
       lsb += ptc_type_bytes(&lm->params[i].type);
     }
   }
-  ptc_buf_printf(b, "per rank (each of %lld%s):\n", (long long)ptc_mesh_size(&m->mesh),
-                 sim.stages > 0 ? "; variables of every stage together" : "");
+  ptc_buf_printf(b, "per rank (each of %lld):\n", (long long)ptc_mesh_size(&m->mesh));
   ptc_buf_printf(b, "  parameters: %lld\n", (long long)lp);
   ptc_buf_printf(b, "  parameter bytes: %lld (", (long long)lpb);
   ptc_buf_put_bytes(b, (double)lpb);
