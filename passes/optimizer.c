@@ -125,7 +125,7 @@ static int optimize_func(ptc_module *m, ptc_func *f, const ptc_pass_opts *o, boo
   ptc_ctx *ctx = m->ctx;
   ptc_op *ret = &f->ops[f->nops - 1];
   ptc_loc rloc = ret->loc;
-  if (ret->nin < 2) {
+  if (ret->nin < 2 && !staged) {
     ptc_error(ctx, rloc, "optimizer: @step returns no gradients; nothing to update "
               "(does the loss depend on any parameter?)");
     return -1;

@@ -435,9 +435,15 @@ static void zero(prop *P, ptc_func *f, const int32_t *def_op, int stage) {
     int32_t p = f->values[op->in[0]].def;
     const ptc_type *t = vty(f, op->in[0]);
     ptc_sharding z = P->m->params[p].shard;
-    int32_t d = zero_dim(P, t, &z);
+    /* a tied parameter is updated on every stage holding it: the first
+     * stage's update already chose its split (moments are shared by name) */
+    int32_t s1 = f->values[op->in[2]].def;
+    if (used_axes(&P->m->params[s1].shard, t->rank) & dp) z = P->m->params[s1].shard;
+    int32_t d = (used_axes(&z, t->rank) & dp) ? -2 : zero_dim(P, t, &z);
+    if (d == -2) goto apply;
     if (d < 0) continue; /* too small to split: stays replicated over dp */
     z.dim_axes[d] |= dp;
+  apply:;
     int nstate = op->code == PTC_OP_ADAMW ? 2 : 1;
     for (int k = 0; k < nstate; k++) set_param(P, f->values[op->in[2 + k]].def, &z);
     if (stage >= 3) set_param(P, p, &z);
@@ -445,9 +451,12 @@ static void zero(prop *P, ptc_func *f, const int32_t *def_op, int stage) {
     /* the gradient, back through same-shape element-wise ops (clipping) */
     int32_t g = op->in[1];
     while (f->values[g].kind == PTC_VALUE_OP) {
+      ptc_op *prod = &f->ops[def_op[g]];
+      /* a collective's result is what its operand makes it (a pipeline's
+       * reduction over pp): partition reshards after it */
+      if (ptc_opinfo_get(prod->code)->flags & PTC_OPF_COLLECTIVE) break;
       f->values[g].shard = z;
       moved[g] = true;
-      ptc_op *prod = &f->ops[def_op[g]];
       if (!(ptc_opinfo_get(prod->code)->flags & PTC_OPF_ELEMENTWISE)) break;
       int32_t next = -1, n = 0;
       for (int32_t i = 0; i < prod->nin; i++)

@@ -91,3 +91,8 @@ if(MPIEXEC_EXECUTABLE)
 endif()
 # the MLP over two stages (a weight gradient computed next to its layer)
 ptc_add_mesh_test(mlp pp2.1f1b 2 "--mesh pp=2 --batch 16 --microbatches 2 --pp-schedule 1f1b")
+# pipelines combined with ZeRO and sequence parallelism, and a stage that
+# holds no parameter (the MLP over four stages)
+ptc_add_mesh_test(gpt2 pp2dp4.zero3 8 "--mesh pp=2,dp=4 --batch 4 --microbatches 2 --zero 3")
+ptc_add_mesh_test(gpt2 pp2dp2tp2.zero1.sp 8 "--mesh pp=2,dp=2,tp=2 --batch 4 --microbatches 2 --zero 1 --sequence-parallel")
+ptc_add_mesh_test(mlp pp4 4 "--mesh pp=4 --batch 16 --microbatches 2")
