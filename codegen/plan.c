@@ -48,22 +48,8 @@ static void pipeline_report(ptc_buf *b, ptc_module *m) {
   ptc_module *lm = ptc_module_get_attr(m, "partitioned") ? ptc_module_localize(m) : NULL;
   const ptc_module *vm = lm ? lm : m;
   for (int32_t s = 0; s < sim.stages; s++) {
-    /* the variables this stage's functions read */
-    int64_t pbytes = 0, sbytes = 0;
-    for (int32_t p = 0; p < vm->nparams; p++) {
-      bool used = false;
-      for (int32_t fi = 0; fi < vm->nfuncs && !used; fi++) {
-        const ptc_func *f = vm->funcs[fi];
-        const char *n = f->name;
-        int c = strncmp(n, "fwd.", 4) == 0 || strncmp(n, "bwd.", 4) == 0 ? atoi(n + 4)
-                : strncmp(n, "step.", 5) == 0 ? atoi(n + 5) : -1;
-        if (c < 0 || c % sim.stages != s) continue;
-        used = p < f->cap_param_value && f->param_value[p] >= 0;
-      }
-      if (!used) continue;
-      if (vm->params[p].trainable) pbytes += ptc_type_bytes(&vm->params[p].type);
-      else sbytes += ptc_type_bytes(&vm->params[p].type);
-    }
+    int64_t pcount, pbytes, sbytes;
+    ptc_pipe_stage_vars(vm, s, sim.stages, &pcount, &pbytes, &sbytes);
     ptc_buf_printf(b, "  stage %d: busy %.4g FLOP/step, idle %.1f%%, parameters ", s,
                    sim.busy[s], sim.makespan > 0 ? 100.0 * (1 - sim.busy[s] / sim.makespan) : 0.0);
     ptc_buf_put_bytes(b, (double)pbytes);

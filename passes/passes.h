@@ -109,6 +109,13 @@ typedef struct ptc_pipe_sim {
 int ptc_pipeline_simulate(ptc_module *m, ptc_pipe_sim *out, bool report);
 /* The bubble: idle over ideal time, (makespan - mean busy) / mean busy. */
 double ptc_pipe_bubble(const ptc_pipe_sim *sim);
+/* The stage a pipeline function runs on (@fwd.<c>, @bwd.<c>: c mod stages;
+ * @step.<s>: s), or -1 for another function. */
+int32_t ptc_pipe_stage_of(const ptc_func *f, int32_t stages);
+/* What the variables a stage's functions read take (m localized: each of
+ * its ranks): trainable elements and bytes, state bytes. */
+void ptc_pipe_stage_vars(const ptc_module *m, int32_t stage, int32_t stages, int64_t *count,
+                         int64_t *param_bytes, int64_t *state_bytes);
 extern const ptc_pass_info ptc_pass_partition;
 
 /* Helpers passes share.  dce.c: removes the pure ops of f whose results

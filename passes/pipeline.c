@@ -1071,3 +1071,30 @@ const ptc_pass_info ptc_pass_comm_check = {
     .nopts = 0,
     .run = run_check,
 };
+
+int32_t ptc_pipe_stage_of(const ptc_func *f, int32_t stages) {
+  const char *n = f->name;
+  if (strncmp(n, "fwd.", 4) == 0 || strncmp(n, "bwd.", 4) == 0) return atoi(n + 4) % stages;
+  if (strncmp(n, "step.", 5) == 0) return atoi(n + 5);
+  return -1;
+}
+
+void ptc_pipe_stage_vars(const ptc_module *m, int32_t stage, int32_t stages, int64_t *count,
+                         int64_t *param_bytes, int64_t *state_bytes) {
+  *count = *param_bytes = *state_bytes = 0;
+  for (int32_t p = 0; p < m->nparams; p++) {
+    bool used = false;
+    for (int32_t fi = 0; fi < m->nfuncs && !used; fi++) {
+      const ptc_func *f = m->funcs[fi];
+      used = ptc_pipe_stage_of(f, stages) == stage && p < f->cap_param_value &&
+             f->param_value[p] >= 0;
+    }
+    if (!used) continue;
+    if (m->params[p].trainable) {
+      *count += ptc_type_numel(&m->params[p].type);
+      *param_bytes += ptc_type_bytes(&m->params[p].type);
+    } else {
+      *state_bytes += ptc_type_bytes(&m->params[p].type);
+    }
+  }
+}

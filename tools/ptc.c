@@ -591,18 +591,13 @@ static void pipeline_stages(ptc_buf *b, const ptc_module *m, const ptc_pipe_sim 
   const ptc_attr *mba = ptc_module_get_attr(m, "pipeline.microbatches");
   int64_t mb = mba ? mba->u.i : 1;
   for (int32_t s = 0; s < sim->stages; s++) {
-    int64_t pn = 0, pbytes = 0, sbytes = 0;
+    int64_t pn, pbytes, sbytes;
+    ptc_pipe_stage_vars(lm, s, sim->stages, &pn, &pbytes, &sbytes);
     double sent[PTC_MAX_MESH_AXES] = {0};
     int64_t calls[PTC_MAX_MESH_AXES] = {0};
-    bool *held = ptc_xcalloc((size_t)lm->nparams + 1, sizeof *held);
-    for (int32_t fi = 0; fi < lm->nfuncs; fi++) {
-      const ptc_func *lf = lm->funcs[fi];
-      const char *n = lf->name;
-      bool chunk = strncmp(n, "fwd.", 4) == 0 || strncmp(n, "bwd.", 4) == 0;
-      bool step = strncmp(n, "step.", 5) == 0;
-      if ((!chunk && !step) || (chunk ? atoi(n + 4) : atoi(n + 5)) % sim->stages != s) continue;
-      for (int32_t p = 0; p < lm->nparams && p < lf->cap_param_value; p++)
-        if (lf->param_value[p] >= 0) held[p] = true;
+    for (int32_t fi = 0; fi < m->nfuncs; fi++) {
+      if (ptc_pipe_stage_of(m->funcs[fi], sim->stages) != s) continue;
+      bool chunk = strncmp(m->funcs[fi]->name, "step.", 5) != 0;
       double fs[PTC_MAX_MESH_AXES];
       int64_t fc[PTC_MAX_MESH_AXES];
       ptc_comm_volume(m->funcs[fi], fs, fc); /* the global module: layouts and local shapes */
@@ -612,16 +607,6 @@ static void pipeline_stages(ptc_buf *b, const ptc_module *m, const ptc_pipe_sim 
         calls[a] += times * fc[a];
       }
     }
-    for (int32_t p = 0; p < lm->nparams; p++) {
-      if (!held[p]) continue;
-      if (lm->params[p].trainable) {
-        pn += ptc_type_numel(&lm->params[p].type);
-        pbytes += ptc_type_bytes(&lm->params[p].type);
-      } else {
-        sbytes += ptc_type_bytes(&lm->params[p].type);
-      }
-    }
-    free(held);
     ptc_buf_printf(b, "  stage %d, each rank: parameters %lld (", s, (long long)pn);
     ptc_buf_put_bytes(b, (double)pbytes);
     ptc_buf_puts(b, "), state ");
