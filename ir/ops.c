@@ -621,12 +621,20 @@ static int infer_all_reduce(ptc_infer *inf) {
   return set_shard(inf, 0, &s);
 }
 
+/* The axis and dimension of an op that gathers or splits one dimension
+ * over one mesh axis; its result has the operand's (global) type. */
+static int axis_and_dim(ptc_infer *inf, int *ax, int64_t *dim) {
+  if (mesh_axis(inf, ax)) return -1;
+  *dim = attr_i(inf, "dim", 0);
+  if (check_axis(inf, "dim", *dim, inf->in[0].rank)) return -1;
+  inf->out[0] = inf->in[0];
+  return 0;
+}
+
 static int infer_all_gather(ptc_infer *inf) {
   int ax;
-  if (mesh_axis(inf, &ax)) return -1;
-  int64_t dim = attr_i(inf, "dim", 0);
-  if (check_axis(inf, "dim", dim, inf->in[0].rank)) return -1;
-  inf->out[0] = inf->in[0];
+  int64_t dim;
+  if (axis_and_dim(inf, &ax, &dim)) return -1;
   ptc_sharding s = inf->in_shard[0];
   if (!s.present) return 0;
   if (!(s.dim_axes[dim] & (1u << ax)))
@@ -640,10 +648,8 @@ static int infer_all_gather(ptc_infer *inf) {
 
 static int infer_reduce_scatter(ptc_infer *inf) {
   int ax;
-  if (mesh_axis(inf, &ax) || reduce_kind(inf)) return -1;
-  int64_t dim = attr_i(inf, "dim", 0);
-  if (check_axis(inf, "dim", dim, inf->in[0].rank)) return -1;
-  inf->out[0] = inf->in[0];
+  int64_t dim;
+  if (axis_and_dim(inf, &ax, &dim) || reduce_kind(inf)) return -1;
   int64_t n = inf->mod->mesh.axes[ax].size;
   if (inf->in[0].dims[dim] % n)
     return fail(inf, "dimension %lld of size %lld does not divide over %lld "
@@ -661,10 +667,8 @@ static int infer_reduce_scatter(ptc_infer *inf) {
 
 static int infer_shard(ptc_infer *inf) {
   int ax;
-  if (mesh_axis(inf, &ax)) return -1;
-  int64_t dim = attr_i(inf, "dim", 0);
-  if (check_axis(inf, "dim", dim, inf->in[0].rank)) return -1;
-  inf->out[0] = inf->in[0];
+  int64_t dim;
+  if (axis_and_dim(inf, &ax, &dim)) return -1;
   ptc_sharding s = inf->in_shard[0];
   if (!s.present) {
     memset(&s, 0, sizeof s);
