@@ -76,6 +76,8 @@ void ptrt_comm_abort(const ptrt_comm *c, int code) {
   exit(code);
 }
 
+void ptrt_comm_mpi_unwind(double timeout_s) { (void)timeout_s; }
+
 #else /* PTC_HAVE_MPI */
 
 /* Elements (bytes for send and recv) per MPI call; tests build this file
@@ -706,6 +708,30 @@ void ptrt_comm_mpi_destroy(ptrt_comm *c) {
   bool fin = m->finalize;
   free(m);
   if (fin) MPI_Finalize();
+}
+
+void ptrt_comm_mpi_unwind(double timeout_s) {
+  int up = 0, down = 0;
+  MPI_Initialized(&up);
+  MPI_Finalized(&down);
+  if (!up || down) return;
+  fflush(NULL);
+  /* every rank arrives once its messages are out (bounded: a rank that
+   * never comes does not hold the others), then MPI ends cleanly */
+  MPI_Request req;
+  if (MPI_Ibarrier(MPI_COMM_WORLD, &req) == MPI_SUCCESS) {
+    double end = ptrt_now() + (timeout_s > 0 && timeout_s < 30 ? timeout_s : 30);
+    int done = 0;
+    while (!done && ptrt_now() < end) {
+      if (MPI_Test(&req, &done, MPI_STATUS_IGNORE) != MPI_SUCCESS) break;
+      if (!done) {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+      }
+    }
+    if (!done) return; /* a rank is gone: leave MPI to the launcher */
+  }
+  MPI_Finalize();
 }
 
 void ptrt_comm_abort(const ptrt_comm *c, int code) {

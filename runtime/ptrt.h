@@ -188,6 +188,11 @@ bool ptrt_launched_multi(void);
 ptrt_comm *ptrt_comm_mpi_create(ptc_ctx *ctx, const ptc_mesh *mesh, double timeout_s);
 /* Frees the axis communicators and calls MPI_Finalize. */
 void ptrt_comm_mpi_destroy(ptrt_comm *c);
+/* After ptrt_comm_mpi_create failed on every rank alike (a world that is
+ * not the mesh's size) and the messages are printed: every rank meets
+ * (within timeout_s, at most 30 s) and MPI ends, so the launcher sees the
+ * ranks exit after rank 0 has said why.  Nothing when MPI is not running. */
+void ptrt_comm_mpi_unwind(double timeout_s);
 /* Ends every rank now (MPI_Abort; exit(code) when MPI is not running). */
 void ptrt_comm_abort(const ptrt_comm *c, int code);
 

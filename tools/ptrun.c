@@ -1734,6 +1734,7 @@ int main(int argc, char **argv) {
   if (status == 0) status = comm_report(&r);
   flush_diags(&r);
   if (status != 0 && r.mpi) ptrt_comm_abort(r.mpi, EXIT_USER); /* no rank waits for this one */
+  if (status != 0 && !r.mpi) ptrt_comm_mpi_unwind(c.timeout); /* rank 0 printed why, first */
   run_fini(&r);
   ptrt_comm_mpi_destroy(r.mpi);
   ptc_ctx_destroy(ctx);
