@@ -1720,6 +1720,9 @@ int main(int argc, char **argv) {
   r.c = &c;
   r.ctx = ctx;
   status = setup(&r);
+  /* a refusal at set-up is the same on every rank: they meet and end
+   * together once rank 0 has said why (an abort could cut that off) */
+  bool setup_failed = status != 0;
   r.tty = isatty(2) && !r.quiet;
   if (status == 0) { /* warnings: the same on every rank, so rank 0's are enough */
     if (r.quiet) r.diag_done = strlen(ptc_ctx_diag_text(ctx));
@@ -1733,7 +1736,8 @@ int main(int argc, char **argv) {
   if (status == 0 && r.ck && ptrt_ckpt_session_finish(r.ck) != 0) status = -1;
   if (status == 0) status = comm_report(&r);
   flush_diags(&r);
-  if (status != 0 && r.mpi) ptrt_comm_abort(r.mpi, EXIT_USER); /* no rank waits for this one */
+  if (status != 0 && r.mpi && !setup_failed)
+    ptrt_comm_abort(r.mpi, EXIT_USER); /* no rank waits for this one */
   if (status != 0 && !r.mpi) ptrt_comm_mpi_unwind(c.timeout); /* rank 0 printed why, first */
   run_fini(&r);
   ptrt_comm_mpi_destroy(r.mpi);
