@@ -404,14 +404,8 @@ typedef struct ce_job {
  * running sums, so the loop vectorises; each holds a few thousand terms of
  * at most 1, well within f32's precision for a loss. */
 static double row_lse(const float *x, int64_t classes, float *mx_out) {
-  float m8[8];
-  for (int j = 0; j < 8; j++) m8[j] = -INFINITY;
+  float mx = ptrt_max(x, classes);
   int64_t c8 = classes & ~(int64_t)7;
-  for (int64_t c = 0; c < c8; c += 8)
-    for (int j = 0; j < 8; j++) m8[j] = x[c + j] > m8[j] ? x[c + j] : m8[j];
-  float mx = -INFINITY;
-  for (int j = 0; j < 8; j++) mx = m8[j] > mx ? m8[j] : mx;
-  for (int64_t c = c8; c < classes; c++) mx = x[c] > mx ? x[c] : mx;
   float s8[8] = {0};
   for (int64_t c = 0; c < c8; c += 8)
     for (int j = 0; j < 8; j++) s8[j] += ptrt_expf(x[c + j] - mx);
@@ -488,11 +482,7 @@ static int ce_vocab_parallel(const ptrt_kargs *k, int at, double *loss, float *o
   const void *tgt = k->in[at + 1];
   float *buf = ptc_xmalloc((size_t)(3 * rows + 1) * sizeof *buf);
   float *mx = buf, *sum = buf + rows, *tl = buf + 2 * rows;
-  for (int64_t r = 0; r < rows; r++) {
-    float m = -INFINITY;
-    for (int64_t c = 0; c < valid; c++) m = x[r * C + c] > m ? x[r * C + c] : m;
-    mx[r] = m;
-  }
+  for (int64_t r = 0; r < rows; r++) mx[r] = ptrt_max(x + r * C, valid);
   int rc = vp_reduce(k, axes, PTRT_REDUCE_MAX, mx, rows);
   for (int64_t r = 0; rc == 0 && r < rows; r++) {
     double s = 0;

@@ -1282,6 +1282,20 @@ typedef struct step_line {
   double peak;           /* FLOP/s of the whole mesh */
 } step_line;
 
+/* The end of a training step in either loop: a checkpoint or a signal
+ * may stop the run (then *nrun counts the steps done), else the progress
+ * line.  Returns -1 (failed), 1 (stop) or 0. */
+static int end_of_step(run *r, int64_t step, double t_start, int64_t *nrun) {
+  int stop = ckpt_boundary(r, step);
+  if (stop < 0) return -1;
+  if (stop) {
+    *nrun = step - r->first_step + 1;
+    return 1;
+  }
+  if (!r->quiet) progress(r, step, ptrt_now() - t_start);
+  return 0;
+}
+
 /* Logs, and on rank 0 prints, one training step: the loss (result 0 of b's
  * program, whole on every rank after the plan's collectives), the other
  * f32[] results, time, throughput, MFU and memory.  -1 after reporting a
@@ -1393,13 +1407,9 @@ static int train(run *r) {
       }
       log_json(r, json_pack("{s:I,s:f}", "step", (json_int_t)step, "val_loss", vl));
     }
-    int stop = ckpt_boundary(r, step);
+    int stop = end_of_step(r, step, t_start, &nrun);
     if (stop < 0) return -1;
-    if (stop) {
-      nrun = step - r->first_step + 1;
-      break;
-    }
-    if (!r->quiet) progress(r, step, ptrt_now() - t_start);
+    if (stop) break;
   }
   if (r->quiet) return 0;
   clear_progress(r);
@@ -1544,13 +1554,9 @@ static int train_pipe(run *r) {
     step_line line = {step, lr, dt, mem, mem_peak, (double)per_step, ps->tokens, peak};
     int undone = ckpt_after(r, &ps->step, step);
     if (undone < 0 || (!undone && report_step(r, &ps->step, &line) != 0)) return -1;
-    int stop = ckpt_boundary(r, step);
+    int stop = end_of_step(r, step, t_start, &nrun);
     if (stop < 0) return -1;
-    if (stop) {
-      nrun = step - r->first_step + 1;
-      break;
-    }
-    if (!r->quiet) progress(r, step, ptrt_now() - t_start);
+    if (stop) break;
   }
   if (r->quiet) return 0;
   clear_progress(r);
