@@ -22,11 +22,6 @@
 #include "passes/passes.h"
 #include "ptc_config.h"
 
-ptc_func *ptc_plan_entry(const ptc_module *m) {
-  ptc_func *f = ptc_module_find_func(m, "step");
-  if (!f && ptc_module_get_attr(m, "pipeline.stages")) f = ptc_module_find_func(m, "step.0");
-  return f ? f : ptc_module_find_func(m, "forward");
-}
 
 /* A pipelined plan: per stage, its chunks, memory, FLOPs, the bubble and the
  * activations in flight, from the schedule's timing model. */

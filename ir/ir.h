@@ -318,12 +318,14 @@ typedef enum ptc_init_kind {
   PTC_INIT_ONES,   /* init ones */
   PTC_INIT_NORMAL, /* init normal(std) */
   PTC_INIT_SCALED, /* init scaled(std, depth): normal(std / sqrt(2*depth)) */
+  PTC_INIT_COPY,   /* init copy(@from): the cast of another variable */
 } ptc_init_kind;
 
 typedef struct ptc_init {
   ptc_init_kind kind;
   double std;
   int64_t depth;
+  const char *from; /* PTC_INIT_COPY: the source variable's name (arena) */
 } ptc_init;
 
 /* A module variable: a trainable parameter ("param" in text) or training

@@ -86,6 +86,18 @@ static int verify_params_each(ptc_module *m, name_set *ns) {
         return -1;
       }
       break;
+    case PTC_INIT_COPY: {
+      int32_t src = p->init.from ? ptc_module_find_param(m, p->init.from) : -1;
+      const ptc_type *st = src >= 0 ? &m->params[src].type : NULL;
+      bool same = st && st->rank == p->type.rank && src != i;
+      for (int32_t d = 0; same && d < st->rank; d++) same = st->dims[d] == p->type.dims[d];
+      if (!same || m->params[src].init.kind == PTC_INIT_COPY) {
+        ptc_error(m->ctx, p->loc, "%s: init copy(@%s) needs a variable of the same shape "
+                  "that is not itself a copy", what, p->init.from ? p->init.from : "?");
+        return -1;
+      }
+      break;
+    }
     default:
       ptc_error(m->ctx, p->loc, "%s has an invalid init", what);
       return -1;

@@ -88,7 +88,7 @@ static int32_t add_state(ptc_module *m, int32_t p, const char *suffix) {
       ptc_type_eq(&m->params[have].type, &m->params[p].type))
     return have;
   ptc_param copy = m->params[p]; /* add_param may move m->params */
-  ptc_init zeros = {PTC_INIT_ZEROS, 0, 0};
+  ptc_init zeros = {.kind = PTC_INIT_ZEROS};
   int32_t s = ptc_module_add_param(m, name, &copy.type, zeros, copy.loc);
   if (s < 0) return -1;
   m->params[s].trainable = false;
@@ -98,6 +98,29 @@ static int32_t add_state(ptc_module *m, int32_t p, const char *suffix) {
 
 static int optimize_func(ptc_module *m, ptc_func *f, const ptc_pass_opts *o, bool *changed,
                          bool staged);
+
+/* A gradient has its parameter's shape; under mixed precision it may be
+ * stored at 16 bits (passes/precision.c). */
+static bool same_shape(const ptc_type *p, const ptc_type *g) {
+  if (p->rank != g->rank || !ptc_dtype_is_float(g->dtype)) return false;
+  for (int32_t d = 0; d < p->rank; d++)
+    if (p->dims[d] != g->dims[d]) return false;
+  return true;
+}
+
+/* Whether f reads trainable parameter p: itself, or (mixed precision) its
+ * 16-bit copy. */
+static bool reads(const ptc_func *f, int32_t p) {
+  if (p < f->cap_param_value && f->param_value[p] >= 0) return true;
+  int32_t c = ptc_precision_copy_of(f->mod, p);
+  return c >= 0 && c < f->cap_param_value && f->param_value[c] >= 0;
+}
+
+static int32_t cast1(ptc_func *f, int32_t v, ptc_dtype t, ptc_loc loc) {
+  if (f->values[v].type.dtype == t) return v;
+  ptc_attr a = ptc_attr_dtype("to", t);
+  return ptc_build1(f, PTC_OP_CAST, &v, 1, &a, 1, loc);
+}
 
 static int run_optimizer(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   ptc_ctx *ctx = m->ctx;
@@ -166,7 +189,7 @@ static int optimize_func(ptc_module *m, ptc_func *f, const ptc_pass_opts *o, boo
       }
       snprintf(pname, sizeof pname, "%.*s", (int)(len - 5 - (shared[k] ? 7 : 0)), n + 5);
       int32_t p = ptc_module_find_param(m, pname);
-      if (p < 0 || !ptc_type_eq(&m->params[p].type, &f->values[g].type)) {
+      if (p < 0 || !same_shape(&m->params[p].type, &f->values[g].type)) {
         ptc_error(ctx, rloc, "optimizer: result %%%s of @%s names no parameter of its type",
                   n, f->name);
         goto out;
@@ -176,15 +199,14 @@ static int optimize_func(ptc_module *m, ptc_func *f, const ptc_pass_opts *o, boo
     }
   }
   for (int32_t p = 0; p < m->nparams && !staged; p++) {
-    if (!m->params[p].trainable || p >= f->cap_param_value || f->param_value[p] < 0)
-      continue;
+    if (!m->params[p].trainable || !reads(f, p)) continue;
     if (k == ngrads) {
       k++;
       break;
     }
     int32_t g = ret->in[k + 1];
     const char *n = f->values[g].name;
-    if (!ptc_type_eq(&m->params[p].type, &f->values[g].type) ||
+    if (!same_shape(&m->params[p].type, &f->values[g].type) ||
         (n && strncmp(n, "grad.", 5) == 0 && strcmp(n + 5, m->params[p].name) != 0)) {
       ptc_error(ctx, rloc, "optimizer: result %d of @step is not the gradient of "
                 "parameter '%s' (autodiff returns one gradient per trainable "
@@ -219,7 +241,8 @@ static int optimize_func(ptc_module *m, ptc_func *f, const ptc_pass_opts *o, boo
   int32_t total = -1;
   for (int32_t i = 0; i < ngrads; i++) {
     if (shared[i]) continue;
-    int32_t s = sum_all(f, grads[i], rloc);
+    int32_t g32 = cast1(f, grads[i], PTC_DTYPE_F32, rloc);
+    int32_t s = g32 < 0 ? -1 : sum_all(f, g32, rloc);
     if (s < 0) goto out;
     int32_t in[2] = {total, s};
     total = total < 0 ? s : b1(f, PTC_OP_ADD, in, 2, NULL, 0, rloc);
@@ -257,8 +280,10 @@ static int optimize_func(ptc_module *m, ptc_func *f, const ptc_pass_opts *o, boo
     ptc_loc ploc = m->params[p].loc.file ? m->params[p].loc : rloc;
     int32_t g = grads[i];
     if (scale >= 0) {
-      int32_t in[2] = {g, scale};
-      g = b1(f, PTC_OP_MUL, in, 2, NULL, 0, ploc);
+      /* a 16-bit gradient is scaled at 16 bits: the update reads it as is */
+      int32_t sc = cast1(f, scale, f->values[g].type.dtype, ploc);
+      int32_t in[2] = {g, sc};
+      g = sc < 0 ? -1 : b1(f, PTC_OP_MUL, in, 2, NULL, 0, ploc);
       if (g < 0) goto out;
     }
     double pwd = m->params[p].type.rank >= 2 || decay_vectors ? wd : 0.0;
@@ -296,6 +321,15 @@ static int optimize_func(ptc_module *m, ptc_func *f, const ptc_pass_opts *o, boo
       int32_t in[2] = {vars[r], outs[r]};
       ptc_build_args ba = {.code = PTC_OP_ASSIGN, .nin = 2, .in = in, .loc = ploc};
       if (ptc_build(f, &ba) < 0) goto out;
+    }
+    /* mixed precision: the step's 16-bit copy follows the new master weight */
+    int32_t copy = ptc_precision_copy_of(m, p);
+    if (copy >= 0) {
+      int32_t cv = ptc_func_param_value(f, copy);
+      int32_t low = cast1(f, outs[0], m->params[copy].type.dtype, ploc);
+      int32_t in[2] = {cv, low};
+      ptc_build_args ba = {.code = PTC_OP_ASSIGN, .nin = 2, .in = in, .loc = ploc};
+      if (low < 0 || ptc_build(f, &ba) < 0) goto out;
     }
   }
   int32_t rin[2] = {loss, norm};

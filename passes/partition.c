@@ -424,6 +424,15 @@ static int32_t zero_dim(const prop *P, const ptc_type *t, const ptc_sharding *s)
   return best;
 }
 
+/* a and b have one shape (dtypes may differ: a 16-bit gradient of an fp32
+ * master weight) */
+static bool same_dims(const ptc_type *a, const ptc_type *b) {
+  if (a->rank != b->rank) return false;
+  for (int32_t d = 0; d < a->rank; d++)
+    if (a->dims[d] != b->dims[d]) return false;
+  return true;
+}
+
 static void zero(prop *P, ptc_func *f, const int32_t *def_op, int stage) {
   if (P->dp < 0 || stage == 0) return;
   uint8_t dp = (uint8_t)(1u << P->dp);
@@ -446,21 +455,28 @@ static void zero(prop *P, ptc_func *f, const int32_t *def_op, int stage) {
   apply:;
     int nstate = op->code == PTC_OP_ADAMW ? 2 : 1;
     for (int k = 0; k < nstate; k++) set_param(P, f->values[op->in[2 + k]].def, &z);
-    if (stage >= 3) set_param(P, p, &z);
+    /* mixed precision: the fp32 master weight is optimizer state (split
+     * from stage 1), the 16-bit copy the step reads is the parameter
+     * (split at stage 3) */
+    int32_t copy = ptc_precision_copy_of(P->m, p);
+    if (stage >= 3 || copy >= 0) set_param(P, p, &z);
+    if (stage >= 3 && copy >= 0) set_param(P, copy, &z);
     for (int32_t j = 0; j < op->nout; j++) f->values[op->out[j]].shard = z;
-    /* the gradient, back through same-shape element-wise ops (clipping) */
+    /* the gradient, back through same-shape element-wise ops (clipping);
+     * stage 1 reduces it where the update begins (partition sinks it) */
+    ptc_sharding gz = z;
     int32_t g = op->in[1];
     while (f->values[g].kind == PTC_VALUE_OP) {
       ptc_op *prod = &f->ops[def_op[g]];
       /* a collective's result is what its operand makes it (a pipeline's
        * reduction over pp): partition reshards after it */
       if (ptc_opinfo_get(prod->code)->flags & PTC_OPF_COLLECTIVE) break;
-      f->values[g].shard = z;
+      f->values[g].shard = gz;
       moved[g] = true;
       if (!(ptc_opinfo_get(prod->code)->flags & PTC_OPF_ELEMENTWISE)) break;
       int32_t next = -1, n = 0;
       for (int32_t i = 0; i < prod->nin; i++)
-        if (ptc_type_eq(vty(f, prod->in[i]), t) && !is_param(f, prod->in[i])) {
+        if (same_dims(vty(f, prod->in[i]), t) && !is_param(f, prod->in[i])) {
           next = prod->in[i];
           n++;
         }
@@ -624,6 +640,10 @@ static int run_shard(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
       else if (!f->values[v].shard.present) f->values[v].shard = replicated();
   }
   free(P.decided);
+  if (stage > 0 && P.dp >= 0) { /* partition reads it (stage 1), reports show it */
+    ptc_attr za = ptc_attr_int("zero", stage);
+    ptc_module_set_attr(m, &za);
+  }
   *changed = true;
   return rc;
 }
@@ -972,6 +992,30 @@ static int partition_func(part *P) {
   return rc;
 }
 
+/* ZeRO stage 1 (ZeRO's P_os): a gradient is reduced to its piece where the
+ * update begins, not as soon as it is complete, so each rank holds the
+ * whole (unreduced) gradients until then, as the stage is defined: 4 + 12/N
+ * bytes per parameter in mixed precision, against stage 2's 2 + 14/N; the
+ * bytes sent are the same.  Each reduce_scatter of a %grad.<p> value moves
+ * down to its first reader. */
+static void sink_gradient_reductions(ptc_func *f) {
+  for (int32_t i = f->nops - 1; i >= 0; i--) {
+    ptc_op *op = &f->ops[i];
+    if (op->code != PTC_OP_REDUCE_SCATTER) continue;
+    const char *n = f->values[op->in[0]].name;
+    if (!n || strncmp(n, "grad.", 5) != 0) continue;
+    int32_t r = op->out[0], first = -1;
+    for (int32_t k = i + 1; k < f->nops && first < 0; k++)
+      for (int32_t a = 0; a < f->ops[k].nin; a++)
+        if (f->ops[k].in[a] == r) first = k;
+    if (first <= i + 1) continue;
+    ptc_op moved = *op;
+    memmove(&f->ops[i], &f->ops[i + 1], (size_t)(first - 1 - i) * sizeof *f->ops);
+    f->ops[first - 1] = moved;
+  }
+  ptc_func_reindex(f);
+}
+
 static int run_partition(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   (void)o;
   if (ptc_mesh_size(&m->mesh) <= 1) return 0;
@@ -989,6 +1033,9 @@ static int run_partition(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
     P.f = m->funcs[fi];
     P.ncache = 0;
     rc = partition_func(&P);
+    const ptc_attr *za = ptc_module_get_attr(m, "zero");
+    if (rc == 0 && za && za->kind == PTC_ATTR_INT && za->u.i == 1)
+      sink_gradient_reductions(P.f);
   }
   free(P.cache);
   ptc_attr done = ptc_attr_bool("partitioned", true);

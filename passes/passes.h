@@ -90,6 +90,15 @@ extern const ptc_pass_info ptc_pass_shard;
 extern const ptc_pass_info ptc_pass_pipeline;
 extern const ptc_pass_info ptc_pass_comm_check;
 extern const ptc_pass_info ptc_pass_bucket;
+extern const ptc_pass_info ptc_pass_precision;
+extern const ptc_pass_info ptc_pass_recompute;
+
+/* Mixed precision (passes/precision.c): the name suffix of a 16-bit
+ * weight copy ("bf16", "f16"; NULL for other dtypes), and the 16-bit copy
+ * of trainable parameter p (the state variable @<p>.<suffix> the step
+ * reads in its place), or -1 when p has none. */
+const char *ptc_precision_suffix(ptc_dtype t);
+int32_t ptc_precision_copy_of(const ptc_module *m, int32_t p);
 
 /* pipeline.c: the schedule of a pipelined module run in a timing model
  * (each forward or backward unit takes its chunk's FLOPs on one rank, a

@@ -14,6 +14,8 @@ static const ptc_pass_info *const registry[] = {
     &ptc_pass_cse,          /* common-subexpression elimination */
     &ptc_pass_dce,          /* dead-code elimination */
     &ptc_pass_autodiff,     /* @forward -> @step: loss and parameter gradients */
+    &ptc_pass_precision,    /* mixed precision: 16-bit values, fp32 master weights */
+    &ptc_pass_recompute,    /* activation recomputation in the backward */
     &ptc_pass_pipeline,     /* pipeline stages, microbatches, schedules */
     &ptc_pass_optimizer,    /* AdamW / SGD updates, gradient clipping */
     &ptc_pass_shard,        /* layouts over the mesh: dp, tp, sp, ZeRO */
@@ -28,9 +30,9 @@ static const ptc_pass_info *const registry[] = {
  * pays off where the LLVM code generator can compile its groups, so a ptc
  * built without LLVM leaves it out (and its plans run op by op). */
 #if PTC_HAVE_LLVM
-static const char default_pipeline[] = "canonicalize,cse,autodiff,pipeline,optimizer,cse,dce,shard,partition,bucket,cse,comm-check,fuse";
+static const char default_pipeline[] = "canonicalize,cse,autodiff,precision,recompute,pipeline,optimizer,cse,dce,shard,partition,bucket,cse,comm-check,fuse";
 #else
-static const char default_pipeline[] = "canonicalize,cse,autodiff,pipeline,optimizer,cse,dce,shard,partition,bucket,cse,comm-check";
+static const char default_pipeline[] = "canonicalize,cse,autodiff,precision,recompute,pipeline,optimizer,cse,dce,shard,partition,bucket,cse,comm-check";
 #endif
 
 const ptc_pass_info *const *ptc_pass_registry(int32_t *n) {

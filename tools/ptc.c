@@ -15,6 +15,7 @@
 #include "frontend/frontend.h"
 #include "ir/ir.h"
 #include "passes/passes.h"
+#include "codegen/memplan.h"
 #if PTC_HAVE_PLAN
 #include "codegen/codegen.h"
 #endif
@@ -51,12 +52,17 @@ typedef enum opt_id {
   O_NO_VERIFY_EACH,
   O_TIME_PASSES,
   O_REPORT,
+  O_PRECISION,
+  O_GRAD_DTYPE,
+  O_RECOMPUTE,
+  O_DEVICE_MEMORY,
 } opt_id;
 
 typedef enum arg_kind {
   ARG_NONE,     /* a flag: --report */
   ARG_REQUIRED, /* --mesh 2x4 or --mesh=2x4 */
   ARG_BOOL,     /* --verify-each or --verify-each=false */
+  ARG_OPTIONAL, /* --report or --report=json (never the next argument) */
 } arg_kind;
 
 typedef struct option {
@@ -96,6 +102,20 @@ static const option options[] = {
      "split activations outside tensor-parallel regions on their sequence "
      "dimension over tp (Megatron's sequence parallelism)",
      NULL},
+    {"precision", 0, ARG_REQUIRED, O_PRECISION, "fp32|bf16|fp16",
+     "store activations, gradients and weight copies at 16 bits with fp32 master "
+     "weights and optimizer state; fp16 adds dynamic loss scaling (default fp32)",
+     "Memory"},
+    {"grad-dtype", 0, ARG_REQUIRED, O_GRAD_DTYPE, "low|fp32",
+     "with --precision: gradients at 16 bits (low, the default) or fp32", NULL},
+    {"recompute", 0, ARG_REQUIRED, O_RECOMPUTE, "none|selective|full|auto",
+     "activation recomputation: selective recomputes the attention core, full keeps "
+     "only each layer's input, auto the least that fits --device-memory",
+     NULL},
+    {"device-memory", 0, ARG_REQUIRED, O_DEVICE_MEMORY, "SIZE",
+     "memory of one device, e.g. 80GiB: --report says whether every rank fits, "
+     "--recompute auto makes it fit",
+     NULL},
     {"pass-pipeline", 0, ARG_REQUIRED, O_PIPELINE, "P",
      "passes to run, e.g. 'canonicalize{max-iterations=4},cse,dce' "
      "(default: the default pipeline for .ptg, no passes for .ptir)",
@@ -116,8 +136,10 @@ static const option options[] = {
      "the CPU the plan's fused kernels are built for: this machine (default "
      "cpu), any x86-64 (cpu:generic) or a named one such as cpu:x86-64-v3",
      NULL},
-    {"report", 0, ARG_NONE, O_REPORT, NULL,
-     "print a summary: mesh, parameters, ops by kind, forward FLOPs", NULL},
+    {"report", 0, ARG_OPTIONAL, O_REPORT, "[=text|json]",
+     "print the plan's figures: per rank memory by category, FLOPs, bytes per mesh "
+     "axis, pipeline bubble (json: the same, machine-readable)",
+     NULL},
     {"print-ir-before-all", 0, ARG_NONE, O_PRINT_BEFORE_ALL, NULL,
      "print the IR to stderr before every pass", "Debugging"},
     {"print-ir-after-all", 0, ARG_NONE, O_PRINT_AFTER_ALL, NULL,
@@ -160,6 +182,11 @@ typedef struct driver {
   long microbatches;       /* --microbatches, 0 when not given */
   long virtual_stages;     /* --virtual-stages, 0 when not given */
   bool sequence_parallel;
+  const char *precision;  /* --precision: fp32, bf16, fp16 (NULL: not given) */
+  const char *grad_dtype; /* --grad-dtype: low, fp32 */
+  const char *recompute;  /* --recompute: none, selective, full, auto */
+  int64_t device_memory;  /* --device-memory in bytes, 0 when not given */
+  bool report_json;
   char *pipeline_owned; /* the default pipeline with shard options */
   const char *target; /* --target: cpu, cpu:generic, cpu:NAME */
   const char *pipeline_text; /* NULL: the default for the input language */
@@ -223,7 +250,7 @@ static void print_help(FILE *f) {
     else
       n = snprintf(lhs, sizeof lhs, "    --%s", o->name);
     if (o->metavar && n > 0 && (size_t)n < sizeof lhs)
-      snprintf(lhs + n, sizeof lhs - (size_t)n, o->arg == ARG_BOOL ? "%s" : " %s",
+      snprintf(lhs + n, sizeof lhs - (size_t)n, o->arg == ARG_BOOL || o->arg == ARG_OPTIONAL ? "%s" : " %s",
                o->metavar);
     help_row(f, lhs, o->help);
   }
@@ -437,7 +464,40 @@ static int apply_option(driver *d, const option *o, const char *val) {
     break;
   case O_NO_VERIFY_EACH: d->pm.verify_each = false; break;
   case O_TIME_PASSES: d->pm.time_passes = true; break;
-  case O_REPORT: d->report = true; break;
+  case O_REPORT:
+    if (val && strcmp(val, "json") != 0 && strcmp(val, "text") != 0) {
+      ptc_error(d->ctx, ptc_loc_unknown, "--report='%s': use --report, --report=text or "
+                "--report=json", val);
+      return EXIT_USER;
+    }
+    d->report = true;
+    d->report_json = val && strcmp(val, "json") == 0;
+    break;
+  case O_PRECISION:
+  case O_GRAD_DTYPE:
+  case O_RECOMPUTE: {
+    static const char *const words[3][5] = {{"fp32", "bf16", "fp16", NULL},
+                                            {"low", "fp32", NULL},
+                                            {"none", "selective", "full", "auto", NULL}};
+    int w = o->id == O_PRECISION ? 0 : o->id == O_GRAD_DTYPE ? 1 : 2;
+    int k = 0;
+    while (words[w][k] && strcmp(words[w][k], val) != 0) k++;
+    if (!words[w][k]) {
+      ptc_error(d->ctx, ptc_loc_unknown, "--%s '%s': use %s", o->name, val, o->metavar);
+      return EXIT_USER;
+    }
+    if (w == 0) d->precision = words[w][k];
+    else if (w == 1) d->grad_dtype = words[w][k];
+    else d->recompute = words[w][k];
+    break;
+  }
+  case O_DEVICE_MEMORY:
+    if (ptc_parse_bytes(val, &d->device_memory) != 0 || d->device_memory <= 0) {
+      ptc_error(d->ctx, ptc_loc_unknown, "--device-memory '%s': expected a size such as "
+                "80GiB, 40GB, 512MiB or a number of bytes", val);
+      return EXIT_USER;
+    }
+    break;
   }
   return status;
 }
@@ -483,6 +543,7 @@ static int parse_args(driver *d, int argc, char **argv) {
         has_val = true;
       }
     }
+    if (o->arg == ARG_OPTIONAL && !has_val) val = NULL;
     if (o->arg == ARG_NONE && has_val) {
       char what[96];
       snprintf(what, sizeof what, "--%s", o->name);
@@ -583,50 +644,9 @@ static void human_flops(ptc_buf *b, double v) {
   ptc_buf_printf(b, "%.3g %sFLOP", v, units[u]);
 }
 
-/* Per pipeline stage, each of its ranks: the variables its functions read,
- * FLOPs and bytes sent per step (a chunk's forward and backward run once
- * per microbatch, the stage's @step once), activations in flight. */
-static void pipeline_stages(ptc_buf *b, const ptc_module *m, const ptc_pipe_sim *sim) {
-  ptc_module *lm = ptc_module_localize(m);
-  const ptc_attr *mba = ptc_module_get_attr(m, "pipeline.microbatches");
-  int64_t mb = mba ? mba->u.i : 1;
-  for (int32_t s = 0; s < sim->stages; s++) {
-    int64_t pn, pbytes, sbytes;
-    ptc_pipe_stage_vars(lm, s, sim->stages, &pn, &pbytes, &sbytes);
-    double sent[PTC_MAX_MESH_AXES] = {0};
-    int64_t calls[PTC_MAX_MESH_AXES] = {0};
-    for (int32_t fi = 0; fi < m->nfuncs; fi++) {
-      if (ptc_pipe_stage_of(m->funcs[fi], sim->stages) != s) continue;
-      bool chunk = strncmp(m->funcs[fi]->name, "step.", 5) != 0;
-      double fs[PTC_MAX_MESH_AXES];
-      int64_t fc[PTC_MAX_MESH_AXES];
-      ptc_comm_volume(m->funcs[fi], fs, fc); /* the global module: layouts and local shapes */
-      int64_t times = chunk ? mb : 1;
-      for (int a = 0; a < m->mesh.naxes; a++) {
-        sent[a] += (double)times * fs[a];
-        calls[a] += times * fc[a];
-      }
-    }
-    ptc_buf_printf(b, "  stage %d, each rank: parameters %lld (", s, (long long)pn);
-    ptc_buf_put_bytes(b, (double)pbytes);
-    ptc_buf_puts(b, "), state ");
-    ptc_buf_put_bytes(b, (double)sbytes);
-    ptc_buf_printf(b, ", %.0f FLOPs per step, activations in flight %lld bytes\n",
-                   sim->busy[s], (long long)sim->inflight_bytes[s]);
-    ptc_buf_puts(b, "    sent per step:");
-    for (int a = 0; a < m->mesh.naxes; a++) {
-      ptc_buf_printf(b, " %s %.0f bytes (", m->mesh.axes[a].name, sent[a]);
-      ptc_buf_put_bytes(b, sent[a]);
-      ptc_buf_printf(b, ", %lld calls)%s", (long long)calls[a], a + 1 < m->mesh.naxes ? "," : "");
-    }
-    ptc_buf_puts(b, "\n");
-  }
-  ptc_module_destroy(lm);
-}
-
 /* The --report summary.  `parameters: N` is a plain integer so scripts can
  * read it. */
-static void write_report(ptc_buf *b, const ptc_module *m) {
+static void write_report(ptc_buf *b, const ptc_module *m, int64_t device_memory) {
   ptc_buf_printf(b, "module: @%s\n", m->name);
   if (m->mesh.naxes) {
     ptc_buf_puts(b, "mesh: ");
@@ -685,52 +705,15 @@ static void write_report(ptc_buf *b, const ptc_module *m) {
     human_flops(b, flops);
     ptc_buf_puts(b, " per call, whole mesh)\n");
   }
-  const ptc_attr *pa = ptc_module_get_attr(m, "partitioned");
-  if (!pa || pa->kind != PTC_ATTR_BOOL || !pa->u.b || ptc_mesh_size(&m->mesh) <= 1) return;
-  ptc_pipe_sim sim;
-  if (ptc_pipeline_simulate((ptc_module *)m, &sim, false) == 0 && sim.stages > 0) {
-    ptc_buf_printf(b, "pipeline: %d stages, bubble %.1f%% (timing model: a unit takes its "
-                   "FLOPs on one rank)\n", sim.stages, 100.0 * ptc_pipe_bubble(&sim));
-    pipeline_stages(b, m, &sim);
-    return; /* a pipeline's ranks differ by stage: the table above is per rank */
-  }
-  /* SPMD: every rank holds pieces of the same shapes and runs the same ops */
-  ptc_module *lm = ptc_module_localize(m);
-  int64_t lp = 0, lpb = 0, lsb = 0;
-  for (int32_t i = 0; i < lm->nparams; i++) {
-    if (lm->params[i].trainable) {
-      lp += ptc_type_numel(&lm->params[i].type);
-      lpb += ptc_type_bytes(&lm->params[i].type);
-    } else {
-      lsb += ptc_type_bytes(&lm->params[i].type);
-    }
-  }
-  ptc_buf_printf(b, "per rank (each of %lld):\n", (long long)ptc_mesh_size(&m->mesh));
-  ptc_buf_printf(b, "  parameters: %lld\n", (long long)lp);
-  ptc_buf_printf(b, "  parameter bytes: %lld (", (long long)lpb);
-  ptc_buf_put_bytes(b, (double)lpb);
-  ptc_buf_printf(b, ")\n  state bytes: %lld (", (long long)lsb);
-  ptc_buf_put_bytes(b, (double)lsb);
-  ptc_buf_puts(b, ")\n");
-  for (int32_t i = 0; i < lm->nfuncs; i++) {
-    const ptc_func *f = lm->funcs[i];
-    double flops = ptc_func_flops(f);
-    ptc_buf_printf(b, "  flops @%s: %.0f (", f->name, flops);
-    human_flops(b, flops);
-    ptc_buf_puts(b, " per call)\n");
-  }
-  for (int32_t i = 0; i < m->nfuncs; i++) {
-    double sent[PTC_MAX_MESH_AXES];
-    int64_t calls[PTC_MAX_MESH_AXES];
-    ptc_comm_volume(m->funcs[i], sent, calls);
-    for (int a = 0; a < m->mesh.naxes; a++) {
-      ptc_buf_printf(b, "  sent @%s %s: %.0f bytes (", m->funcs[i]->name, m->mesh.axes[a].name,
-                     sent[a]);
-      ptc_buf_put_bytes(b, sent[a]);
-      ptc_buf_printf(b, ") in %lld collectives per call, ring model\n", (long long)calls[a]);
-    }
-  }
-  ptc_module_destroy(lm);
+  /* per rank: the memory plan (codegen/memplan.c) */
+  ptc_memplan plan;
+  if (ptc_memplan_compute(m, &plan) != 0) return;
+  const ptc_attr *rc = ptc_module_get_attr(m, "recompute.mode");
+  const ptc_attr *pr = ptc_module_get_attr(m, "precision");
+  ptc_buf_printf(b, "precision: %s, recompute: %s\n",
+                 pr && pr->kind == PTC_ATTR_STR ? pr->u.s : "fp32",
+                 rc && rc->kind == PTC_ATTR_STR ? rc->u.s : "none");
+  ptc_memplan_print(b, m, &plan, device_memory);
 }
 
 static int write_stdout(ptc_ctx *ctx, const ptc_buf *b) {
@@ -759,6 +742,170 @@ static int write_plan(driver *d, ptc_module *m) {
             d->out_path);
   return -1;
 #endif
+}
+
+/* Whether a flag sets an option of a default-pipeline pass. */
+static bool driver_pass_opts(const driver *d) {
+  return d->zero >= 0 || d->sequence_parallel || d->pp_schedule || d->microbatches ||
+         d->virtual_stages || d->precision || d->grad_dtype;
+}
+
+/* The default pipeline with the options the flags set, each written on the
+ * pass it belongs to: precision{...}, recompute{...}, pipeline{...},
+ * shard{...}.  recompute_layers > 0 recomputes only that many layers
+ * (full mode; --recompute auto's search). */
+static char *default_with_options(const driver *d, const char *recompute, long layers) {
+  const char *dp = ptc_default_pipeline();
+  ptc_buf b;
+  ptc_buf_init(&b);
+  const char *p = dp;
+  while (*p) {
+    const char *e = strchr(p, ',');
+    size_t n = e ? (size_t)(e - p) : strlen(p);
+    ptc_buf_put(&b, p, n);
+    if (n == 9 && !memcmp(p, "precision", 9) && d->precision)
+      ptc_buf_printf(&b, "{dtype=%s,grad-dtype=%s}", d->precision,
+                     d->grad_dtype ? d->grad_dtype : "low");
+    else if (n == 9 && !memcmp(p, "recompute", 9) && recompute) {
+      ptc_buf_printf(&b, "{mode=%s", recompute);
+      if (layers > 0) ptc_buf_printf(&b, ",layers=%ld", layers);
+      ptc_buf_puts(&b, "}");
+    } else if (n == 8 && !memcmp(p, "pipeline", 8))
+      ptc_buf_printf(&b, "{schedule=%s,microbatches=%ld,virtual-stages=%ld}",
+                     d->pp_schedule ? d->pp_schedule : "1f1b",
+                     d->microbatches ? d->microbatches : 1,
+                     d->virtual_stages ? d->virtual_stages : 1);
+    else if (n == 5 && !memcmp(p, "shard", 5))
+      ptc_buf_printf(&b, "{zero=%d,sequence-parallel=%s}", d->zero < 0 ? 0 : d->zero,
+                     d->sequence_parallel ? "true" : "false");
+    if (!e) break;
+    ptc_buf_puts(&b, ",");
+    p = e + 1;
+  }
+  ptc_buf_put(&b, "", 1);
+  return b.data;
+}
+
+/* Reads the input and runs pipe over it: the compiled module, or NULL
+ * (reported). */
+static ptc_module *compile(driver *d, const ptc_mesh *mesh, ptc_pipeline *pipe) {
+  ptc_module *m = load_module(d);
+  if (!m) return NULL;
+  /* The input must be valid before any pass sees it (a pass may assume it). */
+  if (apply_mesh(d, m, mesh) != 0 || ptc_verify_module(m) != 0 ||
+      ptc_pipeline_run(m, pipe, &d->pm) != 0) {
+    ptc_module_destroy(m);
+    return NULL;
+  }
+  return m;
+}
+
+/* One candidate of --recompute auto: the module, its largest rank total
+ * and its hardware FLOPs per step (all groups), or -1. */
+static int try_recompute(driver *d, const ptc_mesh *mesh, const char *mode, long layers,
+                         ptc_module **mo, int64_t *need, int64_t *rank, double *hw) {
+  char *text = default_with_options(d, mode, layers);
+  ptc_pipeline *pipe = ptc_pipeline_parse(d->ctx, text);
+  free(text);
+  if (!pipe) return -1;
+  ptc_pm_config quiet = d->pm; /* dumps and prints belong to the chosen one */
+  ptc_pm_config_init(&d->pm);
+  d->pm.verify_each = quiet.verify_each;
+  ptc_module *m = compile(d, mesh, pipe);
+  d->pm = quiet;
+  ptc_pipeline_destroy(pipe);
+  if (!m) return -1;
+  ptc_memplan plan;
+  if (ptc_memplan_compute(m, &plan) != 0) {
+    ptc_module_destroy(m);
+    return -1;
+  }
+  *need = 0;
+  *hw = 0;
+  for (int32_t i = 0; i < plan.ngroups; i++) {
+    if (plan.groups[i].total > *need) {
+      *need = plan.groups[i].total;
+      *rank = plan.groups[i].first_rank;
+    }
+    *hw += plan.groups[i].hw_flops * (double)plan.groups[i].nranks;
+  }
+  *mo = m;
+  return 0;
+}
+
+/* --recompute auto: the least recomputation under which every rank fits
+ * --device-memory, among none, selective, and full recomputation of the
+ * first k layers (k = 1 .. all; more layers never need more memory, so k is
+ * found by bisection).  Candidates are compiled whole: the figures compared
+ * are the exact plans.  What was tried and chosen goes to `why`. */
+static int recompute_auto(driver *d, const ptc_mesh *mesh, ptc_module **out, ptc_buf *why) {
+  int64_t limit = d->device_memory, need, rank;
+  double hw, hw0 = 0;
+  ptc_module *m = NULL;
+  ptc_buf_puts(why, "recompute auto (--device-memory ");
+  ptc_buf_put_bytes(why, (double)limit);
+  ptc_buf_puts(why, "):\n");
+  static const char *const modes[] = {"none", "selective"};
+  for (int i = 0; i < 2; i++) {
+    if (try_recompute(d, mesh, modes[i], 0, &m, &need, &rank, &hw) != 0) return -1;
+    if (i == 0) hw0 = hw;
+    ptc_buf_printf(why, "  %-22s rank %lld needs ", modes[i], (long long)rank);
+    ptc_buf_put_bytes(why, (double)need);
+    if (need <= limit) {
+      ptc_buf_printf(why, ": fits; chosen (recompute adds %.2f%% FLOPs)\n",
+                     hw0 > 0 ? 100 * (hw - hw0) / hw0 : 0.0);
+      *out = m;
+      return 0;
+    }
+    ptc_buf_puts(why, ": does not fit\n");
+    ptc_module_destroy(m);
+  }
+  if (try_recompute(d, mesh, "full", 0, &m, &need, &rank, &hw) != 0) return -1;
+  const ptc_attr *la = ptc_module_get_attr(m, "recompute.layers");
+  long L = la && la->kind == PTC_ATTR_INT ? (long)la->u.i : 0;
+  ptc_buf_printf(why, "  %-22s rank %lld needs ", "full (every layer)", (long long)rank);
+  ptc_buf_put_bytes(why, (double)need);
+  if (need > limit) {
+    ptc_buf_puts(why, ": does not fit\n");
+    ptc_module_destroy(m);
+    ptc_error(d->ctx, ptc_loc_unknown, "--recompute auto: the model does not fit in "
+              "--device-memory even with full recomputation: rank %lld needs %.4g GiB of "
+              "%.4g GiB; use more devices (a larger tp, pp or ZeRO stage) or a smaller batch",
+              (long long)rank, (double)need / (1 << 30), (double)limit / (1 << 30));
+    fputs(why->data, stderr);
+    return -1;
+  }
+  ptc_buf_puts(why, ": fits\n");
+  ptc_module *best = m;
+  double best_hw = hw;
+  long lo = 1, hi = L; /* hi fits (L: every layer) */
+  while (L > 1 && lo < hi) {
+    long mid = lo + (hi - lo) / 2;
+    ptc_module *c = NULL;
+    if (try_recompute(d, mesh, "full", mid, &c, &need, &rank, &hw) != 0) {
+      ptc_module_destroy(best);
+      return -1;
+    }
+    char label[48];
+    snprintf(label, sizeof label, "full on %ld of %ld layers", mid, L);
+    ptc_buf_printf(why, "  %-22s rank %lld needs ", label, (long long)rank);
+    ptc_buf_put_bytes(why, (double)need);
+    if (need <= limit) {
+      ptc_buf_puts(why, ": fits\n");
+      ptc_module_destroy(best);
+      best = c;
+      best_hw = hw;
+      hi = mid;
+    } else {
+      ptc_buf_puts(why, ": does not fit\n");
+      ptc_module_destroy(c);
+      lo = mid + 1;
+    }
+  }
+  ptc_buf_printf(why, "  chosen: full recomputation of %ld of %ld layers (recompute adds "
+                 "%.2f%% FLOPs)\n", hi, L, hw0 > 0 ? 100 * (best_hw - hw0) / hw0 : 0.0);
+  *out = best;
+  return 0;
 }
 
 /* The whole compilation, after the command line is understood. */
@@ -793,28 +940,22 @@ static int run(driver *d) {
     return EXIT_USER;
   }
   const char *ptext = d->pipeline_text;
-  bool shard_opts = d->zero >= 0 || d->sequence_parallel;
-  bool pipe_opts = d->pp_schedule || d->microbatches || d->virtual_stages;
-  if (ptext && (shard_opts || pipe_opts)) {
+  if (ptext && (driver_pass_opts(d) || d->recompute)) {
     ptc_error(d->ctx, ptc_loc_unknown, "--zero, --sequence-parallel, --pp-schedule, "
-              "--microbatches and --virtual-stages set options of the default pipeline's "
-              "shard and pipeline passes; with --pass-pipeline write them there, e.g. "
+              "--microbatches, --virtual-stages, --precision, --grad-dtype and --recompute "
+              "set options of the default pipeline's passes; with --pass-pipeline write "
+              "them there, e.g. precision{dtype=bf16},recompute{mode=full},"
               "pipeline{schedule=1f1b,microbatches=4},...,shard{zero=2}");
     return EXIT_USER;
   }
-  if (!ptext && d->lang == LANG_PTG && (shard_opts || pipe_opts)) {
-    const char *dp = ptc_default_pipeline();
-    const char *ps = strstr(dp, "pipeline,"), *ss = strstr(dp, "shard,");
-    PTC_ASSERT(ps && ss && ps < ss);
-    size_t n = strlen(dp) + 256;
-    d->pipeline_owned = ptc_xmalloc(n);
-    snprintf(d->pipeline_owned, n,
-             "%.*spipeline{schedule=%s,microbatches=%ld,virtual-stages=%ld}%.*s"
-             "shard{zero=%d,sequence-parallel=%s}%s",
-             (int)(ps - dp), dp, d->pp_schedule ? d->pp_schedule : "1f1b",
-             d->microbatches ? d->microbatches : 1, d->virtual_stages ? d->virtual_stages : 1,
-             (int)(ss - (ps + 8)), ps + 8, d->zero < 0 ? 0 : d->zero,
-             d->sequence_parallel ? "true" : "false", ss + 5);
+  if (d->recompute && !strcmp(d->recompute, "auto") && d->device_memory <= 0) {
+    ptc_error(d->ctx, ptc_loc_unknown, "--recompute auto chooses what to recompute so that "
+              "every rank fits in --device-memory; give it, e.g. --device-memory 80GiB");
+    return EXIT_USER;
+  }
+  if (!ptext && d->lang == LANG_PTG && (driver_pass_opts(d) || d->recompute)) {
+    d->pipeline_owned = default_with_options(d, d->recompute && strcmp(d->recompute, "auto")
+                                                    ? d->recompute : "none", 0);
     ptext = d->pipeline_owned;
   }
   if (!ptext) ptext = d->lang == LANG_PTG ? ptc_default_pipeline() : "";
@@ -824,12 +965,16 @@ static int run(driver *d) {
   int status = EXIT_USER;
   ptc_buf out;
   ptc_buf_init(&out);
-  ptc_module *m = load_module(d);
-  if (!m) goto done;
-  if (apply_mesh(d, m, &mesh) != 0) goto done;
-  /* The input must be valid before any pass sees it (a pass may assume it). */
-  if (ptc_verify_module(m) != 0) goto done;
-  if (ptc_pipeline_run(m, pipe, &d->pm) != 0) goto done;
+  ptc_module *m = NULL;
+  ptc_buf why; /* what --recompute auto tried and chose */
+  ptc_buf_init(&why);
+  if (d->recompute && !strcmp(d->recompute, "auto") && !d->pipeline_text &&
+      d->lang == LANG_PTG) {
+    if (recompute_auto(d, &mesh, &m, &why) != 0) goto done;
+  } else {
+    m = compile(d, &mesh, pipe);
+    if (!m) goto done;
+  }
 
   /* Output: the emitted form goes to -o or stdout; --report and --dump-ir
    * are outputs of their own, so with them stdout gets the IR only when
@@ -847,13 +992,26 @@ static int run(driver *d) {
       goto done;
   }
   if (d->report) {
-    out.len = 0;
-    write_report(&out, m);
-    if (write_stdout(d->ctx, &out) != 0) goto done;
+    ptc_buf rb;
+    ptc_buf_init(&rb);
+    if (d->report_json) {
+      ptc_memplan plan;
+      if (ptc_memplan_compute(m, &plan) == 0) ptc_memplan_json(&rb, m, &plan, d->device_memory);
+      else ptc_buf_puts(&rb, "{}\n");
+    } else {
+      write_report(&rb, m, d->device_memory);
+      if (why.len) ptc_buf_put(&rb, why.data, why.len);
+    }
+    int wr = write_stdout(d->ctx, &rb);
+    ptc_buf_fini(&rb);
+    if (wr != 0) goto done;
+  } else if (why.len) {
+    fwrite(why.data, 1, why.len, stderr);
   }
   status = 0;
 done:
   ptc_buf_fini(&out);
+  ptc_buf_fini(&why);
   ptc_module_destroy(m);
   ptc_pipeline_destroy(pipe);
   return status;
