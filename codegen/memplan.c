@@ -212,12 +212,7 @@ static void prog_analyze(const ptc_func *f, bool fwd_chunk, bool bwd_chunk,
         if (!ptc_liveness_allocates(&l, v) || l.where[v] != PTC_LIVE_TRANSIENT) continue;
         int32_t last = l.last[v];
         if (l.first[v] >= i || last == -1 || (last != PTC_LIVE_END && last < i)) continue;
-        if (cat[v] != PTC_MEM_GRADS) continue;
-        gsum += ptc_type_bytes(&f->values[v].type);
-        if (getenv("PTC_MEMPLAN_DEBUG"))
-          fprintf(stderr, "grad at update: %%%s (%d) %lld bytes, ops %d..%d\n",
-                  f->values[v].name ? f->values[v].name : "", v,
-                  (long long)ptc_type_bytes(&f->values[v].type), l.first[v], last);
+        if (cat[v] == PTC_MEM_GRADS) gsum += ptc_type_bytes(&f->values[v].type);
       }
       o->grads_at_update = gsum;
     }
@@ -396,7 +391,7 @@ int ptc_memplan_compute(const ptc_module *m, ptc_memplan *out) {
         double times = k == 2 * V ? 1 : M;
         g->model_flops += times * pf.model_flops;
         g->hw_flops += times * pf.hw_flops;
-        if (k == 2 * V) g->grads_at_update = pf.grads_at_update;
+        /* a pipeline's gradients rest in its accumulators (variables) */
         comm_of(gf, times, g, out->naxes);
       }
       g->acts_kept = g->stash_set;
@@ -511,8 +506,10 @@ void ptc_memplan_print(ptc_buf *b, const ptc_module *m, const ptc_memplan *p,
 
 void ptc_memplan_json(ptc_buf *b, const ptc_module *m, const ptc_memplan *p,
                       int64_t device_memory) {
-  ptc_buf_printf(b, "{\"ranks\": %lld, \"microbatches\": %d, \"bubble\": %.6f, ",
-                 (long long)p->nranks, p->microbatches, p->bubble);
+  ptc_buf_printf(b, "{\"module\": \"%s\", \"parameters\": %lld, \"ranks\": %lld, "
+                 "\"microbatches\": %d, \"bubble\": %.6f, ", m->name,
+                 (long long)ptc_module_param_count(m), (long long)p->nranks, p->microbatches,
+                 p->bubble);
   if (device_memory > 0) {
     int32_t bad = ptc_memplan_first_over(p, device_memory);
     ptc_buf_printf(b, "\"device_memory\": %lld, \"fits\": %s, \"first_rank_over\": %lld, ",
@@ -538,6 +535,10 @@ void ptc_memplan_json(ptc_buf *b, const ptc_module *m, const ptc_memplan *p,
                    (long long)g->param_count, g->model_flops, g->hw_flops);
     for (int a = 0; a < p->naxes; a++)
       ptc_buf_printf(b, "%s\"%s\": %.0f", a ? ", " : "", m->mesh.axes[a].name, g->sent[a]);
+    ptc_buf_puts(b, "}, \"calls\": {");
+    for (int a = 0; a < p->naxes; a++)
+      ptc_buf_printf(b, "%s\"%s\": %lld", a ? ", " : "", m->mesh.axes[a].name,
+                     (long long)g->calls[a]);
     ptc_buf_puts(b, "}}");
   }
   ptc_buf_puts(b, "\n]}\n");

@@ -30,15 +30,16 @@ static const ptc_pass_opt_spec bucket_opts[] = {
      .help = "bucket size in megabytes (0: no buckets)"},
 };
 
-/* Whether all_reduce op i is a bucket candidate: f32, one axis, the operand
- * whole on every dim and partial over exactly that axis. */
+/* Whether all_reduce op i is a bucket candidate: a float dtype (a bucket
+ * holds one), one axis, the operand whole on every dim and partial over
+ * exactly that axis. */
 static bool candidate(const ptc_func *f, const ptc_op *op, int *axis) {
   if (op->code != PTC_OP_ALL_REDUCE || op->nin != 1) return false;
   const ptc_attr *k = ptc_op_attr(op, "op");
   if (k && strcmp(k->u.s, "sum") != 0) return false;
   const ptc_value *x = &f->values[op->in[0]];
   if (x->kind == PTC_VALUE_OP && f->ops[x->def].code == PTC_OP_CONCAT) return false; /* a bucket */
-  if (x->type.dtype != PTC_DTYPE_F32 || x->type.rank < 1 || !x->shard.present) return false;
+  if (!ptc_dtype_is_float(x->type.dtype) || x->type.rank < 1 || !x->shard.present) return false;
   for (int32_t d = 0; d < x->type.rank; d++)
     if (x->shard.dim_axes[d]) return false;
   const ptc_attr *ax = ptc_op_attr(op, "axis");
@@ -85,7 +86,7 @@ static int pack(ptc_func *f, const int32_t *mem, int32_t n, int axis, int32_t is
   part.present = true;
   part.partial = (uint8_t)(1u << axis);
   for (int32_t i = 0; i < n; i++) {
-    ptc_type ft = {.dtype = PTC_DTYPE_F32, .rank = 1, .dims = {ptc_type_numel(&ty[i])}};
+    ptc_type ft = {.dtype = ty[0].dtype, .rank = 1, .dims = {ptc_type_numel(&ty[i])}};
     ptc_build_args a = {.code = PTC_OP_RESHAPE, .nin = 1, .in = &src[i], .ngiven = 1,
                         .given = &ft, .given_shard = &part, .loc = loc};
     int32_t idx = ptc_build_at(f, pos++, &a);
@@ -93,7 +94,7 @@ static int pack(ptc_func *f, const int32_t *mem, int32_t n, int axis, int32_t is
     flat[i] = f->ops[idx].out[0];
   }
   ptc_attr ax0 = ptc_attr_int("axis", 0);
-  ptc_type ct = {.dtype = PTC_DTYPE_F32, .rank = 1, .dims = {total}};
+  ptc_type ct = {.dtype = ty[0].dtype, .rank = 1, .dims = {total}};
   ptc_build_args ca = {.code = PTC_OP_CONCAT, .nin = n, .in = flat, .nattr = 1, .attrs = &ax0,
                        .ngiven = 1, .given = &ct, .given_shard = &part, .loc = loc};
   int32_t idx = ptc_build_at(f, pos++, &ca);
@@ -113,7 +114,7 @@ static int pack(ptc_func *f, const int32_t *mem, int32_t n, int axis, int32_t is
     int64_t len = ptc_type_numel(&ty[i]);
     ptc_attr sa[3] = {ptc_attr_int("axis", 0), ptc_attr_int("start", off),
                       ptc_attr_int("end", off + len)};
-    ptc_type st = {.dtype = PTC_DTYPE_F32, .rank = 1, .dims = {len}};
+    ptc_type st = {.dtype = ty[0].dtype, .rank = 1, .dims = {len}};
     ptc_build_args sl = {.code = PTC_OP_SLICE, .nin = 1, .in = &red, .nattr = 3, .attrs = sa,
                          .ngiven = 1, .given = &st, .given_shard = &whole, .loc = loc};
     idx = ptc_build_at(f, pos++, &sl);
@@ -160,7 +161,9 @@ static int run_bucket(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
       int32_t issue = 0;       /* and after every operand is ready */
       for (int32_t j = i; j < f->nops && n < 256 && bytes < limit; j++) {
         int a2;
-        if (!candidate(f, &f->ops[j], &a2) || a2 != axis) continue;
+        if (!candidate(f, &f->ops[j], &a2) || a2 != axis ||
+            f->values[f->ops[j].in[0]].type.dtype != f->values[f->ops[i].in[0]].type.dtype)
+          continue;
         int32_t r = ready_at(f, f->ops[j].in[0]);
         int32_t u = first_use(f, f->ops[j].out[0], j);
         if ((r > issue ? r : issue) > (u < bound ? u : bound)) break;

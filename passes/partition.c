@@ -783,11 +783,21 @@ static int32_t as_layout(part *P, int32_t v, const ptc_sharding *want, ptc_loc l
   return r;
 }
 
-/* Forgets cached reshards of parameters (made again in the backward part). */
+/* Forgets cached reshards of parameters and gathered activations (made
+ * again in the backward part): ZeRO-3 frees a gathered parameter after its
+ * forward use; under sequence parallelism the backward keeps the sequence-
+ * split input of a column-parallel product and gathers it again, as
+ * Megatron does (Korthikanti et al. 2022: activations / t). */
+static bool gathered(const ptc_func *f, int32_t v) {
+  return f->values[v].kind == PTC_VALUE_OP &&
+         f->ops[f->values[v].def].code == PTC_OP_ALL_GATHER;
+}
+
 static void forget_params(part *P) {
   int32_t k = 0;
   for (int32_t i = 0; i < P->ncache; i++)
-    if (!is_param(P->f, P->cache[i].from)) P->cache[k++] = P->cache[i];
+    if (!is_param(P->f, P->cache[i].from) && !gathered(P->f, P->cache[i].to))
+      P->cache[k++] = P->cache[i];
   P->ncache = k;
 }
 

@@ -206,7 +206,8 @@ static int precision_run(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   ptc_op *ret = &f->ops[f->nops - 1];
   PTC_ASSERT(ret->code == PTC_OP_RETURN);
   bool g32 = ptc_pass_opt_choice(o, "grad-dtype") == GRAD_FP32;
-  for (int32_t r = 0; r < ret->nin; r++) {
+  int32_t nret = ret->nin; /* ret moves as casts are inserted */
+  for (int32_t r = 0; r < nret; r++) {
     int32_t v = f->ops[f->nops - 1].in[r];
     ptc_dtype want = r == 0 || g32 ? PTC_DTYPE_F32 : lt;
     if (f->values[v].type.dtype != want && ptc_dtype_is_float(f->values[v].type.dtype)) {

@@ -710,9 +710,16 @@ static void write_report(ptc_buf *b, const ptc_module *m, int64_t device_memory)
   if (ptc_memplan_compute(m, &plan) != 0) return;
   const ptc_attr *rc = ptc_module_get_attr(m, "recompute.mode");
   const ptc_attr *pr = ptc_module_get_attr(m, "precision");
-  ptc_buf_printf(b, "precision: %s, recompute: %s\n",
+  const ptc_attr *rl = ptc_module_get_attr(m, "recompute.layers");
+  const ptc_attr *ro = ptc_module_get_attr(m, "recompute.ops");
+  ptc_buf_printf(b, "precision: %s, recompute: %s",
                  pr && pr->kind == PTC_ATTR_STR ? pr->u.s : "fp32",
                  rc && rc->kind == PTC_ATTR_STR ? rc->u.s : "none");
+  if (rl && rl->kind == PTC_ATTR_INT && rc && strcmp(rc->u.s, "full") == 0)
+    ptc_buf_printf(b, " (%lld layer%s)", (long long)rl->u.i, rl->u.i == 1 ? "" : "s");
+  if (ro && ro->kind == PTC_ATTR_INT)
+    ptc_buf_printf(b, ", %lld ops recomputed", (long long)ro->u.i);
+  ptc_buf_puts(b, "\n");
   ptc_memplan_print(b, m, &plan, device_memory);
 }
 
@@ -868,10 +875,16 @@ static int recompute_auto(driver *d, const ptc_mesh *mesh, ptc_module **out, ptc
   if (need > limit) {
     ptc_buf_puts(why, ": does not fit\n");
     ptc_module_destroy(m);
+    ptc_buf nb;
+    ptc_buf_init(&nb);
+    ptc_buf_put_bytes(&nb, (double)need);
+    ptc_buf_puts(&nb, " of ");
+    ptc_buf_put_bytes(&nb, (double)limit);
     ptc_error(d->ctx, ptc_loc_unknown, "--recompute auto: the model does not fit in "
-              "--device-memory even with full recomputation: rank %lld needs %.4g GiB of "
-              "%.4g GiB; use more devices (a larger tp, pp or ZeRO stage) or a smaller batch",
-              (long long)rank, (double)need / (1 << 30), (double)limit / (1 << 30));
+              "--device-memory even with full recomputation: rank %lld needs %s; use more "
+              "devices (a larger tp, pp or ZeRO stage) or a smaller batch", (long long)rank,
+              nb.data);
+    ptc_buf_fini(&nb);
     fputs(why->data, stderr);
     return -1;
   }

@@ -91,7 +91,7 @@ static void gt_fini(gt *g) {
 static int32_t param(gt *g, ptc_type t, double lo, double hi) {
   char name[16];
   snprintf(name, sizeof name, "p%d", (int)g->m->nparams);
-  int32_t p = ptc_module_add_param(g->m, name, &t, (ptc_init){PTC_INIT_NONE, 0, 0},
+  int32_t p = ptc_module_add_param(g->m, name, &t, (ptc_init){.kind = PTC_INIT_NONE},
                                    ptc_loc_unknown);
   PTC_ASSERT(p >= 0 && p < MAXT);
   g->params[p] = ptc_tensor_new(&t);

@@ -142,7 +142,7 @@ static void test_build(void) {
   char err[128];
   CHECK(ptc_mesh_parse("2x4", &m->mesh, err, sizeof err) == 0);
   ptc_type wt = T(PTC_DTYPE_F32, 2, 64, 256);
-  ptc_init init = {PTC_INIT_NORMAL, 0.02, 0};
+  ptc_init init = {.kind = PTC_INIT_NORMAL, .std = 0.02};
   int32_t pw = ptc_module_add_param(m, "w", &wt, init, ptc_loc_unknown);
   CHECK(pw == 0);
   CHECK(ptc_module_add_param(m, "w", &wt, init, ptc_loc_unknown) == -1);
