@@ -396,6 +396,11 @@ static int eval_op(ev *e, const ptc_op *op) {
     }
     break;
   }
+  case PTC_OP_SELECT: {
+    const double *c = e->data[op->in[2]];
+    for (int64_t i = 0; i < n; i++) o[i] = a[0] != 0 ? b[i] : c[i];
+    break;
+  }
   case PTC_OP_RELU_GRAD: for (int64_t i = 0; i < n; i++) o[i] = b[i] > 0 ? a[i] : 0; break;
   case PTC_OP_GELU_GRAD: for (int64_t i = 0; i < n; i++) o[i] = a[i] * gelu_deriv(b[i]); break;
   case PTC_OP_SILU_GRAD: for (int64_t i = 0; i < n; i++) o[i] = a[i] * silu_deriv(b[i]); break;

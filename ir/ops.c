@@ -479,6 +479,17 @@ static int infer_compare(ptc_infer *inf) {
   return broadcast(inf, &inf->in[0], &inf->in[1], &inf->out[0]);
 }
 
+static int infer_select(ptc_infer *inf) {
+  if (need_float(inf, 0) || need_same_dtype(inf, 1, 2)) return -1;
+  if (inf->in[0].rank != 0)
+    return fail(inf, "the condition must be a scalar, got %s", ty(&inf->in[0]).s);
+  if (!ptc_type_eq(&inf->in[1], &inf->in[2]))
+    return fail(inf, "the two sides %s and %s must have one type", ty(&inf->in[1]).s,
+                ty(&inf->in[2]).s);
+  inf->out[0] = inf->in[1];
+  return 0;
+}
+
 /* g and x of one float type (the gradient of an element-wise op). */
 static int infer_act_grad(ptc_infer *inf) {
   if (need_float(inf, 0) || need_same_dtype(inf, 0, 1)) return -1;
@@ -897,6 +908,7 @@ static double flops_cross_entropy(const cost_in *c) {
 
 /* gradients: the forward work they recompute plus the chain rule */
 #define flops_compare flops_per_out
+#define flops_select flops_per_out
 #define flops_relu_grad flops_per_out
 static double flops_gelu_grad(const cost_in *c) { return 14 * out_numel(c); }
 static double flops_silu_grad(const cost_in *c) { return 7 * out_numel(c); }

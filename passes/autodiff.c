@@ -555,6 +555,23 @@ static int grad_cross_entropy(ad *a, const ptc_op *op, int32_t g) {
               op1(a, PTC_OP_CROSS_ENTROPY_GRAD, 3, in, op->nattr, op->attrs));
 }
 
+/* select c, a, b with c 0 or 1: da = g * c, db = g * (1 - c); c (a flag)
+ * gets none */
+static int grad_select(ad *a, const ptc_op *op, int32_t g) {
+  ptc_dtype dt = type_of(a, g).dtype;
+  int32_t c = op->in[0];
+  if (type_of(a, c).dtype != dt) {
+    ptc_attr to = ptc_attr_dtype("to", dt);
+    c = op1(a, PTC_OP_CAST, 1, &c, 1, &to);
+  }
+  if (wants(a, op->in[1])) TRY(give(a, op->in[1], binary(a, PTC_OP_MUL, g, c)));
+  if (wants(a, op->in[2])) {
+    int32_t one = scalar(a, dt, 1.0);
+    TRY(give(a, op->in[2], binary(a, PTC_OP_MUL, g, binary(a, PTC_OP_SUB, one, c))));
+  }
+  return 0;
+}
+
 /* ---- rules: ops without a derivative here ---------------------------------- */
 
 /* compare is piecewise constant: its gradient is zero, so nothing flows

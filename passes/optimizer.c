@@ -99,6 +99,83 @@ static int32_t add_state(ptc_module *m, int32_t p, const char *suffix) {
 static int optimize_func(ptc_module *m, ptc_func *f, const ptc_pass_opts *o, bool *changed,
                          bool staged);
 
+/* ---- fp16 dynamic loss scaling ------------------------------------------------
+ * The precision pass seeds the backward with S = 2^16 * @loss_scale (the
+ * variable holds S in units of its starting value, 2^16).  Here: the
+ * gradients are unscaled (in fp32) by 1/S; a step whose gradients are not
+ * finite keeps every old value (select) and halves S; after 2000 finite
+ * steps in a row S doubles (@loss_scale.good counts them).  The step also
+ * returns %overflow (1: skipped) and %loss_scale (S), which ptrun logs. */
+enum { LOSS_SCALE_WINDOW = 2000 };
+#define LOSS_SCALE_UNIT 65536.0
+
+typedef struct ls {
+  int32_t var, good;   /* @loss_scale, @loss_scale.good (module params) */
+  int32_t ok;          /* 1.0 when the step's gradients are finite */
+  int32_t inv;         /* 1 / S */
+  int32_t skipped, shown;
+} ls;
+
+static bool fp16(const ptc_module *m) {
+  const ptc_attr *a = ptc_module_get_attr(m, "precision");
+  return a && a->kind == PTC_ATTR_STR && strcmp(a->u.s, "fp16") == 0;
+}
+
+static int loss_scale_begin(ptc_module *m, ptc_func *f, int32_t *total, ls *o, ptc_loc loc) {
+  o->var = ptc_module_find_param(m, "loss_scale");
+  o->good = ptc_module_find_param(m, "loss_scale.good");
+  if (o->var < 0 || o->good < 0) {
+    ptc_error(m->ctx, loc, "optimizer: fp16 training needs the state variables @loss_scale "
+              "and @loss_scale.good the precision pass makes; run precision{dtype=fp16} "
+              "before the optimizer");
+    return -1;
+  }
+  int32_t sv = ptc_func_param_value(f, o->var);
+  int32_t unit = scalar_const(f, LOSS_SCALE_UNIT, loc), zero = scalar_const(f, 0.0, loc);
+  int32_t S = b1(f, PTC_OP_MUL, (int32_t[]){sv, unit}, 2, NULL, 0, loc);
+  int32_t one = scalar_const(f, 1.0, loc);
+  o->inv = S < 0 ? -1 : b1(f, PTC_OP_DIV, (int32_t[]){one, S}, 2, NULL, 0, loc);
+  int32_t z = b1(f, PTC_OP_MUL, (int32_t[]){*total, zero}, 2, NULL, 0, loc);
+  ptc_attr eq = ptc_attr_sym("cmp", "eq");
+  o->ok = z < 0 ? -1 : b1(f, PTC_OP_COMPARE, (int32_t[]){z, zero}, 2, &eq, 1, loc);
+  if (o->inv < 0 || o->ok < 0) return -1;
+  f->values[o->ok].name = ptc_arena_strdup(&m->arena, "finite");
+  /* the norm of the true gradients: sum / S^2, 0 for a skipped step */
+  int32_t inv2 = b1(f, PTC_OP_MUL, (int32_t[]){o->inv, o->inv}, 2, NULL, 0, loc);
+  int32_t t = inv2 < 0 ? -1 : b1(f, PTC_OP_MUL, (int32_t[]){*total, inv2}, 2, NULL, 0, loc);
+  t = t < 0 ? -1 : b1(f, PTC_OP_SELECT, (int32_t[]){o->ok, t, zero}, 3, NULL, 0, loc);
+  if (t < 0) return -1;
+  *total = t;
+  return 0;
+}
+
+static int loss_scale_end(ptc_module *m, ptc_func *f, ls *o, ptc_loc loc) {
+  int32_t sv = ptc_func_param_value(f, o->var), gv = ptc_func_param_value(f, o->good);
+  int32_t one = scalar_const(f, 1.0, loc), zero = scalar_const(f, 0.0, loc);
+  int32_t two = scalar_const(f, 2.0, loc), half = scalar_const(f, 0.5, loc);
+  int32_t win = scalar_const(f, LOSS_SCALE_WINDOW, loc), unit = scalar_const(f, LOSS_SCALE_UNIT, loc);
+  int32_t g1 = b1(f, PTC_OP_ADD, (int32_t[]){gv, one}, 2, NULL, 0, loc);
+  int32_t good = g1 < 0 ? -1 : b1(f, PTC_OP_SELECT, (int32_t[]){o->ok, g1, zero}, 3, NULL, 0, loc);
+  ptc_attr ge = ptc_attr_sym("cmp", "ge");
+  int32_t grow = good < 0 ? -1 : b1(f, PTC_OP_COMPARE, (int32_t[]){good, win}, 2, &ge, 1, loc);
+  int32_t up = b1(f, PTC_OP_MUL, (int32_t[]){sv, two}, 2, NULL, 0, loc);
+  int32_t down = b1(f, PTC_OP_MUL, (int32_t[]){sv, half}, 2, NULL, 0, loc);
+  int32_t kept = grow < 0 || up < 0 ? -1 : b1(f, PTC_OP_SELECT, (int32_t[]){grow, up, sv}, 3, NULL, 0, loc);
+  int32_t ns = kept < 0 || down < 0 ? -1
+               : b1(f, PTC_OP_SELECT, (int32_t[]){o->ok, kept, down}, 3, NULL, 0, loc);
+  int32_t ng = grow < 0 ? -1 : b1(f, PTC_OP_SELECT, (int32_t[]){grow, zero, good}, 3, NULL, 0, loc);
+  if (ns < 0 || ng < 0) return -1;
+  ptc_build_args a1 = {.code = PTC_OP_ASSIGN, .nin = 2, .in = (int32_t[]){sv, ns}, .loc = loc};
+  ptc_build_args a2 = {.code = PTC_OP_ASSIGN, .nin = 2, .in = (int32_t[]){gv, ng}, .loc = loc};
+  if (ptc_build(f, &a1) < 0 || ptc_build(f, &a2) < 0) return -1;
+  o->skipped = b1(f, PTC_OP_SUB, (int32_t[]){one, o->ok}, 2, NULL, 0, loc);
+  o->shown = b1(f, PTC_OP_MUL, (int32_t[]){ns, unit}, 2, NULL, 0, loc);
+  if (o->skipped < 0 || o->shown < 0) return -1;
+  f->values[o->skipped].name = ptc_arena_strdup(&m->arena, "overflow");
+  f->values[o->shown].name = ptc_arena_strdup(&m->arena, "loss_scale");
+  return 0;
+}
+
 /* A gradient has its parameter's shape; under mixed precision it may be
  * stored at 16 bits (passes/precision.c). */
 static bool same_shape(const ptc_type *p, const ptc_type *g) {
@@ -254,6 +331,10 @@ static int optimize_func(ptc_module *m, ptc_func *f, const ptc_pass_opts *o, boo
     total = b1(f, PTC_OP_ALL_REDUCE, &total, 1, at, 2, rloc);
   }
   if (total < 0) goto out;
+  /* fp16: the gradients carry the loss scale S; ok = 1 when their sum of
+   * squares is finite (total * 0 is 0 then, NaN otherwise) */
+  ls ls = {.var = -1};
+  if (fp16(m) && loss_scale_begin(m, f, &total, &ls, rloc) != 0) goto out;
   int32_t norm = b1(f, PTC_OP_SQRT, &total, 1, NULL, 0, rloc);
   if (norm < 0) goto out;
   f->values[norm].name = ptc_arena_strdup(&m->arena, "grad_norm");
@@ -279,7 +360,14 @@ static int optimize_func(ptc_module *m, ptc_func *f, const ptc_pass_opts *o, boo
     int32_t p = params[i];
     ptc_loc ploc = m->params[p].loc.file ? m->params[p].loc : rloc;
     int32_t g = grads[i];
-    if (scale >= 0) {
+    if (ls.var >= 0) {
+      /* unscaled in fp32: at 16 bits small gradients would flush to zero */
+      int32_t g32 = cast1(f, g, PTC_DTYPE_F32, ploc);
+      int32_t f1 = scale >= 0 ? b1(f, PTC_OP_MUL, (int32_t[]){scale, ls.inv}, 2, NULL, 0, ploc)
+                              : ls.inv;
+      g = g32 < 0 || f1 < 0 ? -1 : b1(f, PTC_OP_MUL, (int32_t[]){g32, f1}, 2, NULL, 0, ploc);
+      if (g < 0) goto out;
+    } else if (scale >= 0) {
       /* a 16-bit gradient is scaled at 16 bits: the update reads it as is */
       int32_t sc = cast1(f, scale, f->values[g].type.dtype, ploc);
       int32_t in[2] = {g, sc};
@@ -317,6 +405,11 @@ static int optimize_func(ptc_module *m, ptc_func *f, const ptc_pass_opts *o, boo
     int32_t outs[3];
     memcpy(outs, f->ops[idx].out, (size_t)nout * sizeof *outs);
     int32_t vars[3] = {pv, sv1, kind == OPT_ADAMW ? ptc_func_param_value(f, s2) : -1};
+    if (ls.var >= 0) /* an overflowed step keeps every old value */
+      for (int32_t r = 0; r < nout; r++) {
+        outs[r] = b1(f, PTC_OP_SELECT, (int32_t[]){ls.ok, outs[r], vars[r]}, 3, NULL, 0, ploc);
+        if (outs[r] < 0) goto out;
+      }
     for (int32_t r = 0; r < nout; r++) {
       int32_t in[2] = {vars[r], outs[r]};
       ptc_build_args ba = {.code = PTC_OP_ASSIGN, .nin = 2, .in = in, .loc = ploc};
@@ -332,8 +425,16 @@ static int optimize_func(ptc_module *m, ptc_func *f, const ptc_pass_opts *o, boo
       if (low < 0 || ptc_build(f, &ba) < 0) goto out;
     }
   }
-  int32_t rin[2] = {loss, norm};
-  ptc_build_args rb = {.code = PTC_OP_RETURN, .nin = 2, .in = rin, .loc = rloc};
+  int32_t rin[4] = {loss, norm, -1, -1};
+  int32_t nr = 2;
+  if (ls.var >= 0) {
+    if (loss_scale_end(m, f, &ls, rloc) != 0) goto out;
+    rin[nr++] = ls.skipped;
+    rin[nr++] = ls.shown;
+    ptc_func_add_result(f, &scalar, NULL);
+    ptc_func_add_result(f, &scalar, NULL);
+  }
+  ptc_build_args rb = {.code = PTC_OP_RETURN, .nin = nr, .in = rin, .loc = rloc};
   if (ptc_build(f, &rb) < 0) goto out;
   rc = 0;
 out:

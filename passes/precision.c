@@ -116,6 +116,52 @@ static int32_t cast_to(ptc_func *f, int32_t pos, int32_t v, ptc_dtype t, ptc_loc
   return idx < 0 ? -1 : f->ops[idx].out[0];
 }
 
+/* fp16: state @loss_scale (the scale in units of 2^16, init 1) and
+ * @loss_scale.good (finite steps in a row); every cross_entropy_grad's
+ * seed is multiplied by 2^16 * @loss_scale. */
+static int scale_seeds(ptc_module *m, ptc_func *f) {
+  ptc_type scalar = {.dtype = PTC_DTYPE_F32, .rank = 0};
+  int32_t sv = ptc_module_add_param(m, "loss_scale", &scalar, (ptc_init){.kind = PTC_INIT_ONES},
+                                    f->loc);
+  int32_t gv = sv < 0 ? -1 : ptc_module_add_param(m, "loss_scale.good", &scalar,
+                                                   (ptc_init){.kind = PTC_INIT_ZEROS}, f->loc);
+  if (sv < 0 || gv < 0) return -1;
+  m->params[sv].trainable = m->params[gv].trainable = false;
+  int32_t seeds = 0, S = -1;
+  for (int32_t i = 0; i < f->nops; i++) {
+    if (f->ops[i].code != PTC_OP_CROSS_ENTROPY_GRAD) continue;
+    ptc_loc loc = f->ops[i].loc;
+    if (S < 0) {
+      int32_t read = ptc_func_param_value(f, sv);
+      ptc_attr u = ptc_attr_float("value", 65536.0);
+      ptc_build_args cb = {.code = PTC_OP_CONSTANT, .nattr = 1, .attrs = &u, .ngiven = 1,
+                           .given = &scalar, .loc = loc};
+      int32_t ci = ptc_build_at(f, i, &cb);
+      if (ci < 0) return -1;
+      int32_t in[2] = {read, f->ops[ci].out[0]};
+      ptc_build_args mb = {.code = PTC_OP_MUL, .nin = 2, .in = in, .loc = loc};
+      int32_t mi = ptc_build_at(f, ci + 1, &mb);
+      if (mi < 0) return -1;
+      S = f->ops[mi].out[0];
+      i = mi + 1; /* the cross_entropy_grad again */
+    }
+    int32_t in[2] = {f->ops[i].in[0], S};
+    ptc_build_args sb = {.code = PTC_OP_MUL, .nin = 2, .in = in, .loc = loc};
+    int32_t si = ptc_build_at(f, i, &sb);
+    if (si < 0) return -1;
+    f->ops[si + 1].in[0] = f->ops[si].out[0];
+    i = si + 1;
+    seeds++;
+  }
+  if (seeds == 0) {
+    ptc_error(m->ctx, f->loc, "precision: fp16 scales the loss, and @step's loss is not a "
+              "cross_entropy the pass knows how to seed; train in bf16 (no loss scaling "
+              "needed) or fp32");
+    return -1;
+  }
+  return 0;
+}
+
 static int precision_run(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   int which = ptc_pass_opt_choice(o, "dtype");
   if (which == PREC_FP32) return 0;
@@ -201,6 +247,10 @@ static int precision_run(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
       return -1;
     }
   }
+
+  /* 3b. fp16: the backward starts from the loss scale, not 1 (the
+   * optimizer unscales; passes/optimizer.c) */
+  if (which == PREC_FP16 && scale_seeds(m, f) != 0) return -1;
 
   /* 4. results: the loss in f32; gradients at the chosen dtype */
   ptc_op *ret = &f->ops[f->nops - 1];

@@ -342,6 +342,17 @@ static void test_cast_constant_compare(void) {
   CHECK(gy && gy->kind == PTC_VALUE_OP && s->ops[gy->def].code == PTC_OP_CONSTANT);
   gt_fini(&g);
 
+  /* select passes the gradient to the side it took */
+  for (int side = 0; side < 2; side++) {
+    gt_init(&g, side ? "select (false)" : "select (true)");
+    int32_t u = param(&g, F64(3, 4), -1, 1), w = param(&g, F64(3, 4), -1, 1);
+    int32_t cnd = OPG(&g, PTC_OP_CONSTANT, st, NULL, 0, AT(ptc_attr_float("value", side ? 0 : 1)));
+    int32_t sel = OP(&g, PTC_OP_SELECT, IN(cnd, u, w), NOAT);
+    finish(&g, OP(&g, PTC_OP_MUL, IN(sel, sel), NOAT));
+    check_grads(&g, 1e-6);
+    gt_fini(&g);
+  }
+
   /* the cmp kinds evaluate as documented */
   gt_init(&g, "compare kinds");
   int32_t u = arg(&g, F64(3), 0, 1), v = arg(&g, F64(3), 0, 1);
