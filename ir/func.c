@@ -201,6 +201,8 @@ static char schema_lookup(const char *schema, const char *name, bool *optional) 
 char ptc__generic_attr_kind(const char *name, size_t n) {
   /* group = N: set by the fuse pass on any op (ir/group.c) */
   if (n == strlen(PTC_GROUP_ATTR) && memcmp(name, PTC_GROUP_ATTR, n) == 0) return 'i';
+  /* recompute = true: a copy of a forward op made by the recompute pass */
+  if (n == strlen("recompute") && memcmp(name, "recompute", n) == 0) return 'b';
   return 0;
 }
 

@@ -26,7 +26,10 @@
  * Forward ops are cut into P*V contiguous chunks of about equal FLOPs
  * (ptc_op_cost), each cut placed where the fewest activation bytes cross it
  * (between layers, in a transformer).  Backward ops go to the chunk of the
- * forward values (or parameters) they read, else of the gradients they read.
+ * forward values (or parameters) they read, else of the gradients they read;
+ * forward ops the recompute pass copied into the backward (`recompute =
+ * true`) go to the chunk of what they are made from, so a chunk's stash holds
+ * only the values kept for them.
  *
  * The order of calls on each stage is a module attribute
  * `pipeline.order.<s>`: "F0.0 F0.1 B0.0 ..." (F|B, chunk, microbatch), from
@@ -60,6 +63,7 @@ typedef struct pl {
   int pp;        /* the pp mesh axis */
   int8_t *cls;   /* per op: 0 forward, 1 backward, 2 neither */
   int32_t *chunk; /* per op */
+  int32_t *orig;  /* per op: the forward op a `recompute = true` copy copies, or -1 */
   int32_t nfn;   /* 2*NC + P functions: fwd 0..NC-1, bwd NC..2NC-1, step 2NC.. */
   ptc_func **fn;
   int32_t **lmap; /* [fn][value] -> local value id or -1 */
@@ -67,6 +71,17 @@ typedef struct pl {
   int32_t *nstash, *capstash;
   int32_t next_tag;
 } pl;
+
+/* The variable the step reads for trainable parameter p: p, or under mixed
+ * precision its 16-bit copy (passes/precision.c). */
+static int32_t read_var(const ptc_module *m, int32_t p) {
+  int32_t c = ptc_precision_copy_of(m, p);
+  return c >= 0 ? c : p;
+}
+
+static bool ptc_func_reads(const ptc_func *f, int32_t p) {
+  return p < f->cap_param_value && f->param_value[p] >= 0;
+}
 
 static int32_t stage_of_fn(const pl *L, int32_t fi) {
   if (fi < 2 * L->NC) return (fi % L->NC) % L->P;
@@ -265,6 +280,69 @@ static int cut_forward(pl *L) {
   return 0;
 }
 
+/* ---- recomputed copies (passes/recompute.c) ---------------------------------- */
+
+/* The forward value that v, a result of a recomputed copy, copies (v itself
+ * for any other value). */
+static int32_t orig_value(const pl *L, int32_t v) {
+  const ptc_value *val = &L->f->values[v];
+  if (val->kind != PTC_VALUE_OP || L->orig[val->def] < 0) return v;
+  return L->f->ops[L->orig[val->def]].out[val->res];
+}
+
+/* Whether backward op c is a copy of forward op o: the same op, attributes
+ * (besides `recompute`) and types, on the same operands or copies of them. */
+static bool copies(const pl *L, const ptc_op *c, const ptc_op *o) {
+  const ptc_func *f = L->f;
+  if (c->code != o->code || c->nin != o->nin || c->nout != o->nout || c->nattr != o->nattr + 1)
+    return false;
+  for (int32_t k = 0; k < c->nin; k++)
+    if (orig_value(L, c->in[k]) != o->in[k]) return false;
+  for (int32_t a = 0, b = 0; a < c->nattr; a++) {
+    if (strcmp(c->attrs[a].name, "recompute") == 0) continue;
+    if (b >= o->nattr || !ptc_attr_eq(&c->attrs[a], &o->attrs[b++])) return false;
+  }
+  for (int32_t r = 0; r < c->nout; r++)
+    if (!ptc_type_eq(&f->values[c->out[r]].type, &f->values[o->out[r]].type)) return false;
+  return true;
+}
+
+/* L->orig: for each backward op marked `recompute = true`, the forward op
+ * it copies (found structurally, so a hand-edited dump works too), or -1:
+ * such an op is then placed like any backward op. */
+static void find_origins(pl *L) {
+  const ptc_func *f = L->f;
+  for (int32_t i = 0; i < f->nops; i++) {
+    L->orig[i] = -1;
+    if (L->cls[i] != 1 || !ptc_op_attr_bool(&f->ops[i], "recompute", false)) continue;
+    for (int32_t o = 0; o < i && L->orig[i] < 0; o++)
+      if (L->cls[o] == 0 && copies(L, &f->ops[i], &f->ops[o])) L->orig[i] = o;
+  }
+}
+
+/* A recomputed value is read only in its own chunk: an op of another chunk
+ * (a layer cut by a stage boundary) reads the forward value it copies
+ * instead, which crosses the cut anyway, so no activation flows backward
+ * between backward chunks.  Copies left unused are then dropped. */
+static void local_copies(pl *L, const int32_t *res, int32_t nres, int32_t *stack) {
+  ptc_func *f = L->f;
+  bool moved = false;
+  for (int32_t i = 0; i < f->nops; i++) {
+    if (L->cls[i] != 1) continue;
+    for (int32_t k = 0; k < f->ops[i].nin; k++) {
+      const ptc_value *v = &f->values[f->ops[i].in[k]];
+      if (v->kind == PTC_VALUE_OP && L->orig[v->def] >= 0 && L->chunk[v->def] != L->chunk[i]) {
+        f->ops[i].in[k] = orig_value(L, f->ops[i].in[k]);
+        moved = true;
+      }
+    }
+  }
+  if (!moved) return;
+  for (int32_t i = 0; i < f->nops; i++)
+    if (L->cls[i] == 1) L->cls[i] = 2;
+  for (int32_t r = 1; r < nres; r++) mark_ancestors(f, res[r], L->cls, 1, stack);
+}
+
 /* Backward ops: the chunk of the forward values or parameters they read;
  * an op that reads only gradients goes to the highest chunk of its users (a
  * reshape of a gradient moves with the gradient; gradients only flow to
@@ -290,11 +368,18 @@ static void place_backward(pl *L, const int32_t *pmax) {
   for (int32_t i = 0; i < f->nops; i++) {
     if (L->cls[i] != 1) continue;
     int32_t fmax = -1;
+    if (L->orig[i] >= 0) { /* a recomputed copy: in the chunk of its original */
+      L->chunk[i] = L->chunk[L->orig[i]];
+      continue;
+    }
     for (int32_t k = 0; k < f->ops[i].nin; k++) {
       int32_t vi = f->ops[i].in[k];
       const ptc_value *v = &f->values[vi];
       if (v->kind == PTC_VALUE_PARAM && pmax[v->def] > fmax) fmax = pmax[v->def];
       if (v->kind == PTC_VALUE_OP && L->cls[v->def] == 0 && avail[vi] > fmax) fmax = avail[vi];
+      /* a recomputed value stands for the forward value it copies */
+      if (v->kind == PTC_VALUE_OP && L->orig[v->def] >= 0 && L->chunk[v->def] > fmax)
+        fmax = L->chunk[v->def];
     }
     L->chunk[i] = fmax;
     pure[i] = fmax < 0;
@@ -451,7 +536,7 @@ static int32_t all_reduce_pp(pl *L, ptc_func *F, int32_t v, ptc_loc loc) {
 static int32_t add_state(ptc_module *m, const char *name, const ptc_type *t, ptc_loc loc) {
   int32_t p = ptc_module_find_param(m, name);
   if (p >= 0) return p;
-  ptc_init zeros = {PTC_INIT_ZEROS, 0, 0};
+  ptc_init zeros = {.kind = PTC_INIT_ZEROS};
   ptc_type tt = *t;
   p = ptc_module_add_param(m, name, &tt, zeros, loc);
   if (p >= 0) m->params[p].trainable = false;
@@ -464,11 +549,22 @@ static int assign(ptc_func *F, int32_t var_param, int32_t v, ptc_loc loc) {
   return ptc_build(F, &a) < 0 ? -1 : 0;
 }
 
-/* accumulate v into state variable `var` in function F */
+/* accumulate v into state variable `var` in function F, right where v is
+ * made, so a gradient is folded into its accumulator and given back at
+ * once instead of every gradient of the chunk living to its end */
 static int accumulate(ptc_func *F, int32_t var, int32_t v, ptc_loc loc) {
   int32_t in[2] = {ptc_func_param_value(F, var), v};
-  int32_t s = ptc_build1(F, PTC_OP_ADD, in, 2, NULL, 0, loc);
-  return s < 0 ? -1 : assign(F, var, s, loc);
+  if (F->values[v].kind != PTC_VALUE_OP) {
+    int32_t s = ptc_build1(F, PTC_OP_ADD, in, 2, NULL, 0, loc);
+    return s < 0 ? -1 : assign(F, var, s, loc);
+  }
+  int32_t at = F->values[v].def + 1;
+  ptc_build_args ab = {.code = PTC_OP_ADD, .nin = 2, .in = in, .loc = loc};
+  int32_t idx = ptc_build_at(F, at, &ab);
+  if (idx < 0) return -1;
+  int32_t in2[2] = {in[0], F->ops[idx].out[0]};
+  ptc_build_args sb = {.code = PTC_OP_ASSIGN, .nin = 2, .in = in2, .loc = loc};
+  return ptc_build_at(F, idx + 1, &sb) < 0 ? -1 : 0;
 }
 
 static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
@@ -517,8 +613,12 @@ static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   int rc = -1;
   mark_ancestors(f, loss, L.cls, 0, stack);
   for (int32_t r = 1; r < nres; r++) mark_ancestors(f, res[r], L.cls, 1, stack);
-  free(stack);
-  if (cut_forward(&L) != 0) goto out0;
+  L.orig = ptc_xmalloc((size_t)(f->nops + 1) * sizeof *L.orig);
+  find_origins(&L);
+  if (cut_forward(&L) != 0) {
+    free(stack);
+    goto out0;
+  }
   pmax = ptc_xmalloc((size_t)(m->nparams + 1) * sizeof *pmax);
   for (int32_t p = 0; p < m->nparams; p++) pmax[p] = -1;
   for (int32_t i = 0; i < f->nops; i++)
@@ -528,6 +628,8 @@ static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
         if (v->kind == PTC_VALUE_PARAM && L.chunk[i] > pmax[v->def]) pmax[v->def] = L.chunk[i];
       }
   place_backward(&L, pmax);
+  local_copies(&L, res, nres, stack);
+  free(stack);
   /* which chunks read each parameter in the forward (its holders) */
   reads = ptc_xcalloc((size_t)(m->nparams + 1) * (size_t)L.NC, sizeof *reads);
   for (int32_t i = 0; i < f->nops; i++)
@@ -575,7 +677,7 @@ static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   {
     int32_t k = 0;
     for (int32_t p = 0; p < m->nparams && k < ngrads; p++) {
-      if (!m->params[p].trainable || p >= f->cap_param_value || f->param_value[p] < 0) continue;
+      if (!m->params[p].trainable || !ptc_func_reads(f, read_var(m, p))) continue;
       gparam[k++] = p;
     }
     if (k != ngrads) {
@@ -591,6 +693,7 @@ static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
     char name[1024];
     snprintf(name, sizeof name, "%s.grad_acc", m->params[p].name);
     ptc_type t = m->params[p].type;
+    t.dtype = f->values[res[k + 1]].type.dtype; /* 16-bit under mixed precision */
     gacc[k] = add_state(m, name, &t, m->params[p].loc);
     f = L.f = ptc_module_find_func(m, "step");
     if (gacc[k] < 0) break;
@@ -604,7 +707,8 @@ static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
      * that chunk reads the parameter, else the last chunk that does (the
      * gradient is sent there, down the pipeline like any gradient) */
     int32_t gc = L.chunk[f->values[g].def];
-    if (L.cls[f->values[g].def] != 1 || !reads[(size_t)p * L.NC + gc]) gc = pmax[p];
+    int32_t rd = read_var(m, p);
+    if (L.cls[f->values[g].def] != 1 || !reads[(size_t)rd * L.NC + gc]) gc = pmax[rd];
     int32_t gf = gc >= 0 ? L.NC + gc : home_fn(&L, f->values[g].def);
     int32_t gv = get(&L, gf, g, m->params[p].loc);
     if (gv < 0 || accumulate(L.fn[gf], gacc[k], gv, m->params[p].loc) != 0) {
@@ -624,8 +728,7 @@ static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   for (int32_t fi = 0; fi < 2 * L.NC; fi++) {
     ptc_func *F = L.fn[fi];
     for (int32_t p = 0; p < m->nparams && p < F->cap_param_value; p++)
-      if (F->param_value[p] >= 0 && m->params[p].trainable)
-        holders[p] |= 1ull << stage_of_fn(&L, fi);
+      if (F->param_value[p] >= 0) holders[p] |= 1ull << stage_of_fn(&L, fi);
   }
   /* @step.<s> */
   for (int32_t s = 0; s < L.P && ok; s++) {
@@ -646,9 +749,10 @@ static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
     for (int32_t k = 0; k < ngrads && ok; k++) {
       int32_t p = gparam[k];
       ptc_loc ploc = m->params[p].loc.file ? m->params[p].loc : rloc;
-      bool mine = (holders[p] >> s) & 1, tied = __builtin_popcountll(holders[p]) > 1;
+      uint64_t hold = holders[read_var(m, p)];
+      bool mine = (hold >> s) & 1, tied = __builtin_popcountll(hold) > 1;
       if (!mine && !tied) continue;
-      ptc_type t = m->params[p].type;
+      ptc_type t = m->params[gacc[k]].type;
       int32_t a = mine ? ptc_func_param_value(F, gacc[k]) : zeros_like(F, &t, ploc);
       if (a >= 0 && tied) a = all_reduce_pp(&L, F, a, ploc); /* every stage takes part */
       if (a < 0) { ok = false; break; }
@@ -656,7 +760,7 @@ static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
       if (L.M > 1) a = scale_by(F, a, 1.0 / L.M, ploc);
       int32_t zz = a < 0 ? -1 : zeros_full(F, &t, ploc);
       if (zz < 0 || assign(F, gacc[k], zz, ploc) != 0) { ok = false; break; }
-      bool owner = (holders[p] & ((1ull << s) - 1)) == 0;
+      bool owner = (hold & ((1ull << s) - 1)) == 0;
       char nm[1100];
       snprintf(nm, sizeof nm, "grad.%s%s", m->params[p].name, owner ? "" : ".shared");
       outs[nout] = a;
@@ -732,6 +836,7 @@ out0:
   free(reads);
   free(L.cls);
   free(L.chunk);
+  free(L.orig);
   free(res);
   return rc;
 }
