@@ -67,7 +67,12 @@ typedef struct ptc_liveness {
   int32_t *first;    /* per root: the op that allocates it (a group's first op) */
   int64_t *offset;   /* per value: its buffer's byte offset in the arena, or -1 */
   int64_t *snap_offset; /* per op: arena offset of a SNAPSHOT assign's copy */
-  int64_t peak;      /* the arena's size: the transient bytes a run needs */
+  int64_t peak;      /* the end of the buffers' placement in the arena */
+  /* f32 scratch of ops with bf16/f16 values (liveness.c, "Workspace") */
+  int64_t *workspace;       /* per op: bytes of scratch it needs (0: none) */
+  int64_t workspace_peak;   /* the largest: the one region every op reuses */
+  int64_t workspace_offset; /* where it starts: peak, 64-byte aligned */
+  int64_t total;            /* the arena's size: workspace_offset + workspace_peak */
 } ptc_liveness;
 
 /* in_place: optimizer updates write their variables directly (what a
@@ -89,8 +94,17 @@ int32_t ptc_liveness_root(const ptc_liveness *l, int32_t v);
 int32_t ptc_liveness_check_overlap(const ptc_liveness *l, const ptc_func *f, char *why,
                                    size_t len);
 
+/* Ops that only move, convert or communicate elements and take bf16/f16
+ * as stored; every other op computes in f32 (liveness.c, "Workspace"). */
+bool ptc_op_moves_bytes(ptc_opcode code);
+/* The bytes of f32 scratch op needs run on its own: 4 per element of each
+ * bf16/f16 operand and result (each rounded up to 64), 0 when it moves
+ * bytes or has no 16-bit value. */
+int64_t ptc_op_workspace(const ptc_func *f, const ptc_op *op);
+
 /* The transient peak of a training run of f (in place, every op, groups
- * fused): what ptrun measures as its peak. */
+ * fused), workspace included (ptc_liveness.total): what ptrun measures as
+ * its peak. */
 int64_t ptc_plan_transient_peak(const ptc_func *f);
 
 /* ======================================================================

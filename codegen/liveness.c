@@ -27,6 +27,17 @@
  *    in one call, so they are allocated when the group starts, and every
  *    buffer whose last reader is in the group is given back after its last
  *    op: for buffers, a group is one op.
+ *  - Workspace: the CPU runtime computes in f32.  An op that computes (not
+ *    one that only moves bytes, ptc_op_moves_bytes) with a bf16 or f16
+ *    operand or result runs its f32 kernel on f32 copies: each 16-bit
+ *    float operand is widened into scratch, each 16-bit result is computed
+ *    into scratch and rounded into its buffer (runtime/exec.c).  That
+ *    scratch is the op's `workspace` (its 16-bit operands' and results'
+ *    elements times 4 bytes, each rounded up to 64); the function's
+ *    `workspace_peak` is the largest, and sits in the same arena after
+ *    every buffer, at `workspace_offset`: one region, reused by every op.
+ *    Ops inside a fused group and ops that do not run need none.  `total`
+ *    is the arena's whole size, buffers and workspace.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -138,6 +149,44 @@ static void mark_group_internal(const ptc_func *f, const int32_t *eff, int8_t *w
 
 static void place(ptc_liveness *l, const ptc_func *f);
 
+static bool is_half(ptc_dtype t) { return t == PTC_DTYPE_BF16 || t == PTC_DTYPE_F16; }
+
+bool ptc_op_moves_bytes(ptc_opcode code) {
+  switch (code) {
+  case PTC_OP_CONSTANT:   /* writes the rounded value itself */
+  case PTC_OP_CAST:       /* converts between any dtypes itself */
+  case PTC_OP_RESHAPE:
+  case PTC_OP_TRANSPOSE:
+  case PTC_OP_SLICE:
+  case PTC_OP_PAD:
+  case PTC_OP_CONCAT:
+  case PTC_OP_BROADCAST_TO:
+  case PTC_OP_SHARD:
+  case PTC_OP_TO_PARTIAL:
+  case PTC_OP_ALL_GATHER:
+  case PTC_OP_BROADCAST:
+  case PTC_OP_ALL_REDUCE:     /* the communicator reduces 16-bit buffers */
+  case PTC_OP_REDUCE_SCATTER: /* in f32 itself (ptrt_comm) */
+  case PTC_OP_SEND:
+  case PTC_OP_RECV:
+  case PTC_OP_ASSIGN:
+  case PTC_OP_RETURN: return true;
+  default: return false;
+  }
+}
+
+static int64_t align_up(int64_t x);
+
+int64_t ptc_op_workspace(const ptc_func *f, const ptc_op *op) {
+  if (ptc_op_moves_bytes(op->code)) return 0;
+  int64_t n = 0;
+  for (int32_t k = 0; k < op->nin + op->nout; k++) {
+    const ptc_type *t = &f->values[k < op->nin ? op->in[k] : op->out[k - op->nin]].type;
+    if (is_half(t->dtype)) n += align_up(ptc_type_numel(t) * 4);
+  }
+  return n;
+}
+
 void ptc_liveness_compute(ptc_liveness *l, const ptc_func *f, bool in_place, bool loss_only,
                           bool groups) {
   memset(l, 0, sizeof *l);
@@ -157,6 +206,7 @@ void ptc_liveness_compute(ptc_liveness *l, const ptc_func *f, bool in_place, boo
   l->first = ptc_xcalloc((size_t)nv + 1, sizeof *l->first);
   l->offset = ptc_xcalloc((size_t)nv + 1, sizeof *l->offset);
   l->snap_offset = ptc_xcalloc((size_t)no + 1, sizeof *l->snap_offset);
+  l->workspace = ptc_xcalloc((size_t)no + 1, sizeof *l->workspace);
   if (loss_only) {
     loss_cone(f, l->run);
   } else {
@@ -213,6 +263,12 @@ void ptc_liveness_compute(ptc_liveness *l, const ptc_func *f, bool in_place, boo
     /* a group's outputs are allocated when the group starts */
     for (int32_t k = 0; k < op->nout; k++)
       if (ptc_liveness_allocates(l, op->out[k])) l->first[op->out[k]] = gfirst;
+  }
+  /* f32 scratch of the ops that run on their own */
+  for (int32_t i = 0; i < no; i++) {
+    if (!l->run[i] || (eff && ptc_op_group(&f->ops[i]) >= 0)) continue;
+    l->workspace[i] = ptc_op_workspace(f, &f->ops[i]);
+    if (l->workspace[i] > l->workspace_peak) l->workspace_peak = l->workspace[i];
   }
   free(eff);
   /* when each assign commits */
@@ -316,6 +372,8 @@ static void place(ptc_liveness *l, const ptc_func *f) {
     if (at + b[i].bytes > l->peak) l->peak = at + b[i].bytes;
   }
   for (int32_t v = 0; v < l->nvalues; v++) l->offset[v] = -1;
+  l->workspace_offset = l->workspace_peak > 0 ? align_up(l->peak) : l->peak;
+  l->total = l->workspace_offset + l->workspace_peak;
   for (int32_t i = 0; i < n; i++) {
     if (b[i].id >= 0) l->offset[b[i].id] = b[i].off;
     else l->snap_offset[-b[i].id - 1] = b[i].off;
@@ -378,13 +436,14 @@ void ptc_liveness_fini(ptc_liveness *l) {
   free(l->first);
   free(l->offset);
   free(l->snap_offset);
+  free(l->workspace);
   memset(l, 0, sizeof *l);
 }
 
 int64_t ptc_plan_transient_peak(const ptc_func *f) {
   ptc_liveness l;
   ptc_liveness_compute(&l, f, true, false, true);
-  int64_t p = l.peak;
+  int64_t p = l.total;
   ptc_liveness_fini(&l);
   return p;
 }

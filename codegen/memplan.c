@@ -465,6 +465,9 @@ void ptc_memplan_print(ptc_buf *b, const ptc_module *m, const ptc_memplan *p,
     if (device_memory > 0)
       ptc_buf_printf(b, "; %s --device-memory", g->total <= device_memory ? "fits" : "DOES NOT FIT");
     ptc_buf_puts(b, "\n");
+    ptc_buf_printf(b, "    held: variables %lld + fixed %lld + arena %lld + stash %lld\n",
+                   (long long)g->vars_total, (long long)g->fixed, (long long)g->arena,
+                   (long long)g->stash);
     ptc_buf_printf(b, "    model states %lld (params + optimizer state + gradients when the update "
                    "begins), activations kept %lld per microbatch", (long long)g->model_states,
                    (long long)g->acts_kept);

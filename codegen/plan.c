@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "codegen/codegen.h"
+#include "codegen/memplan.h"
 #include "passes/passes.h"
 #include "ptc_config.h"
 
@@ -59,59 +60,6 @@ static void pipeline_report(ptc_buf *b, ptc_module *m) {
 
 /* ---- the report ------------------------------------------------------- */
 
-static void bytes_row(ptc_buf *b, const char *what, int64_t n, const char *note) {
-  ptc_buf_printf(b, "  %-20s %14lld  (", what, (long long)n);
-  ptc_buf_put_bytes(b, (double)n);
-  ptc_buf_printf(b, ")%s%s\n", note ? "  " : "", note ? note : "");
-}
-
-/* What the transient arena holds at the op where the most bytes are live:
- * activations (values the forward computes, up to the loss), gradients
- * (values autodiff names %grad.<param>) and workspace (everything else the
- * backward and the update need for a while).  The arena can exceed that
- * moment's total by the gaps of its static placement. */
-static void transient_split(ptc_buf *b, const ptc_func *f) {
-  ptc_liveness l;
-  ptc_liveness_compute(&l, f, true, false, true);
-  const ptc_op *ret = &f->ops[f->nops - 1];
-  int32_t loss_op = -1;
-  if (ret->nin > 0 && f->values[ret->in[0]].kind == PTC_VALUE_OP)
-    loss_op = f->values[ret->in[0]].def;
-  int64_t best = -1, cat[3] = {0, 0, 0};
-  int32_t at = -1;
-  for (int32_t i = 0; i < f->nops; i++) {
-    int64_t live = 0, c[3] = {0, 0, 0};
-    for (int32_t v = 0; v < f->nvalues; v++) {
-      if (!ptc_liveness_allocates(&l, v) || l.where[v] != PTC_LIVE_TRANSIENT) continue;
-      int32_t last = l.last[v];
-      if (l.first[v] > i || (last != PTC_LIVE_END && last < i)) continue;
-      int64_t n = ptc_type_bytes(&f->values[v].type);
-      const char *name = f->values[v].name;
-      int k = name && strncmp(name, "grad.", 5) == 0 ? 1
-              : (loss_op >= 0 && l.first[v] <= loss_op) ? 0 : 2;
-      c[k] += n;
-      live += n;
-    }
-    if (live > best) {
-      best = live;
-      at = i;
-      memcpy(cat, c, sizeof cat);
-    }
-  }
-  if (at >= 0 && best > 0) {
-    const ptc_op *op = &f->ops[at];
-    ptc_buf_printf(b, "  at its fullest (op %d, %s", at, ptc_opinfo_get(op->code)->name);
-    if (op->loc.file) ptc_buf_printf(b, " at %s:%d:%d", op->loc.file, op->loc.line, op->loc.col);
-    ptc_buf_puts(b, ") the arena holds:\n");
-    bytes_row(b, "  activations", cat[0], "forward values kept for the backward");
-    bytes_row(b, "  gradients", cat[1], "%grad.<param> values");
-    bytes_row(b, "  workspace", cat[2], NULL);
-    if (l.peak > best) bytes_row(b, "  placement gaps", l.peak - best, NULL);
-  }
-  ptc_liveness_fini(&l);
-}
-
-
 /* Bytes each rank sends per step, per mesh axis (ptc_comm_volume). */
 static void comm_rows(ptc_buf *b, const ptc_func *f) {
   const ptc_mesh *mesh = &f->mod->mesh;
@@ -132,22 +80,24 @@ static bool partitioned(const ptc_module *m) {
   return a && a->kind == PTC_ATTR_BOOL && a->u.b && ptc_mesh_size(&m->mesh) > 1;
 }
 
-static void plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f, bool local);
+static void plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f, bool local,
+                        const ptc_module *gm);
 
 void ptc_plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f) {
   if (!partitioned(m)) {
-    plan_report(b, m, f, false);
+    plan_report(b, m, f, false, m);
     return;
   }
-  /* sizes, memory and FLOPs of one rank: the module as each device holds it */
+  /* sizes and FLOPs of one rank: the module as each device holds it */
   ptc_module *lm = ptc_module_localize(m);
   const ptc_func *lf = ptc_module_find_func(lm, f->name);
-  plan_report(b, lm, lf, true);
+  plan_report(b, lm, lf, true, m);
   comm_rows(b, f);
   ptc_module_destroy(lm);
 }
 
-static void plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f, bool local) {
+static void plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f, bool local,
+                        const ptc_module *gm) {
   ptc_buf_printf(b, "plan of @%s, written by ptc %s for target cpu\n", m->name,
                  PTC_VERSION_STRING);
   ptc_buf_puts(b, "mesh: ");
@@ -161,13 +111,11 @@ static void plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f, bool
   ptc_buf_printf(b, "entry: @%s (%s)\n", f->name,
                  training ? "a training step" : "evaluation only: no @step");
   ptc_buf_puts(b, "\narguments:\n");
-  int64_t in_bytes = 0;
   for (int32_t i = 0; i < f->nargs; i++) {
     const ptc_value *v = &f->values[f->args[i]];
     ptc_buf_printf(b, "  %%%-18s ", v->name ? v->name : "?");
     ptc_type_print(b, &v->type);
     ptc_buf_puts(b, "\n");
-    in_bytes += ptc_type_bytes(&v->type);
   }
   ptc_buf_puts(b, "results:");
   for (int32_t i = 0; i < f->nresults; i++) {
@@ -181,16 +129,12 @@ static void plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f, bool
   }
   ptc_buf_puts(b, "\n");
 
-  int64_t pbytes = 0, sbytes = 0, pcount = 0, ntrain = 0, nstate = 0;
+  int64_t pcount = 0, ntrain = 0;
   for (int32_t i = 0; i < m->nparams; i++) {
     const ptc_param *p = &m->params[i];
     if (p->trainable) {
-      pbytes += ptc_type_bytes(&p->type);
       pcount += ptc_type_numel(&p->type);
       ntrain++;
-    } else {
-      sbytes += ptc_type_bytes(&p->type);
-      nstate++;
     }
   }
   if (local)
@@ -199,21 +143,16 @@ static void plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f, bool
   else
     ptc_buf_printf(b, "\nparameters: %lld in %lld tensors\n", (long long)pcount,
                    (long long)ntrain);
-  int64_t peak = ptc_plan_transient_peak(f);
-  ptc_buf_puts(b, "\nmemory per rank (bytes):\n");
-  bytes_row(b, "parameters", pbytes, NULL);
-  char note[64];
-  snprintf(note, sizeof note, "%lld tensors", (long long)nstate);
-  bytes_row(b, "optimizer state", sbytes, nstate ? note : NULL);
-  bytes_row(b, "inputs", in_bytes, NULL);
-  bytes_row(b, "transient peak", peak,
-            "activations, gradients, workspace: one arena, static offsets");
-  bytes_row(b, "total", pbytes + sbytes + in_bytes + peak, NULL);
-  transient_split(b, f);
+  if (gm) { /* the memory plan of every rank group (codegen/memplan.c) */
+    ptc_memplan plan;
+    ptc_buf_puts(b, "\n");
+    if (ptc_memplan_compute(gm, &plan) == 0) ptc_memplan_print(b, gm, &plan, 0);
+  }
 
   double by_kind[PTC_OP_COUNT] = {0}, total = 0;
   int64_t nk[PTC_OP_COUNT] = {0};
   for (int32_t i = 0; i < f->nops; i++) {
+    if (ptc_op_attr_bool(&f->ops[i], "recompute", false)) continue; /* model FLOPs */
     double fl = ptc_op_cost(f, &f->ops[i]).flops;
     by_kind[f->ops[i].code] += fl;
     nk[f->ops[i].code]++;

@@ -535,6 +535,10 @@ ptc_cost ptc_op_cost(const ptc_func *f, const ptc_op *op);
 /* FLOPs of one call of f: ptc_op_cost summed over its ops (of the shapes f
  * states: a localized function gives one rank's). */
 double ptc_func_flops(const ptc_func *f);
+/* The same with recomputed ops (recompute = true) counted again: what the
+ * hardware executes.  ptc_func_flops leaves them out: the model's FLOPs,
+ * which MFU is measured by. */
+double ptc_func_hw_flops(const ptc_func *f);
 
 /* ---- shard_rules.c: how each op may be split ------------------------------ */
 

@@ -952,6 +952,13 @@ ptc_cost ptc_op_cost(const ptc_func *f, const ptc_op *op) {
 
 double ptc_func_flops(const ptc_func *f) {
   double s = 0;
+  for (int32_t i = 0; i < f->nops; i++)
+    if (!ptc_op_attr_bool(&f->ops[i], "recompute", false)) s += ptc_op_cost(f, &f->ops[i]).flops;
+  return s;
+}
+
+double ptc_func_hw_flops(const ptc_func *f) {
+  double s = 0;
   for (int32_t i = 0; i < f->nops; i++) s += ptc_op_cost(f, &f->ops[i]).flops;
   return s;
 }

@@ -25,7 +25,7 @@
  *   mesh     := 'mesh' '<' AXIS '=' INT (',' AXIS '=' INT)* '>'
  *   param    := ('param' | 'state') '@'NAME ':' type [sharding] ['init' init] [loc]
  *   init     := 'zeros' | 'ones' | 'normal' '(' FLOAT ')'
- *             | 'scaled' '(' FLOAT ',' INT ')'
+ *             | 'scaled' '(' FLOAT ',' INT ')' | 'copy' '(' '@'NAME ')'
  *   func     := 'func' '@'NAME '(' [arg (',' arg)*] ')' ['->' results] [loc]
  *               '{' op* '}'
  *   arg      := '%'NAME ':' type [sharding]
@@ -1040,7 +1040,8 @@ static bool parse_mesh(parser *p) {
 }
 
 /* init := 'zeros' | 'ones' | 'normal' '(' FLOAT ')'
- *       | 'scaled' '(' FLOAT ',' INT ')' */
+ *       | 'scaled' '(' FLOAT ',' INT ')' | 'copy' '(' '@'NAME ')'
+ * (copy names a variable that may come later: the verifier checks it) */
 static bool parse_init(parser *p, ptc_init *in) {
   memset(in, 0, sizeof *in);
   if (is_kw(&p->tok, "zeros")) {
@@ -1058,8 +1059,21 @@ static bool parse_init(parser *p, ptc_init *in) {
                    !parse_int(p, 1, INT32_MAX, "the depth", &in->depth)))
       return false;
     return expect(p, T_RPAREN, "')' after the init arguments");
+  } else if (is_kw(&p->tok, "copy")) {
+    in->kind = PTC_INIT_COPY;
+    next(p);
+    if (!expect(p, T_LPAREN, "'(' after 'copy'")) return false;
+    if (p->tok.kind != T_ATNAME) {
+      expected(p, "'@name' of the variable to copy");
+      return false;
+    }
+    /* interned in the context: the name outlives the parser and any clone
+     * of the module (ptc_init is copied by value) */
+    in->from = ptc_intern_cstr(p->ctx, tok_cstr(p, &p->tok));
+    next(p);
+    return expect(p, T_RPAREN, "')' after the variable to copy");
   } else {
-    expected(p, "an init (zeros, ones, normal(STD) or scaled(STD, DEPTH))");
+    expected(p, "an init (zeros, ones, normal(STD), scaled(STD, DEPTH) or copy(@VAR))");
     return false;
   }
   next(p);
@@ -1086,7 +1100,7 @@ static bool parse_param(parser *p) {
   next(p);
   ptc_type type;
   ptc_sharding shard;
-  ptc_init init = {PTC_INIT_NONE, 0, 0};
+  ptc_init init = {PTC_INIT_NONE, 0, 0, NULL};
   ptc_loc loc;
   if (!expect(p, T_COLON, "':' after the param name") ||
       !parse_rtype(p, &type, &shard))

@@ -184,6 +184,9 @@ static void put_init(ptc_buf *b, const ptc_init *in) {
     ptc_buf_put_double(b, in->std);
     ptc_buf_printf(b, ", %lld)", (long long)in->depth);
     return;
+  case PTC_INIT_COPY:
+    ptc_buf_printf(b, " init copy(@%s)", in->from ? in->from : "?");
+    return;
   }
 }
 

@@ -109,19 +109,19 @@ static int optimize_func(ptc_module *m, ptc_func *f, const ptc_pass_opts *o, boo
 enum { LOSS_SCALE_WINDOW = 2000 };
 #define LOSS_SCALE_UNIT 65536.0
 
-typedef struct ls {
+typedef struct loss_scaling {
   int32_t var, good;   /* @loss_scale, @loss_scale.good (module params) */
   int32_t ok;          /* 1.0 when the step's gradients are finite */
   int32_t inv;         /* 1 / S */
   int32_t skipped, shown;
-} ls;
+} loss_scaling;
 
 static bool fp16(const ptc_module *m) {
   const ptc_attr *a = ptc_module_get_attr(m, "precision");
   return a && a->kind == PTC_ATTR_STR && strcmp(a->u.s, "fp16") == 0;
 }
 
-static int loss_scale_begin(ptc_module *m, ptc_func *f, int32_t *total, ls *o, ptc_loc loc) {
+static int loss_scale_begin(ptc_module *m, ptc_func *f, int32_t *total, loss_scaling *o, ptc_loc loc) {
   o->var = ptc_module_find_param(m, "loss_scale");
   o->good = ptc_module_find_param(m, "loss_scale.good");
   if (o->var < 0 || o->good < 0) {
@@ -149,7 +149,7 @@ static int loss_scale_begin(ptc_module *m, ptc_func *f, int32_t *total, ls *o, p
   return 0;
 }
 
-static int loss_scale_end(ptc_module *m, ptc_func *f, ls *o, ptc_loc loc) {
+static int loss_scale_end(ptc_module *m, ptc_func *f, loss_scaling *o, ptc_loc loc) {
   int32_t sv = ptc_func_param_value(f, o->var), gv = ptc_func_param_value(f, o->good);
   int32_t one = scalar_const(f, 1.0, loc), zero = scalar_const(f, 0.0, loc);
   int32_t two = scalar_const(f, 2.0, loc), half = scalar_const(f, 0.5, loc);
@@ -333,7 +333,7 @@ static int optimize_func(ptc_module *m, ptc_func *f, const ptc_pass_opts *o, boo
   if (total < 0) goto out;
   /* fp16: the gradients carry the loss scale S; ok = 1 when their sum of
    * squares is finite (total * 0 is 0 then, NaN otherwise) */
-  ls ls = {.var = -1};
+  loss_scaling ls = {.var = -1};
   if (fp16(m) && loss_scale_begin(m, f, &total, &ls, rloc) != 0) goto out;
   int32_t norm = b1(f, PTC_OP_SQRT, &total, 1, NULL, 0, rloc);
   if (norm < 0) goto out;

@@ -118,7 +118,8 @@ int ptrt_ckpt_read_box(ptc_ctx *ctx, const ptrt_ckpt *ck, const ptrt_ckpt_tensor
 
 /* Fills every variable of v (this device's pieces, by its mesh, coordinates
  * and each param's sharding) from the checkpoint, whatever mesh wrote it.
- * Every variable must be there, F32, with its whole shape. */
+ * Every variable must be there, in its dtype (F32, BF16, F16: bit for bit),
+ * with its whole shape. */
 int ptrt_ckpt_load_vars(ptc_ctx *ctx, const ptrt_ckpt *ck, ptrt_vars *v);
 
 /* Compares the checkpoint with the model of `global` (the plan's module as

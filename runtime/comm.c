@@ -30,6 +30,29 @@ static int single_broadcast(const ptrt_comm *c, int axis, int root, float *buf,
   return 0;
 }
 
+/* 16-bit buffers: the same identities */
+static int single_all_reduce16(const ptrt_comm *c, int axis, ptrt_reduce op, ptc_dtype t,
+                               uint16_t *buf, int64_t n) {
+  return 0;
+}
+
+static int single_all_gather16(const ptrt_comm *c, int axis, const uint16_t *in,
+                               uint16_t *out, int64_t n) {
+  if (out != in) memmove(out, in, (size_t)n * sizeof *in);
+  return 0;
+}
+
+static int single_reduce_scatter16(const ptrt_comm *c, int axis, ptrt_reduce op, ptc_dtype t,
+                                   const uint16_t *in, uint16_t *out, int64_t n) {
+  if (out != in) memmove(out, in, (size_t)n * sizeof *in);
+  return 0;
+}
+
+static int single_broadcast16(const ptrt_comm *c, int axis, int root, uint16_t *buf,
+                              int64_t n) {
+  return 0;
+}
+
 static int single_flush(const ptrt_comm *c) {
   return 0; /* no sends, so none pending */
 }
@@ -44,6 +67,10 @@ static const ptrt_comm single = {
     .all_gather = single_all_gather,
     .reduce_scatter = single_reduce_scatter,
     .broadcast = single_broadcast,
+    .all_reduce16 = single_all_reduce16,
+    .all_gather16 = single_all_gather16,
+    .reduce_scatter16 = single_reduce_scatter16,
+    .broadcast16 = single_broadcast16,
     .send = NULL, /* one rank has no pipeline peer */
     .recv = NULL,
     .flush = single_flush,

@@ -19,6 +19,14 @@
  *    and could deadlock such a schedule, so send copies the message, starts
  *    MPI_Isend and returns; the copies are freed as their sends complete
  *    (checked at every transfer) and flush waits for the rest.
+ *  - 16-bit floats (bf16, f16) travel as 2-byte elements (MPI_UINT16_T):
+ *    half the bytes of f32, which is what the counters count.  Their sums
+ *    (and max, min) are user MPI_Ops that widen to f32, combine and round
+ *    each combination (runtime/half.h).  The alternative, widening to f32
+ *    scratch, reducing in f32 and rounding once at the end, sends twice the
+ *    bytes and needs f32 scratch the size of the buffer, for a sum that is
+ *    the same on two ranks and differs by the rounding of partial sums on
+ *    more -- what bf16 gradient reductions on accelerators do too.
  *  - Without MPI (PTC_HAVE_MPI is 0) the file still builds: the launcher
  *    check works from the environment and creating the communicator says
  *    how to get a build that has it.
@@ -31,6 +39,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "runtime/half.h"
 #include "runtime/ptrt.h"
 
 #if PTC_HAVE_MPI
@@ -113,6 +122,7 @@ typedef struct mpi_comm {
   char where[96];  /* "rank 3 (pp=0, dp=1, tp=1)" */
   pending_send *pend; /* heap: sends not known to be complete, oldest first */
   int npend, cap_pend;
+  MPI_Op half_op[2][3]; /* 16-bit reductions: [bf16, f16][sum, max, min] */
 } mpi_comm;
 
 static mpi_comm *impl_of(const ptrt_comm *c) { return c->impl; }
@@ -186,19 +196,67 @@ static void count(mpi_comm *m, int axis, double bytes) {
   m->state.calls[axis]++;
 }
 
-static MPI_Op mpi_op(ptrt_reduce op) {
-  switch (op) {
-  case PTRT_REDUCE_MAX: return MPI_MAX;
-  case PTRT_REDUCE_MIN: return MPI_MIN;
-  case PTRT_REDUCE_SUM:
-  case PTRT_REDUCE_MEAN: break;
+/* The elements a collective moves: f32 (MPI_FLOAT with MPI's own
+ * reductions) or a 16-bit float (2-byte MPI_UINT16_T with the user
+ * reductions below). */
+typedef struct elems {
+  MPI_Datatype dt;
+  int64_t size; /* bytes */
+  ptc_dtype t;  /* PTC_DTYPE_F32, _BF16 or _F16 */
+} elems;
+
+static elems f32_elems(void) { return (elems){MPI_FLOAT, 4, PTC_DTYPE_F32}; }
+
+/* 16-bit reductions: each combination widens both sides to f32, combines
+ * and rounds (runtime/half.h).  MPI calls them with no context but the
+ * datatype, so there is one function per dtype and kind. */
+#define HALF_REDUCER(name, T, expr)                                                   \
+  static void name(void *in, void *inout, int *len, MPI_Datatype *dt) {            \
+    (void)dt;                                                                        \
+    const uint16_t *a = in;                                                          \
+    uint16_t *o = inout;                                                             \
+    for (int i = 0; i < *len; i++) {                                                 \
+      float x = ptrt_half_load(T, a, i), y = ptrt_half_load(T, o, i);               \
+      o[i] = ptrt_half_round(T, expr);                                               \
+    }                                                                                \
   }
-  return MPI_SUM;
+HALF_REDUCER(sum_bf16, PTC_DTYPE_BF16, x + y)
+HALF_REDUCER(max_bf16, PTC_DTYPE_BF16, x > y ? x : y)
+HALF_REDUCER(min_bf16, PTC_DTYPE_BF16, x < y ? x : y)
+HALF_REDUCER(sum_f16, PTC_DTYPE_F16, x + y)
+HALF_REDUCER(max_f16, PTC_DTYPE_F16, x > y ? x : y)
+HALF_REDUCER(min_f16, PTC_DTYPE_F16, x < y ? x : y)
+#undef HALF_REDUCER
+
+/* half_ops[bf16 0 / f16 1][sum 0, max 1, min 2]: created with the
+ * communicator, freed before MPI ends */
+static int make_half_ops(MPI_Op ops[2][3]) {
+  MPI_User_function *fn[2][3] = {{sum_bf16, max_bf16, min_bf16}, {sum_f16, max_f16, min_f16}};
+  for (int t = 0; t < 2; t++)
+    for (int k = 0; k < 3; k++) {
+      int rc = MPI_Op_create(fn[t][k], 1, &ops[t][k]);
+      if (rc != MPI_SUCCESS) return rc;
+    }
+  return MPI_SUCCESS;
 }
 
-static void divide(float *x, int64_t n, int64_t g) {
+static MPI_Op mpi_op(const mpi_comm *m, const elems *e, ptrt_reduce op) {
+  int k = op == PTRT_REDUCE_MAX ? 1 : op == PTRT_REDUCE_MIN ? 2 : 0;
+  if (e->t != PTC_DTYPE_F32) return m->half_op[e->t == PTC_DTYPE_F16][k];
+  return k == 1 ? MPI_MAX : k == 2 ? MPI_MIN : MPI_SUM;
+}
+
+/* A mean: the reduced sum divided by the group size (in f32; 16-bit
+ * elements rounded back). */
+static void divide(const elems *e, void *buf, int64_t n, int64_t g) {
   float d = (float)g;
-  for (int64_t i = 0; i < n; i++) x[i] /= d;
+  if (e->t == PTC_DTYPE_F32) {
+    float *x = buf;
+    for (int64_t i = 0; i < n; i++) x[i] /= d;
+    return;
+  }
+  uint16_t *h = buf;
+  for (int64_t i = 0; i < n; i++) h[i] = ptrt_half_round(e->t, ptrt_half_load(e->t, h, i) / d);
 }
 
 static bool overlap(const void *a, size_t an, const void *b, size_t bn) {
@@ -210,108 +268,117 @@ static int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 /* ---- collectives ----------------------------------------------------------- */
 
-static int mpi_all_reduce(const ptrt_comm *c, int axis, ptrt_reduce op, float *buf,
-                          int64_t n) {
+/* Each collective is written once over elements of any size (elems); the
+ * table's f32 and 16-bit slots are thin wrappers. */
+
+static int all_reduce_elems(const ptrt_comm *c, const elems *e, int axis, ptrt_reduce op,
+                            void *buf, int64_t n) {
   mpi_comm *m = impl_of(c);
   char name[64];
   if (check_axis(m, "all_reduce", axis, n, name, sizeof name) != 0) return -1;
   int64_t g = c->mesh.axes[axis].size;
   if (g == 1 || n == 0) return 0;
+  char *b = buf;
   for (int64_t off = 0; off < n; off += PTRT_MPI_CHUNK) {
     int cnt = (int)min64(PTRT_MPI_CHUNK, n - off);
     MPI_Request req;
-    int rc = MPI_Iallreduce(MPI_IN_PLACE, buf + off, cnt, MPI_FLOAT, mpi_op(op),
+    int rc = MPI_Iallreduce(MPI_IN_PLACE, b + off * e->size, cnt, e->dt, mpi_op(m, e, op),
                             m->axis[axis], &req);
     if (rc != MPI_SUCCESS) return mpi_fail(m, rc, name);
     if (wait_for(m, &req, NULL, name) != 0) return -1;
   }
-  if (op == PTRT_REDUCE_MEAN) divide(buf, n, g);
-  count(m, axis, 2.0 * (double)(g - 1) / (double)g * (double)n * sizeof *buf);
+  if (op == PTRT_REDUCE_MEAN) divide(e, buf, n, g);
+  count(m, axis, 2.0 * (double)(g - 1) / (double)g * (double)n * (double)e->size);
   return 0;
 }
 
 /* One Iallgather of cnt elements per rank into out (g blocks of stride
  * elements, this chunk at offset off of each). */
-static int gather_chunk(mpi_comm *m, int axis, const float *in, float *out, int64_t stride,
-                        int64_t off, int cnt, int64_t g, const char *name) {
-  float *pack = out + off;
+static int gather_chunk(mpi_comm *m, const elems *e, int axis, const char *in, char *out,
+                        int64_t stride, int64_t off, int cnt, int64_t g, const char *name) {
+  int64_t es = e->size;
+  char *pack = out + off * es;
   if (cnt != stride) {
-    pack = ptrt_alloc((int64_t)cnt * g * (int64_t)sizeof *pack);
+    pack = ptrt_alloc((int64_t)cnt * g * es);
     if (!pack) {
       ptrt_error(m->ctx, "%s: out of memory for %s", m->where, what_of(m, name));
       return -1;
     }
   }
   MPI_Request req;
-  int rc = MPI_Iallgather(in + off, cnt, MPI_FLOAT, pack, cnt, MPI_FLOAT, m->axis[axis], &req);
+  int rc = MPI_Iallgather(in + off * es, cnt, e->dt, pack, cnt, e->dt, m->axis[axis], &req);
   int status = rc != MPI_SUCCESS ? mpi_fail(m, rc, name) : wait_for(m, &req, NULL, name);
-  if (pack != out + off) {
+  if (pack != out + off * es) {
     if (status == 0)
       for (int64_t k = 0; k < g; k++)
-        memcpy(out + k * stride + off, pack + k * cnt, (size_t)cnt * sizeof *pack);
+        memcpy(out + (k * stride + off) * es, pack + k * cnt * es, (size_t)(cnt * es));
     ptrt_free(pack);
   }
   return status;
 }
 
-static int mpi_all_gather(const ptrt_comm *c, int axis, const float *in, float *out,
-                          int64_t n) {
+static int all_gather_elems(const ptrt_comm *c, const elems *e, int axis, const void *in,
+                            void *out, int64_t n) {
   mpi_comm *m = impl_of(c);
   char name[64];
+  int64_t es = e->size;
   if (check_axis(m, "all_gather", axis, n, name, sizeof name) != 0) return -1;
   int64_t g = c->mesh.axes[axis].size;
   if (g == 1 || n == 0) {
-    if (out != in) memmove(out, in, (size_t)n * sizeof *in);
+    if (out != in) memmove(out, in, (size_t)(n * es));
     return 0;
   }
   /* MPI buffers may not overlap: gather from a copy */
-  float *copy = NULL;
-  if (overlap(in, (size_t)n * sizeof *in, out, (size_t)(n * g) * sizeof *out)) {
-    copy = ptrt_alloc(n * (int64_t)sizeof *in);
+  void *copy = NULL;
+  if (overlap(in, (size_t)(n * es), out, (size_t)(n * g * es))) {
+    copy = ptrt_alloc(n * es);
     if (!copy) {
       ptrt_error(m->ctx, "%s: out of memory for %s", m->where, what_of(m, name));
       return -1;
     }
-    memcpy(copy, in, (size_t)n * sizeof *in);
+    memcpy(copy, in, (size_t)(n * es));
     in = copy;
   }
   int status = 0;
   int64_t step = n <= PTRT_MPI_CHUNK ? n : min64(PTRT_MPI_CHUNK, PTRT_MPI_PACK);
   for (int64_t off = 0; off < n && status == 0; off += step)
-    status = gather_chunk(m, axis, in, out, n, off, (int)min64(step, n - off), g, name);
+    status = gather_chunk(m, e, axis, in, out, n, off, (int)min64(step, n - off), g, name);
   ptrt_free(copy);
   if (status != 0) return -1;
-  count(m, axis, (double)(g - 1) / (double)g * (double)(n * g) * sizeof *out);
+  count(m, axis, (double)(g - 1) / (double)g * (double)(n * g) * (double)es);
   return 0;
 }
 
 /* One Ireduce_scatter_block of cnt elements per block: chunk off of each
  * of the g blocks (of stride elements) of in, reduced into out + off. */
-static int scatter_chunk(mpi_comm *m, int axis, MPI_Op op, const float *in, float *out,
-                         int64_t stride, int64_t off, int cnt, int64_t g, const char *name) {
-  const float *src = in;
-  float *pack = NULL;
+static int scatter_chunk(mpi_comm *m, const elems *e, int axis, MPI_Op op, const char *in,
+                         char *out, int64_t stride, int64_t off, int cnt, int64_t g,
+                         const char *name) {
+  int64_t es = e->size;
+  const char *src = in;
+  char *pack = NULL;
   if (cnt != stride) {
-    pack = ptrt_alloc((int64_t)cnt * g * (int64_t)sizeof *pack);
+    pack = ptrt_alloc((int64_t)cnt * g * es);
     if (!pack) {
       ptrt_error(m->ctx, "%s: out of memory for %s", m->where, what_of(m, name));
       return -1;
     }
     for (int64_t k = 0; k < g; k++)
-      memcpy(pack + k * cnt, in + k * stride + off, (size_t)cnt * sizeof *pack);
+      memcpy(pack + k * cnt * es, in + (k * stride + off) * es, (size_t)(cnt * es));
     src = pack;
   }
   MPI_Request req;
-  int rc = MPI_Ireduce_scatter_block(src, out + off, cnt, MPI_FLOAT, op, m->axis[axis], &req);
+  int rc = MPI_Ireduce_scatter_block(src, out + off * es, cnt, e->dt, op, m->axis[axis], &req);
   int status = rc != MPI_SUCCESS ? mpi_fail(m, rc, name) : wait_for(m, &req, NULL, name);
   ptrt_free(pack);
   return status;
 }
 
-static int mpi_reduce_scatter(const ptrt_comm *c, int axis, ptrt_reduce op, const float *in,
-                              float *out, int64_t n) {
+static int reduce_scatter_elems(const ptrt_comm *c, const elems *e, int axis, ptrt_reduce op,
+                                const void *in, void *out, int64_t n) {
   mpi_comm *m = impl_of(c);
   char name[64];
+  int64_t es = e->size;
   if (check_axis(m, "reduce_scatter", axis, n, name, sizeof name) != 0) return -1;
   int64_t g = c->mesh.axes[axis].size;
   if (n % g != 0) {
@@ -322,13 +389,13 @@ static int mpi_reduce_scatter(const ptrt_comm *c, int axis, ptrt_reduce op, cons
   }
   int64_t part = n / g;
   if (g == 1 || n == 0) {
-    if (out != in) memmove(out, in, (size_t)n * sizeof *in);
+    if (out != in) memmove(out, in, (size_t)(n * es));
     return 0;
   }
   /* MPI buffers may not overlap: reduce into a scratch result */
-  float *res = out;
-  if (overlap(in, (size_t)n * sizeof *in, out, (size_t)part * sizeof *out)) {
-    res = ptrt_alloc(part * (int64_t)sizeof *out);
+  void *res = out;
+  if (overlap(in, (size_t)(n * es), out, (size_t)(part * es))) {
+    res = ptrt_alloc(part * es);
     if (!res) {
       ptrt_error(m->ctx, "%s: out of memory for %s", m->where, what_of(m, name));
       return -1;
@@ -337,19 +404,20 @@ static int mpi_reduce_scatter(const ptrt_comm *c, int axis, ptrt_reduce op, cons
   int status = 0;
   int64_t step = part <= PTRT_MPI_CHUNK ? part : min64(PTRT_MPI_CHUNK, PTRT_MPI_PACK);
   for (int64_t off = 0; off < part && status == 0; off += step)
-    status = scatter_chunk(m, axis, mpi_op(op), in, res, part, off,
+    status = scatter_chunk(m, e, axis, mpi_op(m, e, op), in, res, part, off,
                            (int)min64(step, part - off), g, name);
   if (res != out) {
-    if (status == 0) memcpy(out, res, (size_t)part * sizeof *out);
+    if (status == 0) memcpy(out, res, (size_t)(part * es));
     ptrt_free(res);
   }
   if (status != 0) return -1;
-  if (op == PTRT_REDUCE_MEAN) divide(out, part, g);
-  count(m, axis, (double)(g - 1) / (double)g * (double)n * sizeof *in);
+  if (op == PTRT_REDUCE_MEAN) divide(e, out, part, g);
+  count(m, axis, (double)(g - 1) / (double)g * (double)n * (double)es);
   return 0;
 }
 
-static int mpi_broadcast(const ptrt_comm *c, int axis, int root, float *buf, int64_t n) {
+static int broadcast_elems(const ptrt_comm *c, const elems *e, int axis, int root, void *buf,
+                           int64_t n) {
   mpi_comm *m = impl_of(c);
   char name[64];
   if (check_axis(m, "broadcast", axis, n, name, sizeof name) != 0) return -1;
@@ -360,15 +428,66 @@ static int mpi_broadcast(const ptrt_comm *c, int axis, int root, float *buf, int
     return -1;
   }
   if (g == 1 || n == 0) return 0;
+  char *b = buf;
   for (int64_t off = 0; off < n; off += PTRT_MPI_CHUNK) {
     int cnt = (int)min64(PTRT_MPI_CHUNK, n - off);
     MPI_Request req;
-    int rc = MPI_Ibcast(buf + off, cnt, MPI_FLOAT, root, m->axis[axis], &req);
+    int rc = MPI_Ibcast(b + off * e->size, cnt, e->dt, root, m->axis[axis], &req);
     if (rc != MPI_SUCCESS) return mpi_fail(m, rc, name);
     if (wait_for(m, &req, NULL, name) != 0) return -1;
   }
-  count(m, axis, (double)(g - 1) / (double)g * (double)n * sizeof *buf);
+  count(m, axis, (double)(g - 1) / (double)g * (double)n * (double)e->size);
   return 0;
+}
+
+static int mpi_all_reduce(const ptrt_comm *c, int axis, ptrt_reduce op, float *buf,
+                          int64_t n) {
+  elems e = f32_elems();
+  return all_reduce_elems(c, &e, axis, op, buf, n);
+}
+
+static int mpi_all_gather(const ptrt_comm *c, int axis, const float *in, float *out,
+                          int64_t n) {
+  elems e = f32_elems();
+  return all_gather_elems(c, &e, axis, in, out, n);
+}
+
+static int mpi_reduce_scatter(const ptrt_comm *c, int axis, ptrt_reduce op, const float *in,
+                              float *out, int64_t n) {
+  elems e = f32_elems();
+  return reduce_scatter_elems(c, &e, axis, op, in, out, n);
+}
+
+static int mpi_broadcast(const ptrt_comm *c, int axis, int root, float *buf, int64_t n) {
+  elems e = f32_elems();
+  return broadcast_elems(c, &e, axis, root, buf, n);
+}
+
+/* 16-bit floats: 2-byte elements (dtype t only matters to reductions) */
+static elems half_elems(ptc_dtype t) { return (elems){MPI_UINT16_T, 2, t}; }
+
+static int mpi_all_reduce16(const ptrt_comm *c, int axis, ptrt_reduce op, ptc_dtype t,
+                            uint16_t *buf, int64_t n) {
+  elems e = half_elems(t);
+  return all_reduce_elems(c, &e, axis, op, buf, n);
+}
+
+static int mpi_all_gather16(const ptrt_comm *c, int axis, const uint16_t *in, uint16_t *out,
+                            int64_t n) {
+  elems e = half_elems(PTC_DTYPE_BF16);
+  return all_gather_elems(c, &e, axis, in, out, n);
+}
+
+static int mpi_reduce_scatter16(const ptrt_comm *c, int axis, ptrt_reduce op, ptc_dtype t,
+                                const uint16_t *in, uint16_t *out, int64_t n) {
+  elems e = half_elems(t);
+  return reduce_scatter_elems(c, &e, axis, op, in, out, n);
+}
+
+static int mpi_broadcast16(const ptrt_comm *c, int axis, int root, uint16_t *buf,
+                           int64_t n) {
+  elems e = half_elems(PTC_DTYPE_BF16);
+  return broadcast_elems(c, &e, axis, root, buf, n);
 }
 
 /* ---- pipeline transfers ------------------------------------------------- */
@@ -547,6 +666,9 @@ static int mpi_world_max(const ptrt_comm *c, double *v) {
 /* ---- creation ----------------------------------------------------------- */
 
 static void free_comms(mpi_comm *m) {
+  for (int t = 0; t < 2; t++)
+    for (int k = 0; k < 3; k++)
+      if (m->half_op[t][k] != MPI_OP_NULL) MPI_Op_free(&m->half_op[t][k]);
   for (int a = 0; a < PTC_MAX_MESH_AXES; a++)
     if (m->axis[a] != MPI_COMM_NULL) MPI_Comm_free(&m->axis[a]);
   if (m->world != MPI_COMM_NULL) MPI_Comm_free(&m->world);
@@ -647,6 +769,8 @@ ptrt_comm *ptrt_comm_mpi_create(ptc_ctx *ctx, const ptc_mesh *mesh, double timeo
   m->finalize = started == 1;
   m->world = MPI_COMM_NULL;
   for (int a = 0; a < PTC_MAX_MESH_AXES; a++) m->axis[a] = MPI_COMM_NULL;
+  for (int t = 0; t < 2; t++)
+    for (int k = 0; k < 3; k++) m->half_op[t][k] = MPI_OP_NULL;
   ptrt_comm *c = &m->table;
   c->name = "mpi";
   c->rank = rank;
@@ -657,6 +781,10 @@ ptrt_comm *ptrt_comm_mpi_create(ptc_ctx *ctx, const ptc_mesh *mesh, double timeo
   c->all_gather = mpi_all_gather;
   c->reduce_scatter = mpi_reduce_scatter;
   c->broadcast = mpi_broadcast;
+  c->all_reduce16 = mpi_all_reduce16;
+  c->all_gather16 = mpi_all_gather16;
+  c->reduce_scatter16 = mpi_reduce_scatter16;
+  c->broadcast16 = mpi_broadcast16;
   c->send = mpi_send;
   c->recv = mpi_recv;
   c->flush = mpi_flush;
@@ -684,6 +812,11 @@ ptrt_comm *ptrt_comm_mpi_create(ptc_ctx *ctx, const ptc_mesh *mesh, double timeo
   }
   MPI_Comm_set_errhandler(m->world, MPI_ERRORS_RETURN);
   if (split_axes(m) != 0) goto fail;
+  rc = make_half_ops(m->half_op);
+  if (rc != MPI_SUCCESS) {
+    mpi_fail(m, rc, "MPI_Op_create");
+    goto fail;
+  }
   return c;
 
 fail:

@@ -206,12 +206,8 @@ int ptrt_tokens_write(ptc_ctx *ctx, const char *path, const uint16_t *tokens, in
 /* ---- rows of safetensors inputs ------------------------------------------ */
 
 static const char *st_dtype_name(ptc_dtype t) {
-  switch (t) {
-  case PTC_DTYPE_F32: return "F32";
-  case PTC_DTYPE_I32: return "I32";
-  case PTC_DTYPE_I64: return "I64";
-  default: return ptc_dtype_name(t);
-  }
+  const char *s = ptrt_st_dtype_name(t);
+  return strcmp(s, "?") ? s : ptc_dtype_name(t);
 }
 
 int ptrt_rows_check(ptc_ctx *ctx, const ptrt_st *st, const char *name, const ptc_type *arg) {

@@ -16,6 +16,23 @@
  * arena byte a buffer has occupied -- the arena's size after one run, so
  * the measured peak equals ptrt_program_planned_peak.
  *
+ * 16-bit floats (bf16, f16): values are stored at 2 bytes per element and
+ * computed in f32.  An op that computes (ptc_op_moves_bytes is false) with
+ * a 16-bit operand or result runs its ordinary f32 kernel through a view
+ * of the function whose 16-bit types read f32 (`wide`): the 16-bit
+ * operands are widened into the workspace, the 16-bit results are
+ * computed there and rounded into their buffers (runtime/half.h: nearest
+ * even, NaN stays NaN, f16 overflow to inf).  The workspace is one region
+ * of the arena after the buffers (liveness.c: workspace_offset, sized by
+ * the largest op's need), so this never allocates either; `peak` counts it
+ * like a buffer, and mem.workspace is the most of it any op used, which
+ * equals ptrt_program_planned_workspace after a run.  Arguments and
+ * results may be 16-bit too: their buffers hold the 2-byte elements (a
+ * pipeline's stashed activations; what feeds them is the caller's
+ * business).  Ops that move bytes (reshape, slice, concat, transpose,
+ * collectives, transfers...) and cast and constant take 16-bit data as it
+ * is.
+ *
  * Fused groups (opts.fused): at the first op of a group the executor
  * allocates the group's outputs, runs its kernel over the thread pool
  * (ptrt_fused_run) and skips the group's other ops; values internal to the
@@ -25,6 +42,7 @@
 
 #include "codegen/codegen.h"
 #include "runtime/fused.h"
+#include "runtime/half.h"
 #include "runtime/internal.h"
 
 typedef struct pending {
@@ -65,6 +83,12 @@ struct ptrt_program {
   void **group_bufs;       /* a group's inputs then outputs */
   double prof_fused_s;
   int64_t prof_fused_n;
+  /* 16-bit values: per op, whether it runs its f32 kernel on widened
+   * copies; `wide` is f with every bf16/f16 type read as f32 (its own
+   * value table, f's ops), what such a kernel sees */
+  bool *widens;
+  ptc_func wide;
+  ptc_value *wide_values;
 };
 
 /* ---- making a program ------------------------------------------------- */
@@ -149,9 +173,9 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
   }
   for (int32_t i = 0; i < f->nargs; i++) {
     ptc_dtype t = f->values[f->args[i]].type.dtype;
-    if (t != PTC_DTYPE_F32 && t != PTC_DTYPE_I32 && t != PTC_DTYPE_I64) {
-      ptc_error(ctx, f->loc, "argument %d of @%s is %s; the CPU runtime takes f32, "
-                "i32 and i64 arguments", i, f->name, ptc_dtype_name(t));
+    if (t != PTC_DTYPE_F32 && t != PTC_DTYPE_I32 && t != PTC_DTYPE_I64 && !ptrt_is_half(t)) {
+      ptc_error(ctx, f->loc, "argument %d of @%s is %s; the CPU runtime takes f32, bf16, "
+                "f16, i32 and i64 arguments", i, f->name, ptc_dtype_name(t));
       bad++;
     }
   }
@@ -165,10 +189,10 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
   if (ptc_liveness_check_overlap(&lv, f, why, sizeof why) != 0)
     ptc_fatal(__FILE__, __LINE__, "the memory plan of @%s: %s", f->name, why);
 #endif
-  char *arena = ptrt_alloc(lv.peak);
+  char *arena = ptrt_alloc(lv.total);
   if (!arena) {
     ptrt_error(ctx, "out of memory: the %lld-byte arena of @%s's transient buffers",
-               (long long)lv.peak, f->name);
+               (long long)lv.total, f->name);
     ptc_liveness_fini(&lv);
     return NULL;
   }
@@ -191,6 +215,28 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
   p->arg_buf = ptc_xcalloc((size_t)f->nargs + 1, sizeof *p->arg_buf);
   p->arg_bound = ptc_xcalloc((size_t)f->nargs + 1, sizeof *p->arg_bound);
   p->pend = ptc_xcalloc(no, sizeof *p->pend);
+  p->widens = ptc_xcalloc(no, sizeof *p->widens);
+  bool any_wide = false;
+  for (int32_t i = 0; i < p->nops; i++) {
+    const ptc_op *op = &f->ops[i];
+    /* as liveness.c plans it: not in a fused group (its kernel loads them) */
+    if (!lv.run[i] || ptc_op_moves_bytes(op->code) || (o.fused && ptc_op_group(op) >= 0))
+      continue;
+    for (int32_t k = 0; k < op->nin + op->nout; k++) {
+      int32_t v = k < op->nin ? op->in[k] : op->out[k - op->nin];
+      p->widens[i] |= ptrt_is_half(f->values[v].type.dtype);
+    }
+    any_wide |= p->widens[i];
+  }
+  if (any_wide) {
+    p->wide_values = ptc_xmalloc(nv * sizeof *p->wide_values);
+    memcpy(p->wide_values, f->values, (size_t)p->nv * sizeof *p->wide_values);
+    for (int32_t v = 0; v < p->nv; v++)
+      if (ptrt_is_half(p->wide_values[v].type.dtype))
+        p->wide_values[v].type.dtype = PTC_DTYPE_F32;
+    p->wide = *f;
+    p->wide.values = p->wide_values;
+  }
   p->mem.vars = vars ? vars->bytes : 0;
   for (int32_t v = 0; v < p->nv; v++) {
     const ptc_value *val = &f->values[v];
@@ -255,6 +301,8 @@ void ptrt_program_destroy(ptrt_program *p) {
   free(p->res_bytes);
   free(p->pend);
   free(p->group_bufs);
+  free(p->widens);
+  free(p->wide_values);
   free(p);
 }
 
@@ -301,7 +349,10 @@ int64_t ptrt_program_result_bytes(const ptrt_program *p, int32_t i) {
 }
 
 ptrt_mem ptrt_program_mem(const ptrt_program *p) { return p->mem; }
-int64_t ptrt_program_planned_peak(const ptrt_program *p) { return p->live_plan.peak; }
+int64_t ptrt_program_planned_peak(const ptrt_program *p) { return p->live_plan.total; }
+int64_t ptrt_program_planned_workspace(const ptrt_program *p) {
+  return p->live_plan.workspace_peak;
+}
 
 void ptrt_program_set_check_finite(ptrt_program *p, bool on) { p->check_finite = on; }
 void ptrt_program_set_profile(ptrt_program *p, bool on) { p->profile = on; }
@@ -336,16 +387,19 @@ static int check_finite(ptrt_program *p, int32_t i) {
   const ptc_op *op = &p->f->ops[i];
   for (int32_t r = 0; r < op->nout; r++) {
     int32_t v = op->out[r];
-    if (p->f->values[v].type.dtype != PTC_DTYPE_F32 || !p->data[v]) continue;
-    const float *x = p->data[v];
+    ptc_dtype t = p->f->values[v].type.dtype;
+    if ((t != PTC_DTYPE_F32 && !ptrt_is_half(t)) || !p->data[v]) continue;
     int64_t n = ptc_type_numel(&p->f->values[v].type);
-    for (int64_t k = 0; k < n; k++)
-      if (!isfinite(x[k])) {
-        ptc_error(p->env.ctx, op->loc, "%s: result %d holds %s at element %lld "
+    for (int64_t k = 0; k < n; k++) {
+      float x = t == PTC_DTYPE_F32 ? ((const float *)p->data[v])[k]
+                                   : ptrt_half_load(t, p->data[v], k);
+      if (!isfinite(x)) {
+        ptc_error(p->env.ctx, op->loc, "%s: result %d (%s) holds %s at element %lld "
                   "(--check-numerics)", ptc_opinfo_get(op->code)->name, r,
-                  isnan(x[k]) ? "NaN" : "an infinity", (long long)k);
+                  ptc_dtype_name(t), isnan(x) ? "NaN" : "an infinity", (long long)k);
         return -1;
       }
+    }
   }
   return 0;
 }
@@ -377,6 +431,62 @@ static int run_assign(ptrt_program *p, int32_t i, bool do_commit) {
   return 0;
 }
 
+/* Conversions between a 16-bit buffer and f32 scratch, over the pool. */
+typedef struct convert_job {
+  ptc_dtype t;
+  bool widen; /* 16 -> 32 bits, else rounding 32 -> 16 */
+  uint16_t *h;
+  float *x;
+} convert_job;
+
+static void convert_range(void *arg, int64_t b, int64_t e) {
+  const convert_job *j = arg;
+  if (j->widen) ptrt_half_to_f32(j->t, j->h + b, j->x + b, e - b);
+  else ptrt_f32_to_half(j->t, j->x + b, j->h + b, e - b);
+}
+
+static void convert(ptrt_program *p, ptc_dtype t, bool widen, void *h, float *x, int64_t n) {
+  convert_job j = {t, widen, h, x};
+  ptrt_parallel_for(p->env.pool, n, 1 << 15, convert_range, &j);
+}
+
+/* Op i with 16-bit values through its f32 kernel: 16-bit operands widened
+ * into the workspace, 16-bit results computed there and rounded into
+ * their buffers; the kernel sees the f32 view of the function.  k holds
+ * the op's buffers and is redirected.  0 or -1 (reported). */
+static int run_wide(ptrt_program *p, int32_t i, ptrt_kargs *k) {
+  const ptc_op *op = &p->f->ops[i];
+  char *ws = p->arena + p->live_plan.workspace_offset;
+  int64_t used = 0;
+  for (int32_t a = 0; a < op->nin + op->nout; a++) {
+    bool in = a < op->nin;
+    const ptc_type *t = &p->f->values[in ? op->in[a] : op->out[a - op->nin]].type;
+    if (!ptrt_is_half(t->dtype)) continue;
+    int64_t n = ptc_type_numel(t);
+    float *x = (float *)(ws + used);
+    if (in) {
+      convert(p, t->dtype, true, p->in_ptrs[a], x, n);
+      p->in_ptrs[a] = x;
+    } else {
+      p->out_ptrs[a - op->nin] = x;
+    }
+    used += (n * 4 + 63) / 64 * 64;
+  }
+  PTC_ASSERT(used == p->live_plan.workspace[i] && used <= p->live_plan.workspace_peak);
+  if (used > p->mem.workspace) p->mem.workspace = used;
+  note_live(p, used, p->live_plan.workspace_offset + used);
+  k->f = &p->wide;
+  int rc = p->kern[i](k);
+  for (int32_t r = 0; r < op->nout && rc == 0; r++) {
+    int32_t v = op->out[r];
+    const ptc_type *t = &p->f->values[v].type;
+    if (ptrt_is_half(t->dtype))
+      convert(p, t->dtype, false, p->data[v], p->out_ptrs[r], ptc_type_numel(t));
+  }
+  note_live(p, -used, 0);
+  return rc;
+}
+
 /* One op; 0 or -1 (reported). */
 static int run_op(ptrt_program *p, int32_t i, bool do_commit) {
   ptc_func *f = p->f;
@@ -404,7 +514,11 @@ static int run_op(ptrt_program *p, int32_t i, bool do_commit) {
   for (int32_t r = 0; r < op->nout; r++) p->out_ptrs[r] = p->data[op->out[r]];
   ptrt_kargs k = {&p->env, f, op, p->in_ptrs, p->out_ptrs};
   double t0 = p->profile ? ptrt_now() : 0;
-  if (p->kern[i](&k) != 0) return -1;
+  if (p->widens[i]) {
+    if (run_wide(p, i, &k) != 0) return -1;
+  } else if (p->kern[i](&k) != 0) {
+    return -1;
+  }
   if (p->profile) {
     p->prof_s[op->code] += ptrt_now() - t0;
     p->prof_n[op->code]++;

@@ -16,11 +16,21 @@
  *
  * (Box-Muller on one Philox block per pair of elements), then scaled by
  * the init's standard deviation.  docs/runtime.md states the same.
+ *
+ * Variables are f32, bf16 or f16.  A 16-bit variable gets the same f32
+ * values, rounded (runtime/half.h).  `init copy(@src)` makes a variable the
+ * cast of another of the same shape (a 16-bit working copy of an f32
+ * master weight): copies are filled after every other variable, element i
+ * from element i of the source, wherever that lives -- from the source's
+ * memory when this device holds the same piece of it or all of it, else
+ * from the source's own init rule at the copy's global indices (the same
+ * values, since they are a pure function of the index).
  */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/half.h"
 #include "runtime/ptrt.h"
 
 /* ---- Philox4x32-10 ------------------------------------------------------ */
@@ -81,9 +91,9 @@ ptrt_vars *ptrt_vars_create_subset(ptc_ctx *ctx, const ptc_module *m, const ptrt
   for (int32_t i = 0; i < m->nparams; i++) {
     const ptc_param *p = &m->params[i];
     if (hold && !hold[i]) continue;
-    if (p->type.dtype != PTC_DTYPE_F32) {
-      ptc_error(ctx, p->loc, "param @%s is %s; the CPU runtime holds variables in "
-                "f32 only (compile without a lower-precision master copy)", p->name,
+    if (p->type.dtype != PTC_DTYPE_F32 && !ptrt_is_half(p->type.dtype)) {
+      ptc_error(ctx, p->loc, "%s @%s is %s; the CPU runtime holds variables in f32, bf16 "
+                "or f16", p->trainable ? "param" : "state", p->name,
                 ptc_dtype_name(p->type.dtype));
       return NULL;
     }
@@ -190,52 +200,146 @@ static void init_piece_rows(void *arg, int64_t begin, int64_t end) {
   }
 }
 
-/* normal(std) over the param's elements, whole or this device's piece */
-static void init_normal(const ptrt_vars *v, const ptc_param *p, float *x, uint64_t seed,
-                        double std, ptrt_pool *pool) {
-  int64_t n = ptc_type_numel(&p->type);
-  uint64_t hash = fnv1a64(p->name);
+/* normal(std) over the elements of the variable named `name`, of local
+ * type t and sharding sh: whole or this device's piece */
+static void init_normal(const ptrt_vars *v, const char *name, const ptc_type *t,
+                        const ptc_sharding *sh, float *x, uint64_t seed, double std,
+                        ptrt_pool *pool) {
+  int64_t n = ptc_type_numel(t);
+  uint64_t hash = fnv1a64(name);
   int64_t gdims[PTC_MAX_RANK], origin[PTC_MAX_RANK];
-  ptrt_block_origin(&v->mesh, v->coord, &p->type, &p->shard, gdims, origin);
+  ptrt_block_origin(&v->mesh, v->coord, t, sh, gdims, origin);
   bool piece = false;
-  for (int32_t d = 0; d < p->type.rank; d++) piece |= gdims[d] != p->type.dims[d];
+  for (int32_t d = 0; d < t->rank; d++) piece |= gdims[d] != t->dims[d];
   if (!piece || n == 0) {
     init_job j = {x, n, seed, hash, std};
     ptrt_parallel_for(pool, (n + 1) / 2, 4096, init_range, &j);
     return;
   }
-  piece_job j = {.x = x, .local = &p->type, .seed = seed, .hash = hash, .std = std};
+  piece_job j = {.x = x, .local = t, .seed = seed, .hash = hash, .std = std};
   int64_t st = 1;
-  for (int32_t d = p->type.rank - 1; d >= 0; d--) {
+  for (int32_t d = t->rank - 1; d >= 0; d--) {
     j.gst[d] = st;
     j.origin[d] = origin[d];
     st *= gdims[d];
   }
-  int64_t len = p->type.dims[p->type.rank - 1];
+  int64_t len = t->dims[t->rank - 1];
   ptrt_parallel_for(pool, n / len, grain_rows(len), init_piece_rows, &j);
+}
+
+/* The f32 values of init rule `in` of the variable `name` (not a copy)
+ * for the elements of local type t, sharding sh, into x. */
+static void fill_f32(const ptrt_vars *v, const char *name, const ptc_init *in,
+                     const ptc_type *t, const ptc_sharding *sh, float *x, uint64_t seed,
+                     ptrt_pool *pool) {
+  int64_t n = ptc_type_numel(t);
+  switch (in->kind) {
+  case PTC_INIT_NONE:
+  case PTC_INIT_ZEROS: memset(x, 0, (size_t)n * sizeof *x); break;
+  case PTC_INIT_ONES:
+    for (int64_t k = 0; k < n; k++) x[k] = 1.0f;
+    break;
+  case PTC_INIT_NORMAL:
+  case PTC_INIT_SCALED: {
+    double std = in->std;
+    if (in->kind == PTC_INIT_SCALED) std /= sqrt(2.0 * (double)(in->depth > 0 ? in->depth : 1));
+    init_normal(v, name, t, sh, x, seed, std, pool);
+    break;
+  }
+  case PTC_INIT_COPY: PTC_UNREACHABLE();
+  }
+}
+
+/* n elements of dtype from (f32, bf16 or f16) converted into dtype to. */
+static void convert(ptc_dtype from, const void *src, ptc_dtype to, void *dst, int64_t n) {
+  if (from == to) {
+    memmove(dst, src, (size_t)(n * ptc_dtype_size(to)));
+  } else if (from == PTC_DTYPE_F32) {
+    ptrt_f32_to_half(to, src, dst, n);
+  } else if (to == PTC_DTYPE_F32) {
+    ptrt_half_to_f32(from, src, dst, n);
+  } else { /* bf16 <-> f16 through f32: exact, then one rounding */
+    const uint16_t *s = src;
+    uint16_t *d = dst;
+    for (int64_t i = 0; i < n; i++) d[i] = ptrt_half_round(to, ptrt_half_load(from, s, i));
+  }
+}
+
+static bool same_piece(const ptc_param *a, const ptc_param *b) {
+  if (a->type.rank != b->type.rank || a->shard.present != b->shard.present) return false;
+  for (int32_t d = 0; d < a->type.rank; d++)
+    if (a->type.dims[d] != b->type.dims[d] ||
+        (a->shard.present && a->shard.dim_axes[d] != b->shard.dim_axes[d]))
+      return false;
+  return true;
+}
+
+/* Whether local type t of a variable with sharding sh is the whole tensor
+ * on this device. */
+static bool whole_here(const ptrt_vars *v, const ptc_type *t, const ptc_sharding *sh) {
+  int64_t gdims[PTC_MAX_RANK], origin[PTC_MAX_RANK];
+  ptrt_block_origin(&v->mesh, v->coord, t, sh, gdims, origin);
+  for (int32_t d = 0; d < t->rank; d++)
+    if (gdims[d] != t->dims[d]) return false;
+  return true;
+}
+
+/* Copy variable i from its source (module index src). */
+static void fill_copy(ptrt_vars *v, int32_t i, int32_t src, uint64_t seed, ptrt_pool *pool) {
+  const ptc_param *p = &v->mod->params[i], *s = &v->mod->params[src];
+  void *x = ptrt_vars_data(v, i);
+  int64_t n = ptc_type_numel(&p->type);
+  if (ptrt_vars_holds(v, src) && same_piece(p, s)) { /* the same elements here */
+    convert(s->type.dtype, ptrt_vars_data(v, src), p->type.dtype, x, n);
+    return;
+  }
+  if (ptrt_vars_holds(v, src) && whole_here(v, &s->type, &s->shard)) {
+    /* all of the source here: the copy's block of it */
+    int64_t sn = ptc_type_numel(&s->type);
+    void *whole = ptc_xmalloc((size_t)(sn * ptc_dtype_size(p->type.dtype)) + 1);
+    convert(s->type.dtype, ptrt_vars_data(v, src), p->type.dtype, whole, sn);
+    ptc_type g = s->type;
+    g.dtype = p->type.dtype;
+    ptrt_local_block(&v->mesh, v->coord, &g, &p->shard, whole, x);
+    free(whole);
+    return;
+  }
+  /* the source's rule at the copy's indices, rounded to the source's
+   * dtype, then converted */
+  float *tmp = ptc_xmalloc((size_t)n * sizeof *tmp + 1);
+  fill_f32(v, s->name, &s->init, &p->type, &p->shard, tmp, seed, pool);
+  for (int64_t k = 0; k < n; k++) tmp[k] = ptrt_round_to(s->type.dtype, tmp[k]);
+  convert(PTC_DTYPE_F32, tmp, p->type.dtype, x, n);
+  free(tmp);
+}
+
+void ptrt_vars_refresh_copies(ptrt_vars *v, uint64_t seed, ptrt_pool *pool) {
+  const ptc_module *m = v->mod;
+  for (int32_t i = 0; i < m->nparams; i++) {
+    const ptc_param *p = &m->params[i];
+    if (!ptrt_vars_holds(v, i) || p->init.kind != PTC_INIT_COPY) continue;
+    int32_t src = p->init.from ? ptc_module_find_param(m, p->init.from) : -1;
+    PTC_ASSERT(src >= 0 && src != i); /* the verifier's rule */
+    fill_copy(v, i, src, seed, pool);
+  }
 }
 
 void ptrt_vars_init(ptrt_vars *v, uint64_t seed, ptrt_pool *pool) {
   const ptc_module *m = v->mod;
   for (int32_t i = 0; i < m->nparams; i++) {
     const ptc_param *p = &m->params[i];
-    if (!ptrt_vars_holds(v, i)) continue;
-    float *x = ptrt_vars_data(v, i);
+    if (!ptrt_vars_holds(v, i) || p->init.kind == PTC_INIT_COPY) continue;
+    void *x = ptrt_vars_data(v, i);
+    if (p->type.dtype == PTC_DTYPE_F32) {
+      fill_f32(v, p->name, &p->init, &p->type, &p->shard, x, seed, pool);
+      continue;
+    }
+    /* 16-bit: the same f32 values, rounded */
     int64_t n = ptc_type_numel(&p->type);
-    switch (p->init.kind) {
-    case PTC_INIT_NONE:
-    case PTC_INIT_ZEROS: memset(x, 0, (size_t)n * sizeof *x); break;
-    case PTC_INIT_ONES:
-      for (int64_t k = 0; k < n; k++) x[k] = 1.0f;
-      break;
-    case PTC_INIT_NORMAL:
-    case PTC_INIT_SCALED: {
-      double std = p->init.std;
-      if (p->init.kind == PTC_INIT_SCALED)
-        std /= sqrt(2.0 * (double)(p->init.depth > 0 ? p->init.depth : 1));
-      init_normal(v, p, x, seed, std, pool);
-      break;
-    }
-    }
+    float *tmp = ptc_xmalloc((size_t)n * sizeof *tmp + 1);
+    fill_f32(v, p->name, &p->init, &p->type, &p->shard, tmp, seed, pool);
+    ptrt_f32_to_half(p->type.dtype, tmp, x, n);
+    free(tmp);
   }
+  ptrt_vars_refresh_copies(v, seed, pool);
 }

@@ -9,10 +9,17 @@
  * On a partitioned plan each kernel computes this device's piece of the
  * result (internal.h: kparts, kpiece; tests/unit/test_rt_spmd.c runs
  * sharded functions on simulated meshes against the evaluator).
+ *
+ * bf16 and f16 values: the kernels of ops that compute see f32 only (the
+ * executor widens and rounds around them: exec.c); constant, cast, the
+ * shape ops and the collectives take 16-bit data themselves (constant and
+ * cast round as runtime/half.h says; the communicator reduces 16-bit
+ * buffers in f32: ptrt_comm's all_reduce16 and reduce_scatter16).
  */
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "runtime/half.h"
 #include "runtime/internal.h"
 
 int ptrt__op_error(const ptrt_kargs *k, const char *fmt, ...) {
@@ -150,6 +157,14 @@ static int k_binary(const ptrt_kargs *k) {
   return 0;
 }
 
+/* select c, a, b: a copy of a when the scalar c is not 0, else of b (the
+ * side not taken is never read: it may hold an overflowed step's NaNs). */
+static int k_select(const ptrt_kargs *k) {
+  const void *src = kin_f(k, 0)[0] != 0.0f ? k->in[1] : k->in[2];
+  if (src != k->out[0]) memcpy(k->out[0], src, (size_t)ptc_type_bytes(kout_t(k, 0)));
+  return 0;
+}
+
 /* ---- element-wise unary ops and activation gradients --------------------- */
 
 #define GELU_K 0.7978845608028654f /* sqrt(2/pi) */
@@ -242,6 +257,12 @@ static int k_constant(const ptrt_kargs *k) {
     for (int64_t i = 0; i < n; i++) o[i] = (int64_t)v;
     break;
   }
+  case PTC_DTYPE_BF16:
+  case PTC_DTYPE_F16: {
+    uint16_t *o = k->out[0], h = ptrt_half_round(t->dtype, (float)v);
+    for (int64_t i = 0; i < n; i++) o[i] = h;
+    break;
+  }
   default: PTC_UNREACHABLE();
   }
   return 0;
@@ -252,6 +273,8 @@ static double load_as_double(const void *p, ptc_dtype t, int64_t i) {
   case PTC_DTYPE_F32: return ((const float *)p)[i];
   case PTC_DTYPE_I32: return ((const int32_t *)p)[i];
   case PTC_DTYPE_I64: return (double)((const int64_t *)p)[i];
+  case PTC_DTYPE_BF16:
+  case PTC_DTYPE_F16: return ptrt_half_load(t, p, i);
   default: PTC_UNREACHABLE();
   }
 }
@@ -263,7 +286,9 @@ static double saturate(double v, double lim) {
   return v > lim ? lim : v < -lim ? -lim : v;
 }
 
-/* cast: float to integer truncates toward zero, as the evaluator does */
+/* cast: float to integer truncates toward zero, as the evaluator does; to
+ * bf16 or f16 through f32 (exact from any float dtype held here, so the
+ * one rounding is f32 to 16 bits) */
 static int k_cast(const ptrt_kargs *k) {
   const ptc_type *it = kin_t(k, 0), *ot = kout_t(k, 0);
   int64_t n = ptc_type_numel(ot);
@@ -275,6 +300,8 @@ static int k_cast(const ptrt_kargs *k) {
     case PTC_DTYPE_I64:
       ((int64_t *)k->out[0])[i] = (int64_t)saturate(v, 9223372036854774784.0);
       break;
+    case PTC_DTYPE_BF16:
+    case PTC_DTYPE_F16: ((uint16_t *)k->out[0])[i] = ptrt_half_round(ot->dtype, (float)v); break;
     default: PTC_UNREACHABLE();
     }
   }
@@ -657,30 +684,54 @@ static int split_group(const ptrt_kargs *k, const ptc_type *whole, const ptc_typ
 /* Types are one device's pieces (on one device, whole tensors, where
  * every collective leaves the value as it is); the communicator moves the
  * data where there are peers. */
+/* The communicator's 16-bit collective, or a report at the op that it has
+ * none (NULL). */
+static int no_half(const ptrt_kargs *k) {
+  return ptrt__op_error(k, "%s of %s: the %s communicator has no 16-bit collectives; run "
+                        "the plan with ptrun's own communicators (one rank, or MPI)",
+                        ptc_opinfo_get(k->op->code)->name,
+                        ptc_dtype_name(kout_t(k, 0)->dtype), k->env->comm->name);
+}
+
 static int k_all_reduce(const ptrt_kargs *k) {
-  int64_t n = ptc_type_numel(kout_t(k, 0));
+  const ptc_type *t = kout_t(k, 0);
+  int64_t n = ptc_type_numel(t);
   int axis = mesh_axis_of(k);
+  const ptrt_comm *c = k->env->comm;
   k_copy(k);
+  if (ptrt_is_half(t->dtype) && !c->all_reduce16) return no_half(k);
   comm_note(k, axis);
-  return comm_status(k, k->env->comm->all_reduce(k->env->comm, axis, reduce_of(k->op),
-                                                 kout_f(k, 0), n));
+  if (ptrt_is_half(t->dtype))
+    return comm_status(k, c->all_reduce16(c, axis, reduce_of(k->op), t->dtype, k->out[0], n));
+  return comm_status(k, c->all_reduce(c, axis, reduce_of(k->op), kout_f(k, 0), n));
 }
 
 /* Collectives that only move data (all_gather, broadcast) take integer
  * values too: the communicator's f32 slots carry their bytes, 4 at a time
- * (an i64 element is two words), untouched. */
+ * (an i64 element is two words), untouched.  16-bit floats go through the
+ * 16-bit slots, an element at a time. */
 static int64_t words_per_elem(const ptc_type *t) { return ptc_dtype_size(t->dtype) / 4; }
 
-/* Moves g device blocks of `outer` rows of blk floats between the layout a
+/* all_gather of n elements of type t from each rank of axis into out. */
+static int gather_elems(const ptrt_kargs *k, int axis, ptc_dtype t, const void *in, void *out,
+                        int64_t n) {
+  const ptrt_comm *c = k->env->comm;
+  if (ptrt_is_half(t)) return comm_status(k, c->all_gather16(c, axis, in, out, n));
+  int64_t w = ptc_dtype_size(t) / 4;
+  return comm_status(k, c->all_gather(c, axis, in, out, n * w));
+}
+
+/* Moves g device blocks of `outer` rows of blk bytes between the layout a
  * tensor has ([outer][g][blk]: the blocks interleaved along dim) and the one
  * a communicator uses ([g][outer][blk]: each device's block contiguous). */
-static void blocks_interleave(float *dst, const float *src, int64_t g, int64_t outer,
+static void blocks_interleave(void *dst, const void *src, int64_t g, int64_t outer,
                               int64_t blk, bool to_contiguous) {
+  char *d = dst;
+  const char *s = src;
   for (int64_t j = 0; j < g; j++)
     for (int64_t r = 0; r < outer; r++) {
       int64_t a = (r * g + j) * blk, b = (j * outer + r) * blk;
-      memcpy(dst + (to_contiguous ? b : a), src + (to_contiguous ? a : b),
-             (size_t)blk * sizeof *dst);
+      memcpy(d + (to_contiguous ? b : a), s + (to_contiguous ? a : b), (size_t)blk);
     }
 }
 
@@ -691,22 +742,20 @@ static void blocks_interleave(float *dst, const float *src, int64_t g, int64_t o
  * in a scratch buffer and are interleaved. */
 static int k_all_gather(const ptrt_kargs *k) {
   const ptc_type *it = kin_t(k, 0), *ot = kout_t(k, 0);
-  const ptrt_comm *c = k->env->comm;
   int64_t dim, g;
   int axis;
   if (split_group(k, ot, it, &dim, &axis, &g) != 0) return -1;
-  int64_t w = words_per_elem(it), n = ptc_type_numel(it) * w, outer, len, inner;
+  if (ptrt_is_half(it->dtype) && !k->env->comm->all_gather16) return no_half(k);
+  int64_t es = ptc_dtype_size(it->dtype), n = ptc_type_numel(it), outer, len, inner;
   axis_split(it, dim, &outer, &len, &inner);
   comm_note(k, axis);
-  if (outer == 1 || g == 1)
-    return comm_status(k, c->all_gather(c, axis, kin_f(k, 0), kout_f(k, 0), n));
-  float *tmp = ptrt_alloc(g * n * (int64_t)sizeof(float));
+  if (outer == 1 || g == 1) return gather_elems(k, axis, it->dtype, k->in[0], k->out[0], n);
+  void *tmp = ptrt_alloc(g * n * es);
   if (!tmp)
-    return ptrt__op_error(k, "out of memory: %lld bytes to gather into",
-                          (long long)(g * n * (int64_t)sizeof(float)));
-  int rc = comm_status(k, c->all_gather(c, axis, kin_f(k, 0), tmp, n));
-  /* one outer row of one device's block, in words */
-  if (rc == 0) blocks_interleave(kout_f(k, 0), tmp, g, outer, len * inner * w, false);
+    return ptrt__op_error(k, "out of memory: %lld bytes to gather into", (long long)(g * n * es));
+  int rc = gather_elems(k, axis, it->dtype, k->in[0], tmp, n);
+  /* one outer row of one device's block, in bytes */
+  if (rc == 0) blocks_interleave(k->out[0], tmp, g, outer, len * inner * es, false);
   ptrt_free(tmp);
   return rc;
 }
@@ -721,20 +770,24 @@ static int k_reduce_scatter(const ptrt_kargs *k) {
   int64_t dim, g;
   int axis;
   if (split_group(k, it, ot, &dim, &axis, &g) != 0) return -1;
-  int64_t n = ptc_type_numel(it), outer, len, inner;
+  bool half = ptrt_is_half(it->dtype);
+  if (half && !c->reduce_scatter16) return no_half(k);
+  int64_t es = ptc_dtype_size(it->dtype), n = ptc_type_numel(it), outer, len, inner;
   axis_split(ot, dim, &outer, &len, &inner);
   comm_note(k, axis);
-  if (outer == 1 || g == 1)
-    return comm_status(k, c->reduce_scatter(c, axis, reduce_of(k->op), kin_f(k, 0),
-                                            kout_f(k, 0), n));
-  float *tmp = ptrt_alloc(n * (int64_t)sizeof(float));
-  if (!tmp)
-    return ptrt__op_error(k, "out of memory: %lld bytes to scatter from",
-                          (long long)(n * (int64_t)sizeof(float)));
-  blocks_interleave(tmp, kin_f(k, 0), g, outer, len * inner, true);
-  int rc = comm_status(k, c->reduce_scatter(c, axis, reduce_of(k->op), tmp, kout_f(k, 0), n));
+  const void *src = k->in[0];
+  void *tmp = NULL;
+  if (outer > 1 && g > 1) {
+    tmp = ptrt_alloc(n * es);
+    if (!tmp)
+      return ptrt__op_error(k, "out of memory: %lld bytes to scatter from", (long long)(n * es));
+    blocks_interleave(tmp, k->in[0], g, outer, len * inner * es, true);
+    src = tmp;
+  }
+  int rc = half ? c->reduce_scatter16(c, axis, reduce_of(k->op), it->dtype, src, k->out[0], n)
+                : c->reduce_scatter(c, axis, reduce_of(k->op), src, k->out[0], n);
   ptrt_free(tmp);
-  return rc;
+  return comm_status(k, rc);
 }
 
 /* shard {axis, dim}: [.., g*L, ..] -> [.., L, ..], this device's piece
@@ -774,13 +827,18 @@ static int k_to_partial(const ptrt_kargs *k) {
 
 static int k_broadcast(const ptrt_kargs *k) {
   int axis = mesh_axis_of(k);
+  const ptrt_comm *c = k->env->comm;
+  const ptc_type *t = kout_t(k, 0);
+  int root = (int)ptc_op_attr_int(k->op, "root", 0);
   k_copy(k);
+  if (ptrt_is_half(t->dtype)) {
+    if (!c->broadcast16) return no_half(k);
+    comm_note(k, axis);
+    return comm_status(k, c->broadcast16(c, axis, root, k->out[0], ptc_type_numel(t)));
+  }
   comm_note(k, axis);
-  return comm_status(k, k->env->comm->broadcast(k->env->comm, axis,
-                                                (int)ptc_op_attr_int(k->op, "root", 0),
-                                                kout_f(k, 0),
-                                                ptc_type_numel(kout_t(k, 0)) *
-                                                    words_per_elem(kout_t(k, 0))));
+  return comm_status(k, c->broadcast(c, axis, root, kout_f(k, 0),
+                                     ptc_type_numel(t) * words_per_elem(t)));
 }
 
 /* The world rank of pipeline stage `peer` (the op's attribute): the rank
@@ -873,6 +931,7 @@ static const ptrt_kernel_fn table[PTC_OP_COUNT] = {
     [PTC_OP_ATTENTION] = ptrt__k_attention,
     [PTC_OP_CROSS_ENTROPY] = ptrt__k_cross_entropy,
     [PTC_OP_COMPARE] = k_binary,
+    [PTC_OP_SELECT] = k_select,
     [PTC_OP_RELU_GRAD] = k_act_grad,
     [PTC_OP_GELU_GRAD] = k_act_grad,
     [PTC_OP_SILU_GRAD] = k_act_grad,
@@ -903,7 +962,9 @@ ptrt_kernel_fn ptrt_kernel_get(ptc_opcode op) {
 /* ---- what each kernel accepts ------------------------------------------------- */
 
 static bool is_index(ptc_dtype t) { return t == PTC_DTYPE_I32 || t == PTC_DTYPE_I64; }
-static bool is_held(ptc_dtype t) { return t == PTC_DTYPE_F32 || is_index(t); }
+/* floats the kernels compute with: f32, or bf16/f16 widened to it */
+static bool is_float(ptc_dtype t) { return t == PTC_DTYPE_F32 || ptrt_is_half(t); }
+static bool is_held(ptc_dtype t) { return is_float(t) || is_index(t); }
 
 /* Operand i of op is an integer index (embedding ids, class targets). */
 static bool index_operand(ptc_opcode c, int i) {
@@ -928,6 +989,7 @@ static bool any_held_dtype(ptc_opcode c) {
   case PTC_OP_CONCAT:
   case PTC_OP_BROADCAST_TO:
   case PTC_OP_SHARD:
+  case PTC_OP_TO_PARTIAL:
   case PTC_OP_ALL_GATHER: /* these two move bytes, whatever they hold */
   case PTC_OP_BROADCAST:
   case PTC_OP_SEND:
@@ -953,10 +1015,11 @@ int ptrt_kernel_check(ptc_ctx *ctx, const ptc_func *f, const ptc_op *op) {
     bool ok;
     if (any) ok = is_held(t);
     else if (is_in && index_operand(op->code, i)) ok = is_index(t);
-    else ok = t == PTC_DTYPE_F32;
+    else ok = is_float(t);
     if (!ok) {
       ptc_error(ctx, op->loc, "%s: %s %d is %s, which the CPU runtime does not run "
-                "(it computes in f32, with i32 or i64 indices)", name,
+                "(it computes in f32, from f32, bf16 or f16 values, with i32 or i64 "
+                "indices)", name,
                 is_in ? "operand" : "result", is_in ? i : i - op->nin,
                 ptc_dtype_name(t));
       return -1;

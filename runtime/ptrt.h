@@ -27,10 +27,12 @@
  * (ptrt_pipe below; tools/ptrun.c runs the loop).
  *
  * Invariants:
- *  - Buffers are row-major and 64-byte aligned: f32 for every float value,
- *    i32 or i64 for integer values.  Other dtypes (bf16, f16, f64, i8,
- *    bool) are refused when a program is made, naming the op and its IR
- *    location.
+ *  - Buffers are row-major and 64-byte aligned, each value at its dtype's
+ *    size: f32, bf16 and f16 floats, i32 or i64 integers.  Every kernel
+ *    computes in f32: an op with bf16/f16 values runs on f32 copies in the
+ *    arena's workspace and rounds its 16-bit results (exec.c).  Other
+ *    dtypes (f64, i8, bool) are refused when a program is made, naming the
+ *    op and its IR location; arguments are f32, i32 or i64.
  *  - Variables (module params and optimizer state) live in one allocation
  *    (ptrt_vars) for the whole run.  A program's other values get a buffer
  *    at their definition and give it back after their last use (computed
@@ -151,6 +153,21 @@ struct ptrt_comm {
   int (*reduce_scatter)(const ptrt_comm *c, int axis, ptrt_reduce op,
                         const float *in, float *out, int64_t n);
   int (*broadcast)(const ptrt_comm *c, int axis, int root, float *buf, int64_t n);
+  /* The same four on 16-bit floats: n elements of dtype t (bf16 or f16),
+   * 2 bytes each on the wire (the counters count those).  Sums, means,
+   * maxima and minima are computed in f32 from the widened elements and
+   * each combination is rounded back to t (runtime/half.h), so a sum over
+   * two ranks is the f32 sum rounded once; over more, each partial sum is
+   * rounded as it travels (the order, as for f32, is the implementation's).
+   * A mean is the rounded sum divided by the axis size in f32, rounded.
+   * NULL: the communicator has no 16-bit collectives (the kernels say so). */
+  int (*all_reduce16)(const ptrt_comm *c, int axis, ptrt_reduce op, ptc_dtype t,
+                      uint16_t *buf, int64_t n);
+  int (*all_gather16)(const ptrt_comm *c, int axis, const uint16_t *in, uint16_t *out,
+                      int64_t n);
+  int (*reduce_scatter16)(const ptrt_comm *c, int axis, ptrt_reduce op, ptc_dtype t,
+                          const uint16_t *in, uint16_t *out, int64_t n);
+  int (*broadcast16)(const ptrt_comm *c, int axis, int root, uint16_t *buf, int64_t n);
   /* Pipeline transfers to/from a world rank; NULL: not supported.  send is
    * buffered: it copies buf and returns without waiting for the peer (a
    * schedule may send several microbatches before its peer receives the
@@ -289,8 +306,8 @@ typedef struct ptrt_vars {
   int32_t coord[PTC_MAX_MESH_AXES];
 } ptrt_vars;
 
-/* Lays out every module param (f32 only; others are refused, naming the
- * param) at the sizes m gives them: a local module (ptc_module_localize)
+/* Lays out every module param (f32, bf16 or f16; others are refused,
+ * naming the param) at the sizes m gives them: a local module (ptc_module_localize)
  * gives this device's pieces.  comm says which device that is; NULL or the
  * one-rank table: one device, whole tensors.  Contents are undefined until
  * ptrt_vars_init or a load. */
@@ -305,6 +322,7 @@ void ptrt_vars_destroy(ptrt_vars *v);
 static inline bool ptrt_vars_holds(const ptrt_vars *v, int32_t param) {
   return v->offset[param] >= 0;
 }
+/* The variable's elements (f32; a bf16/f16 variable's are uint16_t). */
 static inline float *ptrt_vars_data(const ptrt_vars *v, int32_t param) {
   PTC_ASSERT(v->offset[param] >= 0);
   return (float *)(v->base + v->offset[param]);
@@ -316,6 +334,14 @@ static inline float *ptrt_vars_data(const ptrt_vars *v, int32_t param) {
  * index in the WHOLE tensor: a device's piece holds exactly the elements
  * of the single-device init that its sharding gives it. */
 void ptrt_vars_init(ptrt_vars *v, uint64_t seed, ptrt_pool *pool /* may be NULL */);
+/* A bf16 or f16 variable gets the same values computed in f32, rounded to
+ * nearest even.  Variables with `init copy(@src)` are filled last, as the
+ * cast of @src's elements (the same global indices).  After loading
+ * variables from a file that holds the sources but not their copies
+ * (--load-weights: trainable params only), refresh the copies with this:
+ * each copy from its source's memory where this device holds the same
+ * piece of it or all of it, else from the source's init rule. */
+void ptrt_vars_refresh_copies(ptrt_vars *v, uint64_t seed, ptrt_pool *pool);
 
 /* The standard normal deviate for element `index` of the param named
  * `name` (docs/runtime.md: FNV-1a name hash, Philox4x32-10, Box-Muller). */
@@ -374,6 +400,8 @@ typedef struct ptrt_mem {
   int64_t peak;     /* the highest arena byte in use so far (end offset) */
   int64_t run_peak; /* the same, in the latest run */
   int64_t cached;   /* freed buffers kept for reuse (not in live) */
+  int64_t workspace; /* the most f32 scratch one op of a bf16/f16 value used
+                        (in peak too: the arena's last region) */
 } ptrt_mem;
 
 typedef struct ptrt_program_opts {
@@ -427,15 +455,19 @@ int ptrt_program_run(ptrt_program *p, bool commit);
 
 ptrt_mem ptrt_program_mem(const ptrt_program *p);
 
-/* Instrumentation: check every f32 result for NaN and infinity after its
- * op (reporting the op and its location); time each op by kind. */
+/* Instrumentation: check every float result (f32, bf16, f16) for NaN and
+ * infinity after its op (reporting the op and its location); time each op by kind. */
 void ptrt_program_set_check_finite(ptrt_program *p, bool on);
 void ptrt_program_set_profile(ptrt_program *p, bool on);
 /* The time per op kind over every profiled run, largest first. */
 void ptrt_program_print_profile(const ptrt_program *p, FILE *out);
 /* The size of the transient arena, from the static plan alone (what
- * ptrt_program_mem reports as peak after one run). */
+ * ptrt_program_mem reports as peak after one run).  It includes the f32
+ * workspace of ops with bf16/f16 values (codegen/liveness.c), which is
+ * also given alone by ptrt_program_planned_workspace (what
+ * ptrt_program_mem reports as workspace after one run). */
 int64_t ptrt_program_planned_peak(const ptrt_program *p);
+int64_t ptrt_program_planned_workspace(const ptrt_program *p);
 
 /* Model FLOPs of one call of f: ptc_op_cost summed over its ops. */
 double ptrt_func_flops(const ptc_func *f);

@@ -363,12 +363,14 @@ static int load_vars(ptc_ctx *ctx, const char *path, ptrt_vars *v, bool state,
     used[t - s->t] = true;
     bool same = t->rank == p->type.rank;
     for (int32_t d = 0; same && d < t->rank; d++) same = t->dims[d] == p->type.dims[d];
-    if (t->dtype != PTC_DTYPE_F32 || !same) {
+    if (t->dtype != p->type.dtype || !same) {
       char a[128], b[128];
       shape_str(a, sizeof a, t->rank, t->dims);
       shape_str(b, sizeof b, p->type.rank, p->type.dims);
-      ptrt_file_error(ctx, path, "tensor '%s' is %s%s, but the %s is F32%s", p->name,
-                      ptrt_st_dtype_name(t->dtype), a, p->trainable ? "parameter" : "state variable", b);
+      ptrt_file_error(ctx, path, "tensor '%s' is %s%s, but the %s is %s%s", p->name,
+                      ptrt_st_dtype_name(t->dtype), a,
+                      p->trainable ? "parameter" : "state variable",
+                      ptrt_st_dtype_name(p->type.dtype), b);
       bad++;
       continue;
     }

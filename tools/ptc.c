@@ -899,8 +899,8 @@ static int recompute_auto(driver *d, const ptc_mesh *mesh, ptc_module **out, ptc
       ptc_module_destroy(best);
       return -1;
     }
-    char label[48];
-    snprintf(label, sizeof label, "full on %ld of %ld layers", mid, L);
+    char label[64];
+    snprintf(label, sizeof label, "full on %ld of %ld layers", mid % 100000000L, L % 100000000L);
     ptc_buf_printf(why, "  %-22s rank %lld needs ", label, (long long)rank);
     ptc_buf_put_bytes(why, (double)need);
     if (need <= limit) {

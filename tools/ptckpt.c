@@ -8,6 +8,10 @@
  *   ptckpt import IN.safetensors DIR --like PLAN [--seed S]
  *                                         DIR/step-0 from weights
  *
+ * Tensors keep their dtypes (F32, BF16, F16) bit for bit both ways; on
+ * import, variables initialised as copies of others (init copy(@p)) are
+ * made again from the imported values.
+ *
  * PATH is a checkpoint (a step-N directory) or a directory of them (then its
  * newest, or for list and verify, all).  The tool owns the command line and
  * the exit status: 0 success, 1 a bad checkpoint or file, 2 a malformed
@@ -320,7 +324,11 @@ static int do_import(ptc_ctx *ctx, const char *in, const char *dir, const char *
     snprintf(by, sizeof by, "ptckpt %s import", PTC_VERSION_STRING);
     ptrt_ckpt_write w = {.dir = dir, .step = 0, .global = plan->mod, .model = plan->model,
                          .settings = NULL, .written_by = by, .mesh = "one device"};
-    if (ptrt_load_weights(ctx, in, v) == 0 && ptrt_ckpt_save(ctx, &w, NULL, v, NULL) == 0) {
+    /* copies of the loaded params (init copy(@p): 16-bit working copies)
+     * follow them */
+    int loaded = ptrt_load_weights(ctx, in, v);
+    if (loaded == 0) ptrt_vars_refresh_copies(v, seed, NULL);
+    if (loaded == 0 && ptrt_ckpt_save(ctx, &w, NULL, v, NULL) == 0) {
       printf("ptckpt: wrote %s/step-0 from %s for the model of %s\n", dir, in, like);
       rc = 0;
     }

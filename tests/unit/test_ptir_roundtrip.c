@@ -120,17 +120,26 @@ static ptc_module *build_everything(ptc_ctx *ctx) {
   ptc_type w_t = T(PTC_DTYPE_F32, 8, 16), g_t = T(PTC_DTYPE_F32, 8),
            e_t = T(PTC_DTYPE_F32, 32, 8);
   int32_t pw = ptc_module_add_param(m, "h0.mlp.w", &w_t,
-                                    (ptc_init){PTC_INIT_SCALED, 0.02, 12}, L);
-  int32_t pg = ptc_module_add_param(m, "g", &g_t, (ptc_init){PTC_INIT_ONES, 0, 0},
+                                    (ptc_init){PTC_INIT_SCALED, 0.02, 12, NULL}, L);
+  int32_t pg = ptc_module_add_param(m, "g", &g_t, (ptc_init){PTC_INIT_ONES, 0, 0, NULL},
                                     (ptc_loc){weird, 1, 1});
-  int32_t pb = ptc_module_add_param(m, "b", &g_t, (ptc_init){PTC_INIT_ZEROS, 0, 0},
+  int32_t pb = ptc_module_add_param(m, "b", &g_t, (ptc_init){PTC_INIT_ZEROS, 0, 0, NULL},
                                     ptc_loc_unknown);
   int32_t pe = ptc_module_add_param(m, "wte", &e_t,
-                                    (ptc_init){PTC_INIT_NORMAL, 0.02, 0}, L);
+                                    (ptc_init){PTC_INIT_NORMAL, 0.02, 0, NULL}, L);
   int32_t pn = ptc_module_add_param(m, "ckpt_only", &g_t,
-                                    (ptc_init){PTC_INIT_NONE, 0, 0}, L);
+                                    (ptc_init){PTC_INIT_NONE, 0, 0, NULL}, L);
   m->params[pw].shard = sh(2, (uint8_t[]){0, TP}, 0);
   m->params[pe].shard = sh(2, (uint8_t[]){DP | TP, 0}, 0);
+  /* 16-bit working copies of f32 variables: one named before its source */
+  ptc_type wb_t = T(PTC_DTYPE_BF16, 8, 16), gh_t = T(PTC_DTYPE_F16, 8);
+  int32_t pwb = ptc_module_add_param(m, "h0.mlp.w.bf16", &wb_t,
+                                     (ptc_init){.kind = PTC_INIT_COPY, .from = "h0.mlp.w"}, L);
+  m->params[pwb].shard = sh(2, (uint8_t[]){0, TP}, 0);
+  m->params[pwb].trainable = false;
+  int32_t pgh = ptc_module_add_param(m, "g.f16", &gh_t,
+                                     (ptc_init){.kind = PTC_INIT_COPY, .from = "g"}, L);
+  m->params[pgh].trainable = false;
   m->params[pn].shard = sh(1, (uint8_t[]){0}, 0); /* present, replicated */
   m->params[pn].trainable = false;                 /* printed as state */
 
@@ -213,7 +222,10 @@ static ptc_module *build_everything(ptc_ctx *ctx) {
   op(f, PTC_OP_PAD, IN(v),
      AT(ptc_attr_int("axis", 1), ptc_attr_int("before", 2), ptc_attr_int("after", 0)),
      NULL, NULL, L);
-  op(f, PTC_OP_COMPARE, IN(v, B), AT(ptc_attr_sym("cmp", "ge")), NULL, NULL, L);
+  int32_t cmpv = op(f, PTC_OP_COMPARE, IN(v, B), AT(ptc_attr_sym("cmp", "ge")), NULL, NULL, L);
+  int32_t flag = op(f, PTC_OP_REDUCE_MAX, IN(cmpv), AT(ptc_attr_ints("axes", (int64_t[]){0, 1}, 2)),
+                    NULL, NULL, L);
+  op(f, PTC_OP_SELECT, IN(flag, v, v), NOAT, NULL, NULL, L);
   op(f, PTC_OP_RELU_GRAD, IN(v, v), NOAT, NULL, NULL, L);
   op(f, PTC_OP_GELU_GRAD, IN(v, v), NOAT, NULL, NULL, L);
   op(f, PTC_OP_SILU_GRAD, IN(v, v), NOAT, NULL, NULL, L);
@@ -310,6 +322,9 @@ static void test_roundtrip_api(void) {
   CHECK_MSG(strstr(p1, "  param @b : f32[8] init zeros\n"), "%s", p1);
   CHECK_MSG(strstr(p1, "  param @wte : f32[32,8] shard<(dp,tp),_> init normal(0.02)"), "%s", p1);
   CHECK_MSG(strstr(p1, "  state @ckpt_only : f32[8] shard<_> loc("), "%s", p1);
+  CHECK_MSG(strstr(p1, "  state @h0.mlp.w.bf16 : bf16[8,16] shard<_,tp> init copy(@h0.mlp.w) "
+                       "loc("), "%s", p1);
+  CHECK_MSG(strstr(p1, "  state @g.f16 : f16[8] init copy(@g) loc("), "%s", p1);
   CHECK_MSG(strstr(p1, "\n\n  func @step(%x: f32[4,8] shard<dp,_>, %0: i32[4,6], "
                        "%targets: i32[4,6]) -> (f32[], f32[4,8] shard<dp,_>, f32[] "
                        "partial<tp>) loc(\"models/every.ptg\":3:7) {\n"), "%s", p1);
@@ -452,7 +467,17 @@ static const bad_case bad[] = {
     {"module @m {\n  param @w : f32[2] init scaled(0.1, 0)\n}\n",
      "2:38: error: the depth must be between 1 and"},
     {"module @m {\n  param @w : f32[2] init uniform\n}\n",
-     "2:26: error: expected an init (zeros, ones, normal(STD) or scaled(STD, DEPTH)), found 'uniform'"},
+     "2:26: error: expected an init (zeros, ones, normal(STD), scaled(STD, DEPTH) or copy(@VAR)), found 'uniform'"},
+    {"module @m {\n  param @w : f32[2] init copy(w)\n}\n",
+     "2:31: error: expected '@name' of the variable to copy, found 'w'"},
+    {"module @m {\n  param @w : f32[2] init copy(@v\n}\n",
+     "3:1: error: expected ')' after the variable to copy, found '}'"},
+    {"module @m {\n  param @w : f32[2]\n  state @c : bf16[3] init copy(@w)\n}\n",
+     "3:9: error: parameter 'c': init copy(@w) needs a variable of the same shape"},
+    {"module @m {\n  state @c : bf16[2] init copy(@nope)\n}\n",
+     "2:9: error: parameter 'c': init copy(@nope) needs a variable of the same shape"},
+    {"module @m {\n  state @c : bf16[2] init copy(@c)\n}\n",
+     "2:9: error: parameter 'c': init copy(@c) needs a variable of the same shape"},
     {"module @m {\n  param @w : f32[2] init normal(-1.0)\n}\n",
      "2:9: error: parameter 'w': init std must be a finite number >= 0"},
     {"module @m {\n  param @w : i32[2]\n}\n",

@@ -71,7 +71,7 @@ static int32_t farg(tc *t, int rank, const int64_t *dims) {
 static int32_t param(tc *t, const char *name, int rank, const int64_t *dims, double lo,
                      double hi) {
   ptc_type ty = mk(PTC_DTYPE_F32, rank, dims);
-  ptc_init none = {PTC_INIT_NONE, 0, 0};
+  ptc_init none = {PTC_INIT_NONE, 0, 0, NULL};
   int32_t p = ptc_module_add_param(t->m, name, &ty, none, ptc_loc_unknown);
   PTC_ASSERT(p >= 0 && p < MAXT);
   t->params[p] = ptc_tensor_new(&ty);
@@ -496,6 +496,23 @@ static void case_compare(void) {
   tc_fini(&t);
 }
 
+/* select takes one side whole, by a scalar flag; the other side may hold
+ * NaN and infinity (an overflowed fp16 step) and is never read */
+static void case_select(void) {
+  for (int side = 0; side < 2; side++) {
+    tc t;
+    tc_init(&t, side ? "select (false)" : "select (true)");
+    int32_t c = arg(&t, PTC_DTYPE_F32, 0, NULL, side ? 0 : 1, side ? 0 : 1);
+    int32_t a = farg(&t, 2, D(5, 7)), b = farg(&t, 2, D(5, 7));
+    ptc_tensor *dead = &t.args[side ? 1 : 2];
+    dead->data[0] = NAN;
+    dead->data[1] = INFINITY;
+    int32_t res[1] = {op(&t, PTC_OP_SELECT, 3, (int32_t[]){c, a, b}, 0, NULL)};
+    check(&t, 1, res);
+    tc_fini(&t);
+  }
+}
+
 static void case_act_grads(void) {
   tc t;
   tc_init(&t, "relu_grad/gelu_grad/silu_grad");
@@ -695,6 +712,7 @@ int main(void) {
   case_attention(false);
   case_cross_entropy();
   case_compare();
+  case_select();
   case_act_grads();
   case_collectives();
   case_assign();
