@@ -74,6 +74,9 @@ struct ptrt_program {
   pending *pend;
   int32_t npend;
   char *arena; /* every transient buffer, at its planned offset */
+  bool check_memory;
+  int32_t *live_v; /* check_memory: the values holding arena bytes now */
+  int32_t nlive_v;
   ptrt_mem mem;
   bool check_finite;
   bool profile;
@@ -189,8 +192,21 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
   if (ptc_liveness_check_overlap(&lv, f, why, sizeof why) != 0)
     ptc_fatal(__FILE__, __LINE__, "the memory plan of @%s: %s", f->name, why);
 #endif
-  char *arena = ptrt_alloc(lv.total);
-  if (!arena) {
+  char *arena = NULL;
+  if (o.arena) { /* shared: grown to this plan (it holds nothing between runs) */
+    if (o.arena->size < lv.total) {
+      char *grown = ptrt_alloc(lv.total);
+      if (grown) {
+        ptrt_free(o.arena->base);
+        o.arena->base = grown;
+        o.arena->size = lv.total;
+      }
+    }
+    if (o.arena->size >= lv.total) arena = o.arena->base;
+  } else {
+    arena = ptrt_alloc(lv.total);
+  }
+  if (!arena && lv.total > 0) {
     ptrt_error(ctx, "out of memory: the %lld-byte arena of @%s's transient buffers",
                (long long)lv.total, f->name);
     ptc_liveness_fini(&lv);
@@ -279,9 +295,16 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
   return p;
 }
 
+void ptrt_arena_fini(ptrt_arena *a) {
+  ptrt_free(a->base);
+  a->base = NULL;
+  a->size = 0;
+}
+
 void ptrt_program_destroy(ptrt_program *p) {
   if (!p) return;
-  ptrt_free(p->arena);
+  if (!p->opts.arena) ptrt_free(p->arena);
+  free(p->live_v);
   for (int32_t i = 0; i < p->f->nargs; i++)
     if (!p->arg_bound[i]) ptrt_free(p->arg_buf[i]);
   const ptc_op *ret = &p->f->ops[p->nops - 1];
@@ -355,6 +378,10 @@ int64_t ptrt_program_planned_workspace(const ptrt_program *p) {
 }
 
 void ptrt_program_set_check_finite(ptrt_program *p, bool on) { p->check_finite = on; }
+void ptrt_program_set_check_memory(ptrt_program *p, bool on) {
+  p->check_memory = on;
+  if (on && !p->live_v) p->live_v = ptc_xcalloc((size_t)p->nv + 1, sizeof *p->live_v);
+}
 void ptrt_program_set_profile(ptrt_program *p, bool on) { p->profile = on; }
 
 /* ---- running ----------------------------------------------------------- */
@@ -369,12 +396,34 @@ static void note_live(ptrt_program *p, int64_t delta, int64_t end) {
 static void release(ptrt_program *p, int32_t root) {
   if (!p->held[root]) return;
   p->held[root] = false;
+  for (int32_t k = 0; p->check_memory && k < p->nlive_v; k++)
+    if (p->live_v[k] == root) {
+      p->live_v[k] = p->live_v[--p->nlive_v];
+      break;
+    }
   note_live(p, -p->bytes[root], 0);
 }
 
 static int acquire(ptrt_program *p, int32_t v) {
   int64_t off = p->live_plan.offset[v];
   PTC_ASSERT(off >= 0 && off + p->bytes[v] <= p->live_plan.peak);
+  if (p->check_memory) {
+    for (int32_t k = 0; k < p->nlive_v; k++) {
+      int32_t w = p->live_v[k];
+      int64_t wo = p->live_plan.offset[w];
+      if (p->bytes[v] > 0 && p->bytes[w] > 0 && off < wo + p->bytes[w] && wo < off + p->bytes[v]) {
+        const ptc_value *a = &p->f->values[v], *b = &p->f->values[w];
+        ptc_error(p->env.ctx, a->kind == PTC_VALUE_OP ? p->f->ops[a->def].loc : p->f->loc,
+                  "--check-memory: in @%s, %%%s (bytes %lld..%lld of the arena) would "
+                  "overwrite %%%s (bytes %lld..%lld), which is still live; the memory plan "
+                  "is wrong: please report it with the plan", p->f->name,
+                  a->name ? a->name : "?", (long long)off, (long long)(off + p->bytes[v]),
+                  b->name ? b->name : "?", (long long)wo, (long long)(wo + p->bytes[w]));
+        return -1;
+      }
+    }
+    p->live_v[p->nlive_v++] = v;
+  }
   p->data[v] = p->arena + off;
   p->held[v] = true;
   note_live(p, p->bytes[v], off + p->bytes[v]);
@@ -557,6 +606,8 @@ int ptrt_program_run(ptrt_program *p, bool do_commit) {
   int rc = 0;
   p->npend = 0;
   p->mem.run_peak = 0;
+  p->nlive_v = 0;
+  if (p->opts.arena) p->arena = p->opts.arena->base; /* another program may have grown it */
   const ptc_liveness *lv = &p->live_plan;
   for (int32_t i = 0; i < p->nops && rc == 0; i++) {
     if (!lv->run[i]) continue;

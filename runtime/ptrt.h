@@ -404,6 +404,17 @@ typedef struct ptrt_mem {
                         (in peak too: the arena's last region) */
 } ptrt_mem;
 
+/* One region several programs share for their transient buffers: they run
+ * one at a time (a pipeline stage's forward, backward and step; a training
+ * step and its validation), so the rank holds the largest plan, not the
+ * sum.  Each program grows it to its plan when made; nothing in it
+ * outlives a run.  Zero-initialize; ptrt_arena_fini frees it. */
+typedef struct ptrt_arena {
+  char *base;
+  int64_t size;
+} ptrt_arena;
+void ptrt_arena_fini(ptrt_arena *a);
+
 typedef struct ptrt_program_opts {
   /* Optimizer updates write their variables directly when nothing reads
    * the variable afterwards (a training step's usual shape); such a
@@ -416,6 +427,8 @@ typedef struct ptrt_program_opts {
   /* The fused kernels of f's groups (borrowed; NULL: every op runs on its
    * own).  Each group runs as one kernel call; not with loss_only. */
   const ptrt_fused *fused;
+  /* The arena to share (borrowed; NULL: the program's own). */
+  ptrt_arena *arena;
 } ptrt_program_opts;
 
 /* Prepares f to run over vars: checks that env->comm has one rank per
@@ -454,6 +467,11 @@ int64_t ptrt_program_result_bytes(const ptrt_program *p, int32_t i);
 int ptrt_program_run(ptrt_program *p, bool commit);
 
 ptrt_mem ptrt_program_mem(const ptrt_program *p);
+
+/* --check-memory: as each buffer is placed, check that it shares no byte
+ * with a buffer still live (a broken plan is a wrong answer, not a crash:
+ * the run stops with the op and both values named). */
+void ptrt_program_set_check_memory(ptrt_program *p, bool on);
 
 /* Instrumentation: check every float result (f32, bf16, f16) for NaN and
  * infinity after its op (reporting the op and its location); time each op by kind. */

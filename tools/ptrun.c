@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "ptc_config.h"
+#include "codegen/memplan.h"
 #include "runtime/ckpt.h"
 #include "runtime/ptrt.h"
 
@@ -59,7 +60,8 @@ typedef struct config {
   bool ckpt_async;
   ptrt_on_nan on_nan;
   int64_t print_every;
-  bool check_numerics, profile;
+  bool check_numerics, profile, check_memory;
+  int64_t device_memory; /* --device-memory: bytes a rank may hold, 0: no limit */
   double timeout;
   const char *comm_stats;
   bool help, version;
@@ -120,6 +122,11 @@ static const option options[] = {
     {"check-numerics", K_FLAG, NULL, "stop at the first op that produces a NaN or an "
                                      "infinity, naming it"},
     {"profile", K_FLAG, NULL, "print the time spent in each kind of op at the end"},
+    {"device-memory", K_STR, "SIZE", "the memory of one device, e.g. 80GiB: a rank whose "
+                                     "memory plan needs more stops before it starts"},
+    {"check-memory", K_FLAG, NULL, "check that no two live buffers ever share a byte, and "
+                                   "that what each rank holds equals the plan's memory plan "
+                                   "(ptc --report); a difference stops the run"},
     {"help", K_FLAG, NULL, "print this help and exit"},
     {"version", K_FLAG, NULL, "print the version and exit"},
 };
@@ -252,6 +259,14 @@ static int set_option(config *c, const option *o, const char *val) {
   } else if (!strcmp(n, "comm-stats")) c->comm_stats = val;
   else if (!strcmp(n, "check-numerics")) c->check_numerics = true;
   else if (!strcmp(n, "profile")) c->profile = true;
+  else if (!strcmp(n, "check-memory")) c->check_memory = true;
+  else if (!strcmp(n, "device-memory")) {
+    if (ptc_parse_bytes(val, &c->device_memory) != 0 || c->device_memory <= 0) {
+      fprintf(stderr, "ptrun: error: --device-memory '%s': expected a size such as 80GiB, "
+              "512MiB or a number of bytes\n", val);
+      return EXIT_USER;
+    }
+  }
   else if (!strcmp(n, "help")) c->help = true;
   else if (!strcmp(n, "version")) c->version = true;
   return 0;
@@ -324,6 +339,7 @@ typedef struct run {
   bool capture;   /* diagnostics are captured and printed with "rank N: " */
   size_t diag_done; /* of the captured text, what is printed */
   ptrt_vars *vars;
+  ptrt_arena arena; /* the transient buffers of every program, one at a time */
   binding train, val; /* val.f NULL: no validation; unused for a pipelined plan */
   pipe_state *pipe;   /* a pipelined plan: this rank's stage, else NULL */
   ptrt_ckpt_session *ck; /* checkpoints, resume, --on-nan; NULL without them */
@@ -345,6 +361,7 @@ typedef struct run {
 
 static void pipe_config_json(run *r, json_t *o);
 static void pipe_fini(pipe_state *ps);
+static int memory_report(run *r);
 
 static const char *arg_name(const ptc_func *f, int32_t i) {
   const char *n = f->values[f->args[i]].name;
@@ -773,17 +790,21 @@ static int setup_step(run *r) {
   r->vars = ptrt_vars_create(r->ctx, pl->local, r->env.comm);
   if (!r->vars) return -1;
   ptrt_vars_init(r->vars, c->seed, r->pool);
-  if (c->load && ptrt_load_weights(r->ctx, c->load, r->vars) != 0) return -1;
+  if (c->load) {
+    if (ptrt_load_weights(r->ctx, c->load, r->vars) != 0) return -1;
+    ptrt_vars_refresh_copies(r->vars, c->seed, r->pool); /* 16-bit copies of what loaded */
+  }
   r->first_step = 1;
-  ptrt_program_opts topts = {.in_place = pl->training, .fused = pl->fused};
+  ptrt_program_opts topts = {.in_place = pl->training, .fused = pl->fused, .arena = &r->arena};
   r->train.prog = ptrt_program_create(&r->env, r->train.f, r->vars, &topts);
   if (!r->train.prog) return -1;
   if (r->val.f) {
-    ptrt_program_opts vopts = {.loss_only = true};
+    ptrt_program_opts vopts = {.loss_only = true, .arena = &r->arena};
     r->val.prog = ptrt_program_create(&r->env, r->val.f, r->vars, &vopts);
     if (!r->val.prog) return -1;
   }
   ptrt_program_set_check_finite(r->train.prog, c->check_numerics);
+  ptrt_program_set_check_memory(r->train.prog, c->check_memory);
   ptrt_program_set_profile(r->train.prog, c->profile);
   /* MFU: the model's FLOPs (whole tensors) against the peak of every device */
   r->flops = ptrt_func_flops(r->train.gf);
@@ -976,8 +997,10 @@ static int pipe_check_accumulators(run *r, pipe_state *ps) {
 }
 
 static int pipe_program(run *r, binding *b) {
-  ptrt_program_opts o = {.in_place = true, .fused = ptrt_plan_fused_of(r->plan, b->f)};
+  ptrt_program_opts o = {.in_place = true, .fused = ptrt_plan_fused_of(r->plan, b->f),
+                         .arena = &r->arena};
   b->prog = ptrt_program_create(&r->env, b->f, r->vars, &o);
+  ptrt_program_set_check_memory(b->prog, r->c->check_memory);
   if (!b->prog) return -1;
   ptrt_program_set_check_finite(b->prog, r->c->check_numerics);
   ptrt_program_set_profile(b->prog, r->c->profile);
@@ -1185,6 +1208,22 @@ static int setup(run *r) {
   if (!r->plan) return -1;
   r->env.ctx = r->ctx;
   r->devices = ptc_mesh_size(&r->plan->mod->mesh);
+  if (c->device_memory > 0) { /* every rank judges the whole mesh: they refuse together */
+    ptc_memplan mp;
+    int32_t bad = ptc_memplan_compute(r->plan->mod, &mp) == 0
+                      ? ptc_memplan_first_over(&mp, c->device_memory) : -1;
+    if (bad >= 0) {
+      char need[32], have[32];
+      human_bytes(need, sizeof need, (double)mp.groups[bad].total);
+      human_bytes(have, sizeof have, (double)c->device_memory);
+      if (!launched || r->rank == 0)
+        ptrt_error(r->ctx, "the plan does not fit --device-memory %s: rank %lld needs %s "
+                   "(ptc --report shows where); compile it with --recompute auto "
+                   "--device-memory %s, a larger mesh or a higher --zero stage", have,
+                   (long long)mp.groups[bad].first_rank, need, have);
+      return -1;
+    }
+  }
   if (choose_comm(r, launched) != 0) return -1;
   r->pool = ptrt_pool_create(r->ctx, c->threads);
   if (!r->pool) return -1;
@@ -1336,6 +1375,23 @@ static int report_step(run *r, const binding *b, const step_line *l) {
       ne += (size_t)snprintf(extra + ne, sizeof extra - ne, " | %s %.4g", key, v);
   }
   log_json(r, rec);
+  /* fp16 (passes/optimizer.c): a step whose gradients overflowed kept its
+   * old values and halved the loss scale; say so whatever --print-every */
+  for (int32_t i = 1; i < ret->nin; i++) {
+    const char *vname = b->f->values[ret->in[i]].name;
+    if (!vname || strcmp(vname, "overflow") != 0) continue;
+    if (*(const float *)ptrt_program_result(b->prog, i) == 0.0f || r->quiet) break;
+    float scale = 0;
+    for (int32_t k = 1; k < ret->nin; k++) {
+      const char *kn = b->f->values[ret->in[k]].name;
+      if (kn && strcmp(kn, "loss_scale") == 0) scale = *(const float *)ptrt_program_result(b->prog, k);
+    }
+    clear_progress(r);
+    printf("step %*lld/%lld | fp16 gradients overflowed: update skipped, loss scale lowered "
+           "to %g\n", r->step_width, (long long)step, (long long)c->steps, (double)scale);
+    fflush(stdout);
+    break;
+  }
   if (!r->quiet && (step % c->print_every == 0 || step == c->steps || step == r->first_step)) {
     char mb[32], pk[32];
     human_bytes(mb, sizeof mb, l->mem);
@@ -1411,6 +1467,7 @@ static int train(run *r) {
     if (stop < 0) return -1;
     if (stop) break;
   }
+  if (nrun > 0 && memory_report(r) != 0) return -1;
   if (r->quiet) return 0;
   clear_progress(r);
   if (nrun > 0) {
@@ -1428,17 +1485,90 @@ static int train(run *r) {
   return 0;
 }
 
+/* ---- memory: what this rank holds against the plan --------------------------- */
+
+/* What the runtime allocated for this rank's training programs, and the
+ * memory plan's figures for the rank (codegen/memplan.c, the same numbers
+ * `ptc --report` prints). */
+typedef struct mem_figs {
+  int64_t vars, fixed, arena, stash, held; /* allocated now */
+  int64_t touched;                         /* the highest arena byte any run used */
+  int64_t plan, plan_arena;                /* -1: no plan figures */
+} mem_figs;
+
+static int64_t peak_rss(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  if (!f) return -1;
+  char line[256];
+  long long kb = -1;
+  while (fgets(line, sizeof line, f))
+    if (sscanf(line, "VmHWM: %lld kB", &kb) == 1) break;
+  fclose(f);
+  return kb < 0 ? -1 : (int64_t)kb * 1024;
+}
+
+static void measure(run *r, mem_figs *m) {
+  memset(m, 0, sizeof *m);
+  m->vars = r->vars->bytes;
+  m->arena = r->arena.size;
+  m->stash = r->pipe ? r->pipe->stash_bytes : 0;
+  int32_t n = r->pipe ? pipe_nfuncs(r->pipe) : 1;
+  for (int32_t i = 0; i < n; i++) {
+    const ptrt_program *p = r->pipe ? pipe_binding(r->pipe, i)->prog : r->train.prog;
+    ptrt_mem pm = ptrt_program_mem(p);
+    m->fixed += pm.fixed;
+    if (pm.peak > m->touched) m->touched = pm.peak;
+  }
+  m->held = m->vars + m->fixed + m->arena + m->stash;
+  m->plan = m->plan_arena = -1;
+  ptc_memplan plan;
+  if (ptc_memplan_compute(r->plan->mod, &plan) == 0) {
+    int32_t g = r->pipe ? r->pipe->stage : 0;
+    if (g >= 0 && g < plan.ngroups) {
+      m->plan = plan.groups[g].total;
+      m->plan_arena = plan.groups[g].arena;
+    }
+  }
+}
+
+/* After the steps: rank 0 prints what it holds beside the plan and the
+ * process's peak RSS; with --check-memory every rank compares its own and
+ * a difference is an error.  0 or -1. */
+static int memory_report(run *r) {
+  mem_figs m;
+  measure(r, &m);
+  bool same = m.held == m.plan && m.touched == m.plan_arena;
+  if (r->c->check_memory && !same) {
+    ptrt_error(r->ctx, "--check-memory: rank %d holds %lld bytes (variables %lld + buffers "
+               "%lld + arena %lld + stash %lld; the runs used %lld bytes of the arena) but "
+               "the plan says %lld (arena %lld): the memory plan and the runtime disagree; "
+               "please report it with the plan", r->rank, (long long)m.held,
+               (long long)m.vars, (long long)m.fixed, (long long)m.arena, (long long)m.stash,
+               (long long)m.touched, (long long)m.plan, (long long)m.plan_arena);
+    return -1;
+  }
+  if (r->quiet) return 0;
+  char h[32], rss[32];
+  human_bytes(h, sizeof h, (double)m.held);
+  int64_t rs = peak_rss();
+  human_bytes(rss, sizeof rss, (double)(rs > 0 ? rs : 0));
+  printf("ptrun: memory of rank 0: holds %lld bytes (%s: variables %lld + buffers %lld + "
+         "arena %lld + stash %lld), plan %lld%s; arena high-water %lld; process peak RSS %s\n",
+         (long long)m.held, h, (long long)m.vars, (long long)m.fixed, (long long)m.arena,
+         (long long)m.stash, (long long)m.plan, same ? " (equal)" : " (DIFFERENT)",
+         (long long)m.touched, rs > 0 ? rss : "unknown");
+  return 0;
+}
+
 /* ---- the pipelined training loop ---------------------------------------------- */
 
 /* Bytes this rank holds for the run: the variables of its stage, every
  * program's arguments, results and arena, and the stash sets. */
 static double pipe_mem(const run *r) {
   pipe_state *ps = r->pipe;
-  double total = (double)r->vars->bytes + (double)ps->stash_bytes;
-  for (int32_t i = 0; i < pipe_nfuncs(ps); i++) {
-    const ptrt_program *p = pipe_binding(ps, i)->prog;
-    total += (double)ptrt_program_mem(p).fixed + (double)ptrt_program_planned_peak(p);
-  }
+  double total = (double)r->vars->bytes + (double)ps->stash_bytes + (double)r->arena.size;
+  for (int32_t i = 0; i < pipe_nfuncs(ps); i++)
+    total += (double)ptrt_program_mem(pipe_binding(ps, i)->prog).fixed;
   return total;
 }
 
@@ -1558,6 +1688,7 @@ static int train_pipe(run *r) {
     if (stop < 0) return -1;
     if (stop) break;
   }
+  if (nrun > 0 && memory_report(r) != 0) return -1;
   if (r->quiet) return 0;
   clear_progress(r);
   if (nrun > 0) {
@@ -1684,6 +1815,7 @@ static void run_fini(run *r) {
   pipe_fini(r->pipe);
   ptrt_ckpt_session_destroy(r->ck); /* before the variables it writes from */
   ptrt_vars_destroy(r->vars);
+  ptrt_arena_fini(&r->arena);
   ptrt_tokens_close(r->data);
   ptrt_tokens_close(r->vdata);
   ptrt_st_close(r->inputs);
