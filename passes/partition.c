@@ -433,6 +433,8 @@ static bool same_dims(const ptc_type *a, const ptc_type *b) {
   return true;
 }
 
+static void align_tied_zeros(ptc_module *m);
+
 static void zero(prop *P, ptc_func *f, const int32_t *def_op, int stage) {
   if (P->dp < 0 || stage == 0) return;
   uint8_t dp = (uint8_t)(1u << P->dp);
@@ -640,12 +642,63 @@ static int run_shard(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
       else if (!f->values[v].shard.present) f->values[v].shard = replicated();
   }
   free(P.decided);
+  align_tied_zeros(m);
   if (stage > 0 && P.dp >= 0) { /* partition reads it (stage 1), reports show it */
     ptc_attr za = ptc_attr_int("zero", stage);
     ptc_module_set_attr(m, &za);
   }
   *changed = true;
   return rc;
+}
+
+/* A stage that does not hold a tied parameter still takes part in its
+ * gradient's all_reduce over pp, with zeros (passes/pipeline.c).  Those
+ * zeros are laid out as the holders' gradient is (a vocabulary-parallel
+ * embedding's rows split over tp), so every stage's piece has one shape. */
+static bool is_zeros(const ptc_func *f, int32_t v) {
+  if (f->values[v].kind != PTC_VALUE_OP) return false;
+  const ptc_op *op = &f->ops[f->values[v].def];
+  if (op->code == PTC_OP_BROADCAST_TO) return is_zeros(f, op->in[0]); /* zeros_like */
+  return op->code == PTC_OP_CONSTANT && ptc_op_attr_float(op, "value", 1.0) == 0.0;
+}
+
+static void align_tied_zeros(ptc_module *m) {
+  int32_t nstep = 0;
+  ptc_func *steps[64];
+  for (int32_t i = 0; i < m->nfuncs && nstep < 64; i++)
+    if (strncmp(m->funcs[i]->name, "step.", 5) == 0) steps[nstep++] = m->funcs[i];
+  for (int32_t k = 0;; k++) { /* the k-th all_reduce over pp of every @step.<s> */
+    int32_t found = 0, from = -1, at[64];
+    for (int32_t s = 0; s < nstep; s++) {
+      ptc_func *f = steps[s];
+      at[s] = -1;
+      for (int32_t i = 0, n = 0; i < f->nops; i++) {
+        const ptc_op *op = &f->ops[i];
+        const ptc_attr *ax = op->code == PTC_OP_ALL_REDUCE ? ptc_op_attr(op, "axis") : NULL;
+        if (!ax || strcmp(ax->u.s, "pp") != 0) continue;
+        if (n++ == k) {
+          at[s] = i;
+          break;
+        }
+      }
+      if (at[s] < 0) continue;
+      found++;
+      if (from < 0 && !is_zeros(f, f->ops[at[s]].in[0])) from = s;
+    }
+    if (!found) return;
+    if (from < 0) continue;
+    const ptc_sharding want = steps[from]->values[steps[from]->ops[at[from]].in[0]].shard;
+    for (int32_t s = 0; s < nstep; s++) {
+      if (at[s] < 0) continue;
+      ptc_func *f = steps[s];
+      ptc_op *op = &f->ops[at[s]];
+      if (!is_zeros(f, op->in[0])) continue;
+      ptc_sharding w = want;
+      w.partial = 0;
+      f->values[op->in[0]].shard = w;
+      f->values[op->out[0]].shard = w;
+    }
+  }
 }
 
 static const ptc_pass_opt_spec shard_opts[] = {
