@@ -896,7 +896,7 @@ static int parse_order(const char *s, unit **out, int32_t *n) {
 /* FLOPs one rank spends in f: its ops on the pieces it holds. */
 static double local_flops(const ptc_module *lm, const ptc_func *f) {
   const ptc_func *lf = lm ? ptc_module_find_func(lm, f->name) : NULL;
-  return ptc_func_flops(lf ? lf : f);
+  return ptc_func_hw_flops(lf ? lf : f); /* recomputed ops take time too */
 }
 
 double ptc_pipe_bubble(const ptc_pipe_sim *sim) {
