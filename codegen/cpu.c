@@ -178,7 +178,7 @@ static void build_fini(build *b) {
 }
 
 /* A group's structure, as text: input types, each op with its operands
- * (input k, or result r of the group's op i), attributes but `group`,
+ * (input k, or result r of the group's op i), attributes but `group` and `recompute`,
  * result types, and which results leave the group.  Groups with equal
  * keys compute the same function of their buffers, so they share one
  * kernel: a transformer's layers repeat the same few groups, and
@@ -202,7 +202,7 @@ static void group_key(ptc_buf *b, const ptc_func *f, const ptc_group_sig *sig) {
     }
     for (int32_t a = 0; a < op->nattr; a++) {
       const ptc_attr *at = &op->attrs[a];
-      if (strcmp(at->name, PTC_GROUP_ATTR) == 0) continue;
+      if (strcmp(at->name, PTC_GROUP_ATTR) == 0 || strcmp(at->name, "recompute") == 0) continue;
       ptc_buf_printf(b, " %s=", at->name);
       switch (at->kind) {
       case PTC_ATTR_INT: ptc_buf_printf(b, "%lld", (long long)at->u.i); break;

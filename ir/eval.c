@@ -36,6 +36,7 @@ static double round_to(ptc_dtype t, double v) {
   case PTC_DTYPE_F64: return v;
   case PTC_DTYPE_F32: return (double)(float)v;
   case PTC_DTYPE_BF16: {
+    if (isnan(v)) return v; /* a NaN stays one (its payload may sit in the low bits) */
     float f = (float)v;
     uint32_t u;
     memcpy(&u, &f, 4);

@@ -84,6 +84,7 @@ int32_t ptc_module_add_param(ptc_module *m, const char *name,
   p->trainable = true;
   p->type = *type;
   p->init = init;
+  if (init.from) p->init.from = ptc_arena_strdup(&m->arena, init.from); /* the caller's may go */
   p->loc = loc;
   m->param_hash[param_slot(m, p->name)] = m->nparams;
   return m->nparams++;
