@@ -18,6 +18,7 @@
 #include "codegen/memplan.h"
 #if PTC_HAVE_PLAN
 #include "codegen/codegen.h"
+#include "codegen/cuda.h"
 #endif
 
 enum { EXIT_USER = 1, EXIT_USAGE = 2 };
@@ -132,9 +133,11 @@ static const option options[] = {
      "'-' (standard output) or ends in .ptir or .dot, write the IR (or "
      "graph) text there instead",
      NULL},
-    {"target", 0, ARG_REQUIRED, O_TARGET, "cpu|cpu:generic|cpu:NAME",
-     "the CPU the plan's fused kernels are built for: this machine (default "
-     "cpu), any x86-64 (cpu:generic) or a named one such as cpu:x86-64-v3",
+    {"target", 0, ARG_REQUIRED, O_TARGET, "cpu|cpu:generic|cpu:NAME|cuda:sm_NN",
+     "what the plan's kernels are built for: this machine's CPU (default "
+     "cpu), any x86-64 (cpu:generic), a named CPU such as cpu:x86-64-v3, or "
+     "an NVIDIA GPU architecture such as cuda:sm_80 or cuda:sm_90 (CUDA C "
+     "compiled with NVRTC, which must be installed; docs/cuda.md)",
      NULL},
     {"report", 0, ARG_OPTIONAL, O_REPORT, "[=text|json]",
      "print the plan's figures: per rank memory by category, FLOPs, bytes per mesh "
@@ -424,9 +427,23 @@ static int apply_option(driver *d, const option *o, const char *val) {
     break;
   }
   case O_TARGET:
-    if (strcmp(val, "cpu") != 0 && strncmp(val, "cpu:", 4) != 0) {
+    if (strncmp(val, "cuda", 4) == 0) {
+#if PTC_HAVE_PLAN
+      char arch[16];
+      if (!ptc_cuda_target_parse(val, arch, sizeof arch)) {
+        ptc_error(d->ctx, ptc_loc_unknown, "--target '%s': a CUDA target names the GPU "
+                  "architecture, cuda:sm_NN (e.g. cuda:sm_80 for A100, cuda:sm_90 for H100)", val);
+        return EXIT_USER;
+      }
+#else
+      ptc_error(d->ctx, ptc_loc_unknown, "--target '%s': this ptc was built without plan "
+                "output (libjansson-dev, libssl-dev), which CUDA targets write", val);
+      return EXIT_USER;
+#endif
+    } else if (strcmp(val, "cpu") != 0 && strncmp(val, "cpu:", 4) != 0) {
       ptc_error(d->ctx, ptc_loc_unknown, "--target '%s': the targets are cpu (this "
-                "machine), cpu:generic (any x86-64) and cpu:NAME (e.g. cpu:x86-64-v3)", val);
+                "machine), cpu:generic (any x86-64), cpu:NAME (e.g. cpu:x86-64-v3) and "
+                "cuda:sm_NN (e.g. cuda:sm_90)", val);
       return EXIT_USER;
     }
     d->target = val;
@@ -867,7 +884,25 @@ static int recompute_auto(driver *d, const ptc_mesh *mesh, ptc_module **out, ptc
     ptc_buf_puts(why, ": does not fit\n");
     ptc_module_destroy(m);
   }
-  if (try_recompute(d, mesh, "full", 0, &m, &need, &rank, &hw) != 0) return -1;
+  /* a model without repeated layers has no full recomputation: say so */
+  ptc_ctx_set_diag_capture(d->ctx, true);
+  int frc = try_recompute(d, mesh, "full", 0, &m, &need, &rank, &hw);
+  ptc_ctx_set_diag_capture(d->ctx, false);
+  if (frc != 0) {
+    const char *text = ptc_ctx_diag_text(d->ctx);
+    bool no_layers = strstr(text, "found no layers") != NULL;
+    if (!no_layers) fputs(text, stderr);
+    if (no_layers) {
+      ptc_buf_puts(why, "  full                   not available: the model has no repeated "
+                   "layers\n");
+      ptc_error(d->ctx, ptc_loc_unknown, "--recompute auto: the model does not fit in "
+                "--device-memory with selective recomputation, and it has no repeated "
+                "layers to recompute whole; use more devices (a larger tp, pp or ZeRO stage) "
+                "or a smaller batch");
+      fputs(why->data, stderr);
+    }
+    return -1;
+  }
   const ptc_attr *la = ptc_module_get_attr(m, "recompute.layers");
   long L = la && la->kind == PTC_ATTR_INT ? (long)la->u.i : 0;
   ptc_buf_printf(why, "  %-22s rank %lld needs ", "full (every layer)", (long long)rank);
