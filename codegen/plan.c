@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "codegen/codegen.h"
+#include "codegen/cuda.h"
 #include "codegen/memplan.h"
 #include "passes/passes.h"
 #include "ptc_config.h"
@@ -290,6 +291,36 @@ out:
 #endif
 }
 
+/* A CUDA target: every kernel of the module (fused groups, attention, the
+ * multi-tensor AdamW) compiled by NVRTC into tmp/kernels.<arch>.cubin and
+ * .ptx, with the CUDA C they came from (kernels.cu); appends their file
+ * entries and returns the manifest's "kernels" (codegen/cuda.h), or NULL
+ * after reporting. */
+static json_t *write_cuda_kernels(ptc_module *m, const char *target, const char *tmp,
+                                  json_t *files) {
+  ptc_cuda_out co;
+  if (ptc_codegen_cuda(m, target, &co) != 0) return NULL;
+  char cubin[64], ptx[64];
+  snprintf(cubin, sizeof cubin, "kernels.%s.cubin", co.arch);
+  snprintf(ptx, sizeof ptx, "kernels.%s.ptx", co.arch);
+  const struct {
+    const char *name;
+    const ptc_buf *b;
+  } out[] = {{"kernels.cu", &co.source}, {cubin, &co.cubin}, {ptx, &co.ptx}};
+  json_t *desc = NULL;
+  for (size_t i = 0; i < sizeof out / sizeof out[0]; i++) {
+    const char *d = out[i].b->data ? out[i].b->data : "";
+    if (put_file(m->ctx, tmp, out[i].name, d, out[i].b->len) != 0) goto done;
+    json_array_append_new(files, file_entry(out[i].name, d, out[i].b->len));
+  }
+  json_error_t jerr;
+  desc = json_loadb(co.info.data ? co.info.data : "", co.info.len, 0, &jerr);
+  PTC_ASSERT(desc); /* the code generator writes valid JSON */
+done:
+  ptc_cuda_out_fini(&co);
+  return desc;
+}
+
 static json_t *mesh_json(const ptc_mesh *m) {
   json_t *o = json_object();
   for (int32_t i = 0; i < m->naxes; i++)
@@ -307,8 +338,9 @@ int ptc_plan_write_target(ptc_module *m, const char *dir, const char *target) {
               "@forward function to run; write the IR with --emit=ir", m->name);
     return -1;
   }
-  bool kernels = has_groups(m);
-  if (kernels && !PTC_HAVE_LLVM) {
+  bool cuda = strncmp(target, "cuda:", 5) == 0;
+  bool kernels = cuda || has_groups(m);
+  if (kernels && !cuda && !PTC_HAVE_LLVM) {
     ptc_error(ctx, ptc_loc_unknown, "cannot write a plan for @%s: it has fused groups (the "
               "'fuse' pass) and this ptc was built without LLVM to compile them; drop "
               "'fuse' from --pass-pipeline, or build ptc with LLVM (llvm-dev) and "
@@ -350,7 +382,9 @@ int ptc_plan_write_target(ptc_module *m, const char *dir, const char *target) {
   json_t *kdesc;
   /* kernels are compiled for the shapes each rank holds */
   ptc_module *km = kernels && partitioned(m) ? ptc_module_localize(m) : NULL;
-  kdesc = kernels ? write_kernels(km ? km : m, target, tmp, files) : NULL;
+  if (!kernels) kdesc = NULL;
+  else if (cuda) kdesc = write_cuda_kernels(km ? km : m, target, tmp, files);
+  else kdesc = write_kernels(km ? km : m, target, tmp, files);
   if (km) ptc_module_destroy(km);
   if (kernels && !kdesc) {
     json_decref(files);
@@ -358,7 +392,7 @@ int ptc_plan_write_target(ptc_module *m, const char *dir, const char *target) {
   }
   man = json_pack("{s:s,s:i,s:s,s:s,s:o,s:s,s:s,s:s,s:o}", "format", PTC_PLAN_FORMAT,
                   "version", PTC_PLAN_VERSION, "ptc_version", PTC_VERSION_STRING, "model",
-                  m->name, "mesh", mesh_json(&m->mesh), "target", "cpu", "entry",
+                  m->name, "mesh", mesh_json(&m->mesh), "target", cuda ? target : "cpu", "entry",
                   ptc_module_get_attr(m, "pipeline.stages") ? "pipeline" : entry->name,
                   "checksum", "sha256", "files", files);
   PTC_ASSERT(man);

@@ -343,6 +343,42 @@ static void local_copies(pl *L, const int32_t *res, int32_t nres, int32_t *stack
   for (int32_t r = 1; r < nres; r++) mark_ancestors(f, res[r], L->cls, 1, stack);
 }
 
+/* Where op i of the backward, which reads only gradients, goes: the chunk
+ * of its operands, or its users' when sending the operands there costs
+ * fewer bytes than sending the result. */
+static int32_t pure_chunk(const pl *L, int32_t i) {
+  const ptc_func *f = L->f;
+  const ptc_op *op = &f->ops[i];
+  int32_t co = -1, cu = -1;
+  for (int32_t k = 0; k < op->nin; k++) {
+    const ptc_value *v = &f->values[op->in[k]];
+    if (v->kind == PTC_VALUE_OP && L->cls[v->def] == 1 && L->chunk[v->def] >= 0 &&
+        (co < 0 || L->chunk[v->def] < co))
+      co = L->chunk[v->def];
+  }
+  for (int32_t r = 0; r < op->nout; r++)
+    for (int32_t j = i + 1; j < f->nops; j++)
+      for (int32_t k = 0; k < f->ops[j].nin; k++)
+        if (f->ops[j].in[k] == op->out[r] && L->cls[j] == 1 && L->chunk[j] > cu)
+          cu = L->chunk[j];
+  if (co < 0 || cu < 0 || cu == co) return co >= 0 ? co : cu;
+  double at_co = 0, at_cu = 0;
+  for (int32_t r = 0; r < op->nout; r++)
+    at_co += (double)ptc_type_bytes(&f->values[op->out[r]].type);
+  for (int32_t k = 0; k < op->nin; k++) {
+    int32_t v = op->in[k];
+    if (f->values[v].kind != PTC_VALUE_OP || L->cls[f->values[v].def] != 1 ||
+        L->chunk[f->values[v].def] == cu)
+      continue;
+    bool there = false; /* already needed on cu by a placed op */
+    for (int32_t j = f->values[v].def + 1; j < f->nops && !there; j++)
+      for (int32_t kk = 0; kk < f->ops[j].nin; kk++)
+        if (f->ops[j].in[kk] == v && j != i && L->chunk[j] == cu) there = true;
+    if (!there) at_cu += (double)ptc_type_bytes(&f->values[v].type);
+  }
+  return at_cu < at_co ? cu : co;
+}
+
 /* Backward ops: the chunk of the forward values or parameters they read;
  * an op that reads only gradients goes to the highest chunk of its users (a
  * reshape of a gradient moves with the gradient; gradients only flow to
@@ -384,44 +420,18 @@ static void place_backward(pl *L, const int32_t *pmax) {
     L->chunk[i] = fmax;
     pure[i] = fmax < 0;
   }
-  /* ops reading only gradients, in order: where their operands are, or at
-   * their users' chunk when sending the operands there costs fewer bytes
-   * than sending the result (e.g. a reshape of a gradient that goes there
-   * anyway) */
-  for (int sweep = 0; sweep < 2; sweep++) /* the second sees every user placed */
-  for (int32_t i = 0; i < f->nops; i++) {
-    if (!pure[i]) continue;
-    const ptc_op *op = &f->ops[i];
-    int32_t co = -1, cu = -1;
-    for (int32_t k = 0; k < op->nin; k++) {
-      const ptc_value *v = &f->values[op->in[k]];
-      if (v->kind == PTC_VALUE_OP && L->cls[v->def] == 1 && L->chunk[v->def] >= 0 &&
-          (co < 0 || L->chunk[v->def] < co))
-        co = L->chunk[v->def];
+  /* ops reading only gradients (pure_chunk); a chain of them (a constant,
+   * scaled, then read by the backward) settles from its users back: sweep
+   * until nothing moves */
+  bool moved = true;
+  for (int32_t sweep = 0; moved && sweep <= f->nops; sweep++) {
+    moved = false;
+    for (int32_t i = 0; i < f->nops; i++) {
+      if (!pure[i]) continue;
+      int32_t c = pure_chunk(L, i);
+      moved |= c != L->chunk[i];
+      L->chunk[i] = c;
     }
-    for (int32_t r = 0; r < op->nout; r++)
-      for (int32_t j = i + 1; j < f->nops; j++)
-        for (int32_t k = 0; k < f->ops[j].nin; k++)
-          if (f->ops[j].in[k] == op->out[r] && L->cls[j] == 1 && L->chunk[j] > cu)
-            cu = L->chunk[j];
-    if (co < 0 || cu < 0 || cu == co) {
-      L->chunk[i] = co >= 0 ? co : cu;
-      continue;
-    }
-    double at_co = 0, at_cu = 0;
-    for (int32_t r = 0; r < op->nout; r++) at_co += (double)ptc_type_bytes(&f->values[op->out[r]].type);
-    for (int32_t k = 0; k < op->nin; k++) {
-      int32_t v = op->in[k];
-      if (f->values[v].kind != PTC_VALUE_OP || L->cls[f->values[v].def] != 1 ||
-          L->chunk[f->values[v].def] == cu)
-        continue;
-      bool there = false; /* already needed on cu by a placed op */
-      for (int32_t j = f->values[v].def + 1; j < f->nops && !there; j++)
-        for (int32_t kk = 0; kk < f->ops[j].nin; kk++)
-          if (f->ops[j].in[kk] == v && j != i && L->chunk[j] == cu) there = true;
-      if (!there) at_cu += (double)ptc_type_bytes(&f->values[v].type);
-    }
-    L->chunk[i] = at_cu < at_co ? cu : co;
   }
   /* no user (a gradient result): where its operands are */
   for (int32_t i = 0; i < f->nops; i++) {

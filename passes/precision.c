@@ -118,7 +118,13 @@ static int32_t cast_to(ptc_func *f, int32_t pos, int32_t v, ptc_dtype t, ptc_loc
 
 /* fp16: state @loss_scale (the scale in units of 2^16, init 1) and
  * @loss_scale.good (finite steps in a row); every cross_entropy_grad's
- * seed is multiplied by 2^16 * @loss_scale. */
+ * seed is multiplied by 2^16 * @loss_scale.  Autodiff's seed is a constant
+ * (1.0) that only seeds: it takes the factor 2^16 itself, so the backward
+ * starts from one op, mul(seed, @loss_scale), next to its
+ * cross_entropy_grad.  (The pipeline pass places a backward op that reads
+ * no forward value by its users, and a longer chain of them -- a constant
+ * 2^16, its product with @loss_scale, then the seed's -- could land on
+ * the wrong stage.)  Another seed is multiplied by @loss_scale * 2^16. */
 static int scale_seeds(ptc_module *m, ptc_func *f) {
   ptc_type scalar = {.dtype = PTC_DTYPE_F32, .rank = 0};
   int32_t sv = ptc_module_add_param(m, "loss_scale", &scalar, (ptc_init){.kind = PTC_INIT_ONES},
@@ -127,28 +133,45 @@ static int scale_seeds(ptc_module *m, ptc_func *f) {
                                                    (ptc_init){.kind = PTC_INIT_ZEROS}, f->loc);
   if (sv < 0 || gv < 0) return -1;
   m->params[sv].trainable = m->params[gv].trainable = false;
+  int32_t read = ptc_func_param_value(f, sv);
+  int32_t nv0 = f->nvalues; /* every seed is one of these */
+  bool *scaled = ptc_xcalloc((size_t)nv0 + 1, sizeof *scaled);
   int32_t seeds = 0, S = -1;
+  int rc = -1;
   for (int32_t i = 0; i < f->nops; i++) {
     if (f->ops[i].code != PTC_OP_CROSS_ENTROPY_GRAD) continue;
     ptc_loc loc = f->ops[i].loc;
-    if (S < 0) {
-      int32_t read = ptc_func_param_value(f, sv);
-      ptc_attr u = ptc_attr_float("value", 65536.0);
-      ptc_build_args cb = {.code = PTC_OP_CONSTANT, .nattr = 1, .attrs = &u, .ngiven = 1,
-                           .given = &scalar, .loc = loc};
-      int32_t ci = ptc_build_at(f, i, &cb);
-      if (ci < 0) return -1;
-      int32_t in[2] = {read, f->ops[ci].out[0]};
-      ptc_build_args mb = {.code = PTC_OP_MUL, .nin = 2, .in = in, .loc = loc};
-      int32_t mi = ptc_build_at(f, ci + 1, &mb);
-      if (mi < 0) return -1;
-      S = f->ops[mi].out[0];
-      i = mi + 1; /* the cross_entropy_grad again */
+    int32_t seed = f->ops[i].in[0], by = read;
+    const ptc_value *v = &f->values[seed];
+    if (seed < nv0 && v->kind == PTC_VALUE_OP && f->ops[v->def].code == PTC_OP_CONSTANT &&
+        only_seed(f, seed)) {
+      ptc_op *c = &f->ops[v->def];
+      for (int32_t k = 0; k < c->nattr && !scaled[seed]; k++)
+        if (strcmp(c->attrs[k].name, "value") == 0 && c->attrs[k].kind == PTC_ATTR_FLOAT) {
+          c->attrs[k].u.f *= 65536.0;
+          scaled[seed] = true;
+        }
     }
-    int32_t in[2] = {f->ops[i].in[0], S};
+    if (!scaled[seed]) {
+      if (S < 0) {
+        ptc_attr u = ptc_attr_float("value", 65536.0);
+        ptc_build_args cb = {.code = PTC_OP_CONSTANT, .nattr = 1, .attrs = &u, .ngiven = 1,
+                             .given = &scalar, .loc = loc};
+        int32_t ci = ptc_build_at(f, i, &cb);
+        if (ci < 0) goto out;
+        int32_t in[2] = {read, f->ops[ci].out[0]};
+        ptc_build_args mb = {.code = PTC_OP_MUL, .nin = 2, .in = in, .loc = loc};
+        int32_t mi = ptc_build_at(f, ci + 1, &mb);
+        if (mi < 0) goto out;
+        S = f->ops[mi].out[0];
+        i = mi + 1; /* the cross_entropy_grad again */
+      }
+      by = S;
+    }
+    int32_t in[2] = {f->ops[i].in[0], by};
     ptc_build_args sb = {.code = PTC_OP_MUL, .nin = 2, .in = in, .loc = loc};
     int32_t si = ptc_build_at(f, i, &sb);
-    if (si < 0) return -1;
+    if (si < 0) goto out;
     f->ops[si + 1].in[0] = f->ops[si].out[0];
     i = si + 1;
     seeds++;
@@ -157,9 +180,12 @@ static int scale_seeds(ptc_module *m, ptc_func *f) {
     ptc_error(m->ctx, f->loc, "precision: fp16 scales the loss, and @step's loss is not a "
               "cross_entropy the pass knows how to seed; train in bf16 (no loss scaling "
               "needed) or fp32");
-    return -1;
+    goto out;
   }
-  return 0;
+  rc = 0;
+out:
+  free(scaled);
+  return rc;
 }
 
 static int precision_run(ptc_module *m, const ptc_pass_opts *o, bool *changed) {

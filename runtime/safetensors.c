@@ -395,7 +395,13 @@ static int load_vars(ptc_ctx *ctx, const char *path, ptrt_vars *v, bool state,
 }
 
 int ptrt_load_weights(ptc_ctx *ctx, const char *path, ptrt_vars *v) {
-  return load_vars(ctx, path, v, false, NULL);
+  if (load_vars(ctx, path, v, false, NULL) != 0) return -1;
+  /* Mixed precision: the step reads the 16-bit working copies (init
+   * copy(@p)), not the parameters just loaded; they were made from the
+   * seed's init and must follow.  Weights load into whole tensors, so each
+   * copy is the cast of its source's memory (the seed is not used). */
+  ptrt_vars_refresh_copies(v, 0, NULL);
+  return 0;
 }
 
 int ptrt_load_checkpoint(ptc_ctx *ctx, const char *path, ptrt_vars *v, int64_t *step) {

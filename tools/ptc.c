@@ -442,8 +442,8 @@ static int apply_option(driver *d, const option *o, const char *val) {
 #endif
     } else if (strcmp(val, "cpu") != 0 && strncmp(val, "cpu:", 4) != 0) {
       ptc_error(d->ctx, ptc_loc_unknown, "--target '%s': the targets are cpu (this "
-                "machine), cpu:generic (any x86-64), cpu:NAME (e.g. cpu:x86-64-v3) and "
-                "cuda:sm_NN (e.g. cuda:sm_90)", val);
+                "machine), cpu:generic (any x86-64) and cpu:NAME (e.g. cpu:x86-64-v3) for "
+                "the CPU, cuda:sm_NN (e.g. cuda:sm_90) for an NVIDIA GPU", val);
       return EXIT_USER;
     }
     d->target = val;

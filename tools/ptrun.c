@@ -29,6 +29,7 @@
 #include "ptc_config.h"
 #include "codegen/memplan.h"
 #include "runtime/ckpt.h"
+#include "runtime/cuda.h"
 #include "runtime/ptrt.h"
 
 enum { EXIT_USER = 1, EXIT_USAGE = 2 };
@@ -790,10 +791,7 @@ static int setup_step(run *r) {
   r->vars = ptrt_vars_create(r->ctx, pl->local, r->env.comm);
   if (!r->vars) return -1;
   ptrt_vars_init(r->vars, c->seed, r->pool);
-  if (c->load) {
-    if (ptrt_load_weights(r->ctx, c->load, r->vars) != 0) return -1;
-    ptrt_vars_refresh_copies(r->vars, c->seed, r->pool); /* 16-bit copies of what loaded */
-  }
+  if (c->load && ptrt_load_weights(r->ctx, c->load, r->vars) != 0) return -1;
   r->first_step = 1;
   ptrt_program_opts topts = {.in_place = pl->training, .fused = pl->fused, .arena = &r->arena};
   r->train.prog = ptrt_program_create(&r->env, r->train.f, r->vars, &topts);
@@ -1203,6 +1201,15 @@ static int setup(run *r) {
     r->quiet = r->rank != 0;
     r->capture = true;
     ptc_ctx_set_diag_capture(r->ctx, true);
+  }
+  if (ptrt_cuda_is_plan(c->plan)) { /* a GPU plan: checked and loaded as far as this machine can */
+    ptrt_cuda *g = ptrt_cuda_open(r->ctx, c->plan, NULL, 0);
+    if (!g) return -1; /* reported, e.g. "this plan is for cuda:sm_90; no CUDA driver here" */
+    ptc_error(r->ctx, ptc_loc_unknown, "'%s': a %s plan, its %d kernels loaded on %s; this "
+              "ptrun cannot execute CUDA plans yet (docs/cuda.md)", c->plan,
+              ptrt_cuda_target(g), ptrt_cuda_nkernels(g), ptrt_cuda_device(g));
+    ptrt_cuda_close(g);
+    return -1;
   }
   r->plan = ptrt_plan_open(r->ctx, c->plan);
   if (!r->plan) return -1;
