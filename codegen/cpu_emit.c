@@ -31,6 +31,7 @@
 #include <string.h>
 
 #include "codegen/cpu_internal.h"
+#include "codegen/opmath.h"
 
 enum { FULL = PTC_GROUP_MODE_FULL, ROWM = PTC_GROUP_MODE_ROW };
 enum { NAUX = 6 };
@@ -812,20 +813,6 @@ static void emit_segment(kern *k, seg *s, LLVMValueRef j0, LLVMValueRef j1) {
 
 /* ---- index maps and the iteration space ----------------------------------------- */
 
-/* Row-major strides of s right-aligned against dims t[0..tr): 0 where s
- * broadcasts. */
-static void align_strides(const ptc_type *s, int32_t tr, int64_t *st) {
-  int64_t sst[PTC_MAX_RANK], m = 1;
-  for (int32_t d = s->rank - 1; d >= 0; d--) {
-    sst[d] = m;
-    m *= s->dims[d];
-  }
-  for (int32_t d = 0; d < tr; d++) {
-    int32_t sd = s->rank - tr + d;
-    st[d] = sd >= 0 && s->dims[sd] != 1 ? sst[sd] : 0;
-  }
-}
-
 /* The keepdim shape of what an ACC output accumulates, aligned to X. */
 static ptc_type acc_shape(const kern *k, int32_t v) {
   const ptc_op *op = &k->f->ops[k->f->values[v].def];
@@ -881,7 +868,7 @@ static void plan_maps(kern *k) {
     }
   for (int32_t r = 0; r < nreq; r++) {
     int32_t tr = req[r].mode == ROWM ? x->rank - 1 : x->rank;
-    align_strides(&req[r].shape, tr, req[r].st);
+    ptc_om_align_strides(&req[r].shape, tr, req[r].st);
   }
 
   if (k->rowwise) {

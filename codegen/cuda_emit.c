@@ -541,19 +541,6 @@ static void column_outputs(ce *c, const int32_t *store, int32_t nstore, accout *
 
 /* ---- maps ------------------------------------------------------------------------ */
 
-static void align_strides(const ptc_type *s, const int64_t *dims, int32_t tr, int64_t *st) {
-  int64_t sst[PTC_MAX_RANK], m = 1;
-  (void)dims;
-  for (int32_t d = s->rank - 1; d >= 0; d--) {
-    sst[d] = m;
-    m *= s->dims[d];
-  }
-  for (int32_t d = 0; d < tr; d++) {
-    int32_t sd = s->rank - tr + d;
-    st[d] = sd >= 0 && s->dims[sd] != 1 ? sst[sd] : 0;
-  }
-}
-
 static ptc_type acc_shape(const ce *c, int32_t v) {
   const ptc_op *op = &c->f->ops[c->f->values[v].def];
   if (!ptc_om_is_reduce(op->code)) return *vty(c, v);
@@ -568,7 +555,7 @@ static void add_map(ce *c, int32_t v, int mode, const ptc_type *s) {
   if (m->used) return;
   m->used = true;
   int32_t tr = mode == ROWM ? c->x.rank - 1 : c->x.rank;
-  align_strides(s, c->x.dims, tr, m->st);
+  ptc_om_align_strides(s, tr, m->st);
 }
 
 static void plan_maps(ce *c) {

@@ -601,3 +601,15 @@ int ptc_om_eval_op(const ptc_func *f, const ptc_op *op, const double *const *ins
   }
   return 0;
 }
+
+void ptc_om_align_strides(const ptc_type *s, int32_t tr, int64_t *st) {
+  int64_t sst[PTC_MAX_RANK], m = 1;
+  for (int32_t d = s->rank - 1; d >= 0; d--) {
+    sst[d] = m;
+    m *= s->dims[d];
+  }
+  for (int32_t d = 0; d < tr; d++) {
+    int32_t sd = s->rank - tr + d;
+    st[d] = sd >= 0 && s->dims[sd] != 1 ? sst[sd] : 0;
+  }
+}

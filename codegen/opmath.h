@@ -153,4 +153,9 @@ int ptc_om_eval_op(const ptc_func *f, const ptc_op *op, const double *const *ins
 /* Printable name of a node kind ("fma"). */
 const char *ptc_om_kind_name(ptc_om_kind k);
 
+/* Row-major strides of s right-aligned against an iteration shape of rank
+ * tr: 0 where s broadcasts (its dimension is 1 or missing).  Both code
+ * generators index a group's inputs with them. */
+void ptc_om_align_strides(const ptc_type *s, int32_t tr, int64_t *st);
+
 #endif /* PTC_OPMATH_H */

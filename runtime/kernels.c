@@ -19,6 +19,7 @@
 #include <stdarg.h>
 #include <stdio.h>
 
+#include "codegen/codegen.h"
 #include "runtime/half.h"
 #include "runtime/internal.h"
 
@@ -977,27 +978,11 @@ static bool index_operand(ptc_opcode c, int i) {
   }
 }
 
-/* Ops that move data without arithmetic take integers too. */
+/* Ops that move data without arithmetic take integers too: those that take
+ * 16-bit data as stored (codegen/liveness.c), but for the reductions of
+ * the collectives, which add. */
 static bool any_held_dtype(ptc_opcode c) {
-  switch (c) {
-  case PTC_OP_CONSTANT:
-  case PTC_OP_CAST:
-  case PTC_OP_RESHAPE:
-  case PTC_OP_TRANSPOSE:
-  case PTC_OP_SLICE:
-  case PTC_OP_PAD:
-  case PTC_OP_CONCAT:
-  case PTC_OP_BROADCAST_TO:
-  case PTC_OP_SHARD:
-  case PTC_OP_TO_PARTIAL:
-  case PTC_OP_ALL_GATHER: /* these two move bytes, whatever they hold */
-  case PTC_OP_BROADCAST:
-  case PTC_OP_SEND:
-  case PTC_OP_RECV:
-  case PTC_OP_RETURN:
-  case PTC_OP_ASSIGN: return true;
-  default: return false;
-  }
+  return ptc_op_moves_bytes(c) && c != PTC_OP_ALL_REDUCE && c != PTC_OP_REDUCE_SCATTER;
 }
 
 int ptrt_kernel_check(ptc_ctx *ctx, const ptc_func *f, const ptc_op *op) {
