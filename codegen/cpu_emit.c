@@ -22,6 +22,11 @@
  * makes the reductions vector code too (LLVM would not reassociate them)
  * and keeps the kernels fast whatever the cost model thinks.
  *
+ * The ops' arithmetic is not written here: each op's math is a program of
+ * codegen/opmath.h (the one description the CUDA emitter prints too), and
+ * om_build turns a program into instructions, one case per node kind.
+ * This file supplies the programs' leaves (operands at the loop position,
+ * row statistics, reductions, column indices) and the loops around them.
  * Semantics are those of ir/eval.c, computed in f32 (bias corrections of
  * AdamW in double, as the runtime's kernel does).
  */
@@ -66,6 +71,8 @@ typedef struct kern {
   LLVMValueRef *rowx; /* [nvalues] FULL-mode input loads at row scope */
   LLVMValueRef *base[2]; /* [nvalues] this row's base offsets per mode */
   LLVMValueRef (*aux)[NAUX]; /* [ops] statistics of row ops, factors of optimizers */
+  ptc_opmath **ew;       /* [ops] element-wise ops' programs (opmath.h) */
+  ptc_om_rowop **rop;    /* [ops] row ops' descriptions */
   LLVMValueRef fn, begin, end, rowidx, status;
   LLVMValueRef iota; /* <0, 1, ..., W-1> as i32 */
 } kern;
@@ -156,9 +163,9 @@ static void emit_loop(kern *k, LLVMValueRef j0, LLVMValueRef j1, body_fn fn, voi
 /* ---- evaluation ----------------------------------------------------------- */
 
 static LLVMValueRef eval(kern *k, int32_t v, pos *p);
-static void emit_ew(kern *k, const ptc_op *op, int32_t opi, LLVMValueRef *in, int lanes,
-                    LLVMValueRef *out);
+static void emit_ew(kern *k, int32_t opi, LLVMValueRef *in, int lanes, LLVMValueRef *out);
 static LLVMValueRef rowop_elem(kern *k, int32_t opi, int32_t r, pos *p);
+static LLVMValueRef *fresh_cache(kern *k);
 
 /* An input's value at the current row, read in `mode` (a per-row value). */
 static LLVMValueRef eval_row(kern *k, int32_t v, int mode) {
@@ -205,16 +212,13 @@ static LLVMValueRef eval(kern *k, int32_t v, pos *p) {
     PTC_ASSERT(lv(k, v) == PTC_GROUP_ELEM);
     int32_t opi = k->f->values[v].def;
     const ptc_op *op = &k->f->ops[opi];
-    if (op->code == PTC_OP_SOFTMAX || op->code == PTC_OP_LAYERNORM ||
-        op->code == PTC_OP_RMSNORM || op->code == PTC_OP_SOFTMAX_GRAD ||
-        op->code == PTC_OP_LAYERNORM_GRAD || op->code == PTC_OP_RMSNORM_GRAD ||
-        op->code == PTC_OP_CROSS_ENTROPY_GRAD) {
+    if (k->rop[opi - k->sig->first]) {
       r = rowop_elem(k, opi, k->f->values[v].res, p);
     } else {
       LLVMValueRef in[8], out[4];
       PTC_ASSERT(op->nin <= 8 && op->nout <= 4);
       for (int32_t a = 0; a < op->nin; a++) in[a] = eval(k, op->in[a], p);
-      emit_ew(k, op, opi, in, p->lanes, out);
+      emit_ew(k, opi, in, p->lanes, out);
       for (int32_t a = 0; a < op->nout; a++) p->cache[op->out[a]] = out[a];
       return p->cache[v];
     }
@@ -223,17 +227,7 @@ static LLVMValueRef eval(kern *k, int32_t v, pos *p) {
   return r;
 }
 
-/* ---- element-wise ops ------------------------------------------------------- */
-
-static LLVMValueRef bin_float(kern *k, ptc_opcode c, LLVMValueRef x, LLVMValueRef y) {
-  switch (c) {
-  case PTC_OP_ADD: return LLVMBuildFAdd(B_, x, y, "");
-  case PTC_OP_SUB: return LLVMBuildFSub(B_, x, y, "");
-  case PTC_OP_MUL: return LLVMBuildFMul(B_, x, y, "");
-  case PTC_OP_DIV: return LLVMBuildFDiv(B_, x, y, "");
-  default: return ptc__cg_fmax(k->g, x, y);
-  }
-}
+/* ---- the ops' math: opmath programs to instructions ------------------------- */
 
 /* Integer division as ir/eval.c defines it: truncated, 0 for a zero
  * divisor (and no undefined overflow for MIN / -1: it wraps). */
@@ -248,180 +242,176 @@ static LLVMValueRef int_div(kern *k, ptc_dtype t, int lanes, LLVMValueRef x, LLV
   return LLVMBuildSelect(B_, y0, zero, q, "");
 }
 
-static LLVMValueRef bin_int(kern *k, ptc_opcode c, ptc_dtype t, int lanes, LLVMValueRef x,
-                            LLVMValueRef y) {
-  switch (c) {
-  case PTC_OP_ADD: return LLVMBuildAdd(B_, x, y, "");
-  case PTC_OP_SUB: return LLVMBuildSub(B_, x, y, "");
-  case PTC_OP_MUL: return LLVMBuildMul(B_, x, y, "");
-  case PTC_OP_DIV: return int_div(k, t, lanes, x, y);
-  default: return LLVMBuildSelect(B_, LLVMBuildICmp(B_, LLVMIntSGT, x, y, ""), x, y, "");
-  }
-}
+static bool is_float(ptc_dtype t) { return t == PTC_DTYPE_F32 || t == PTC_DTYPE_F64; }
 
-static LLVMValueRef sigmoid(kern *k, int l, LLVMValueRef x) {
-  LLVMValueRef e = ptc__cg_exp(k->g, LLVMBuildFNeg(B_, x, ""));
-  return LLVMBuildFDiv(B_, CF(l, 1.0), LLVMBuildFAdd(B_, CF(l, 1.0), e, ""), "");
-}
-
-/* GPT-2's GELU is 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).
- * 0.5 (1 + tanh(u)) is the logistic function of 2u: s = 1 / (1 + e^{-2u}),
- * and 1 - s = e^{-2u} s.  Written that way nothing cancels where tanh(u)
- * is near -1 (x below about -3), so GELU's small negative tail keeps f32's
- * relative precision; the other form loses every digit there.  *e gets
- * e^{-2u} for the gradient. */
-static LLVMValueRef gelu_s(kern *k, int l, LLVMValueRef x, LLVMValueRef x2, LLVMValueRef *e) {
-  LLVMValueRef in = ptc__cg_fma(k->g, LLVMBuildFMul(B_, x2, CF(l, 0.044715), ""), x, x);
-  LLVMValueRef m2u = LLVMBuildFMul(B_, in, CF(l, -2 * 0.7978845608028654), "");
-  *e = ptc__cg_exp(k->g, m2u);
-  return LLVMBuildFDiv(B_, CF(l, 1.0), LLVMBuildFAdd(B_, CF(l, 1.0), *e, ""), "");
-}
-
+/* x converted from `from` to `to` (float to integer truncates).  f64 only
+ * appears in once-per-call programs, as a scalar. */
 static LLVMValueRef convert(kern *k, LLVMValueRef x, ptc_dtype from, ptc_dtype to, int l) {
   if (from == to) return x;
-  LLVMTypeRef t = ptc__cg_type(k->g, to, l);
-  if (from == PTC_DTYPE_F32) return LLVMBuildFPToSI(B_, x, t, "");
-  if (to == PTC_DTYPE_F32) return LLVMBuildSIToFP(B_, x, t, "");
+  LLVMTypeRef t = to == PTC_DTYPE_F64 ? LLVMDoubleTypeInContext(k->g->C) : ptc__cg_type(k->g, to, l);
+  if (is_float(from) && is_float(to))
+    return to == PTC_DTYPE_F64 ? LLVMBuildFPExt(B_, x, t, "") : LLVMBuildFPTrunc(B_, x, t, "");
+  if (is_float(from)) return LLVMBuildFPToSI(B_, x, t, "");
+  if (is_float(to)) return LLVMBuildSIToFP(B_, x, t, "");
   return to == PTC_DTYPE_I64 ? LLVMBuildSExt(B_, x, t, "") : LLVMBuildTrunc(B_, x, t, "");
 }
 
-static void emit_ew(kern *k, const ptc_op *op, int32_t opi, LLVMValueRef *in, int l,
-                    LLVMValueRef *out) {
-  ptc_dtype dt = vty(k, op->out[0])->dtype;
-  bool fl = dt == PTC_DTYPE_F32;
-  LLVMValueRef x = op->nin > 0 ? in[0] : NULL, y = op->nin > 1 ? in[1] : NULL;
-  LLVMValueRef one = fl ? CF(l, 1.0) : NULL, zero = fl ? CF(l, 0.0) : NULL;
-  LLVMValueRef *aux = k->aux[opi - k->sig->first];
-  switch (op->code) {
-  case PTC_OP_CONSTANT:
-    out[0] = ptc__cg_const(k->g, dt, l, ptc_op_attr_float(op, "value", 0));
-    return;
-  case PTC_OP_BROADCAST_TO: out[0] = x; return;
-  case PTC_OP_ADD: case PTC_OP_SUB: case PTC_OP_MUL: case PTC_OP_DIV: case PTC_OP_MAXIMUM:
-    out[0] = fl ? bin_float(k, op->code, x, y) : bin_int(k, op->code, dt, l, x, y);
-    return;
-  case PTC_OP_NEG:
-    out[0] = fl ? LLVMBuildFNeg(B_, x, "") : LLVMBuildNeg(B_, x, "");
-    return;
-  case PTC_OP_EXP: out[0] = ptc__cg_exp(k->g, x); return;
-  case PTC_OP_LOG: out[0] = ptc__cg_log(k->g, x); return;
-  case PTC_OP_SQRT: out[0] = ptc__cg_intrinsic(k->g, "llvm.sqrt", &x, 1); return;
-  case PTC_OP_RSQRT:
-    out[0] = LLVMBuildFDiv(B_, one, ptc__cg_intrinsic(k->g, "llvm.sqrt", &x, 1), "");
-    return;
-  case PTC_OP_TANH: out[0] = ptc__cg_tanh(k->g, x); return;
-  case PTC_OP_SIGMOID: out[0] = sigmoid(k, l, x); return;
-  case PTC_OP_RELU:
-    out[0] = LLVMBuildSelect(B_, LLVMBuildFCmp(B_, LLVMRealOGT, x, zero, ""), x, zero, "");
-    return;
-  case PTC_OP_GELU: { /* x s */
-    LLVMValueRef e;
-    out[0] = LLVMBuildFMul(B_, x, gelu_s(k, l, x, LLVMBuildFMul(B_, x, x, ""), &e), "");
-    return;
+static unsigned int_bits(LLVMValueRef v) {
+  LLVMTypeRef t = LLVMTypeOf(v);
+  if (LLVMGetTypeKind(t) == LLVMVectorTypeKind) t = LLVMGetElementType(t);
+  return LLVMGetIntTypeWidth(t);
+}
+
+/* Column indices j, j+1, ... as i32 (a row is shorter than 2^31: checked
+ * when the kernel is made), cheaper to compare than i64 lanes. */
+static LLVMValueRef columns(kern *k, pos *p) {
+  LLVMValueRef j32 = LLVMBuildTrunc(B_, p->j, ptc__cg_i32(k->g, 1), "");
+  LLVMValueRef j = ptc__cg_splat(k->g, j32, p->lanes);
+  return p->lanes > 1 ? LLVMBuildAdd(B_, j, k->iota, "") : j;
+}
+
+/* A target at the current row as i64, checked against [0, classes): an
+ * out-of-range one is replaced by 0 and flags the call's status. */
+static LLVMValueRef target_of(kern *k, int32_t v, int64_t classes) {
+  LLVMValueRef t = eval_row(k, v, ROWM);
+  if (vty(k, v)->dtype != PTC_DTYPE_I64) t = LLVMBuildSExt(B_, t, ptc__cg_i64(k->g, 1), "");
+  LLVMValueRef ok = LLVMBuildAnd(B_, LLVMBuildICmp(B_, LLVMIntSGE, t, i64c(k, 0), ""),
+                                 LLVMBuildICmp(B_, LLVMIntSLT, t, i64c(k, classes), ""), "");
+  LLVMTypeRef i32 = ptc__cg_i32(k->g, 1);
+  LLVMValueRef st = LLVMBuildLoad2(B_, i32, k->status, "");
+  LLVMBuildStore(B_, LLVMBuildSelect(B_, ok, st, ptc__cg_ci32(k->g, 1, 1), ""), k->status);
+  return LLVMBuildSelect(B_, ok, t, i64c(k, 0), "target");
+}
+
+/* Where a program's leaves come from. */
+typedef struct omenv {
+  int32_t opi;
+  int lanes;
+  LLVMValueRef *in;        /* element-wise ops, optimizer factors: the operands */
+  pos *p;                  /* row ops' per-column programs: operands at p (else per row) */
+  const LLVMValueRef *red; /* a phase's statistics program: its reductions */
+} omenv;
+
+/* Operand a of a row op's program (n->a[1] >= 0: at the column that row
+ * statistic holds, the logit of a cross-entropy target). */
+static LLVMValueRef om_operand(kern *k, const omenv *e, const ptc_om_node *n) {
+  const ptc_op *op = &k->f->ops[e->opi];
+  int32_t v = op->in[n->a[0]];
+  if (n->a[1] >= 0) {
+    pos q = {1, k->aux[e->opi - k->sig->first][n->a[1]], fresh_cache(k)};
+    LLVMValueRef r = eval(k, v, &q);
+    free(q.cache);
+    return r;
   }
-  case PTC_OP_SILU:
-    out[0] = LLVMBuildFDiv(
-        B_, x, LLVMBuildFAdd(B_, one, ptc__cg_exp(k->g, LLVMBuildFNeg(B_, x, "")), ""), "");
-    return;
-  case PTC_OP_CAST:
-    out[0] = convert(k, x, vty(k, op->in[0])->dtype, dt, l);
-    return;
-  case PTC_OP_COMPARE: {
-    const char *cmp = ptc_op_attr(op, "cmp")->u.s;
-    LLVMRealPredicate pr = strcmp(cmp, "ge") == 0   ? LLVMRealOGE
-                           : strcmp(cmp, "gt") == 0 ? LLVMRealOGT
-                                                    : LLVMRealOEQ;
-    out[0] = LLVMBuildSelect(B_, LLVMBuildFCmp(B_, pr, x, y, ""), one, zero, "");
-    return;
+  if (e->p) return eval(k, v, e->p);
+  const ptc_om_rowop *r = k->rop[e->opi - k->sig->first];
+  return eval_row(k, v, r && r->row_operand[n->a[0]] ? ROWM : FULL);
+}
+
+/* Builds the instructions of program pr, one case per node kind, over
+ * e->lanes lanes, and returns its results in out[] (a statistics
+ * program's results also go to the op's statistics, k->aux).  The node
+ * forms map one to one: fma to llvm.fmuladd, exp / log / tanh to the
+ * polynomial transcendentals of cpu_math.c, sqrt and pow to their LLVM
+ * intrinsics, max to `a > b ? a : b`, select to an fcmp (ordered) or a
+ * signed icmp and a select.  Column indices are i32 (COL), so an integer
+ * comparison narrows its wider side. */
+static void om_build(kern *k, const ptc_opmath *pr, const omenv *e, LLVMValueRef *out) {
+  LLVMValueRef v[PTC_OM_MAX_NODES];
+  LLVMValueRef *aux = k->aux[e->opi - k->sig->first];
+  const ptc_op *op = &k->f->ops[e->opi];
+  ptc_cg *g = k->g;
+  int l = e->lanes;
+  for (int i = 0; i < pr->n; i++) {
+    const ptc_om_node *n = &pr->node[i];
+    ptc_dtype dt = (ptc_dtype)n->dt;
+    bool fl = is_float(dt);
+    bool arith = n->kind >= PTC_OM_ADD;
+    LLVMValueRef a = arith && n->a[0] >= 0 ? v[n->a[0]] : NULL;
+    LLVMValueRef b = arith && n->a[1] >= 0 ? v[n->a[1]] : NULL;
+    LLVMValueRef r;
+    switch ((ptc_om_kind)n->kind) {
+    case PTC_OM_IN: r = e->in ? e->in[n->a[0]] : om_operand(k, e, n); break;
+    case PTC_OM_AUX: case PTC_OM_STAT:
+      PTC_ASSERT(n->a[0] < NAUX && aux[n->a[0]]);
+      r = ptc__cg_splat(g, aux[n->a[0]], l);
+      break;
+    case PTC_OM_RED: r = e->red[n->a[0]]; break;
+    case PTC_OM_COL: r = columns(k, e->p); break;
+    case PTC_OM_TARGET: r = target_of(k, op->in[n->a[0]], (int64_t)n->k); break;
+    case PTC_OM_CONST:
+      r = dt == PTC_DTYPE_F64 ? LLVMConstReal(LLVMDoubleTypeInContext(g->C), n->k)
+                              : ptc__cg_const(g, dt, l, n->k);
+      break;
+    case PTC_OM_ADD: r = fl ? LLVMBuildFAdd(B_, a, b, "") : LLVMBuildAdd(B_, a, b, ""); break;
+    case PTC_OM_SUB: r = fl ? LLVMBuildFSub(B_, a, b, "") : LLVMBuildSub(B_, a, b, ""); break;
+    case PTC_OM_MUL: r = fl ? LLVMBuildFMul(B_, a, b, "") : LLVMBuildMul(B_, a, b, ""); break;
+    case PTC_OM_DIV: r = fl ? LLVMBuildFDiv(B_, a, b, "") : int_div(k, dt, l, a, b); break;
+    case PTC_OM_MAX:
+      r = fl ? ptc__cg_fmax(g, a, b)
+             : LLVMBuildSelect(B_, LLVMBuildICmp(B_, LLVMIntSGT, a, b, ""), a, b, "");
+      break;
+    case PTC_OM_NEG: r = fl ? LLVMBuildFNeg(B_, a, "") : LLVMBuildNeg(B_, a, ""); break;
+    case PTC_OM_FMA: r = ptc__cg_fma(g, a, b, v[n->a[2]]); break;
+    case PTC_OM_EXP: PTC_ASSERT(dt == PTC_DTYPE_F32); r = ptc__cg_exp(g, a); break;
+    case PTC_OM_LOG: PTC_ASSERT(dt == PTC_DTYPE_F32); r = ptc__cg_log(g, a); break;
+    case PTC_OM_TANH: PTC_ASSERT(dt == PTC_DTYPE_F32); r = ptc__cg_tanh(g, a); break;
+    case PTC_OM_SQRT: r = ptc__cg_intrinsic(g, "llvm.sqrt", &a, 1); break;
+    case PTC_OM_POW: {
+      LLVMValueRef args[2] = {a, b};
+      r = ptc__cg_intrinsic(g, "llvm.pow", args, 2);
+      break;
+    }
+    case PTC_OM_CVT: r = convert(k, a, (ptc_dtype)pr->node[n->a[0]].dt, dt, l); break;
+    case PTC_OM_SELECT: {
+      LLVMValueRef c;
+      if (is_float((ptc_dtype)pr->node[n->a[0]].dt)) {
+        static const LLVMRealPredicate rp[] = {LLVMRealOGT, LLVMRealOGE, LLVMRealOEQ, LLVMRealOLT};
+        c = LLVMBuildFCmp(B_, rp[n->pred], a, b, "");
+      } else {
+        static const LLVMIntPredicate ip[] = {LLVMIntSGT, LLVMIntSGE, LLVMIntEQ, LLVMIntSLT};
+        if (int_bits(a) > int_bits(b)) a = LLVMBuildTrunc(B_, a, LLVMTypeOf(b), "");
+        if (int_bits(b) > int_bits(a)) b = LLVMBuildTrunc(B_, b, LLVMTypeOf(a), "");
+        c = LLVMBuildICmp(B_, ip[n->pred], a, b, "");
+      }
+      r = LLVMBuildSelect(B_, c, v[n->a[2]], v[n->a[3]], "");
+      break;
+    }
+    default: PTC_UNREACHABLE();
+    }
+    v[i] = r;
   }
-  case PTC_OP_RELU_GRAD: /* g, x */
-    out[0] = LLVMBuildSelect(B_, LLVMBuildFCmp(B_, LLVMRealOGT, y, zero, ""), x, zero, "");
-    return;
-  case PTC_OP_GELU_GRAD: {
-    /* d/dx = 0.5 (1 + th) + 0.5 x (1 - th^2) k (1 + 3 * 0.044715 x^2)
-     *      = s + 2 x s (1 - s) k (1 + 3 * 0.044715 x^2), 1 - s = e s */
-    LLVMValueRef x2 = LLVMBuildFMul(B_, y, y, ""), e;
-    LLVMValueRef sg = gelu_s(k, l, y, x2, &e);
-    LLVMValueRef s1 = LLVMBuildFMul(B_, e, sg, ""); /* inf * 0 where e overflows: 1 */
-    s1 = LLVMBuildSelect(B_, LLVMBuildFCmp(B_, LLVMRealOEQ, e, CF(l, INFINITY), ""), one, s1, "");
-    LLVMValueRef inner = ptc__cg_fma(k->g, x2, CF(l, 3 * 0.044715), one);
-    LLVMValueRef b = LLVMBuildFMul(
-        B_, LLVMBuildFMul(B_, CF(l, 2 * 0.7978845608028654), y, ""),
-        LLVMBuildFMul(B_, LLVMBuildFMul(B_, sg, s1, ""), inner, ""), "");
-    out[0] = LLVMBuildFMul(B_, x, LLVMBuildFAdd(B_, sg, b, ""), "");
-    return;
-  }
-  case PTC_OP_SILU_GRAD: { /* s (1 + x (1 - s)) */
-    LLVMValueRef s = sigmoid(k, l, y);
-    LLVMValueRef d = LLVMBuildFMul(
-        B_, s, ptc__cg_fma(k->g, y, LLVMBuildFSub(B_, one, s, ""), one), "");
-    out[0] = LLVMBuildFMul(B_, x, d, "");
-    return;
-  }
-  case PTC_OP_ADAMW: { /* p, g, m, v, lr, step; aux: lr, decay, 1/c1, 1/c2 */
-    double b1 = ptc_op_attr_float(op, "beta1", 0.9), b2 = ptc_op_attr_float(op, "beta2", 0.999);
-    double eps = ptc_op_attr_float(op, "eps", 1e-8);
-    LLVMValueRef g = in[1], m = in[2], v = in[3];
-    LLVMValueRef lr = ptc__cg_splat(k->g, aux[0], l), decay = ptc__cg_splat(k->g, aux[1], l);
-    LLVMValueRef ic1 = ptc__cg_splat(k->g, aux[2], l), ic2 = ptc__cg_splat(k->g, aux[3], l);
-    LLVMValueRef m1 = LLVMBuildFAdd(B_, LLVMBuildFMul(B_, CF(l, b1), m, ""),
-                                    LLVMBuildFMul(B_, CF(l, 1.0f - (float)b1), g, ""), "");
-    LLVMValueRef v1 = LLVMBuildFAdd(
-        B_, LLVMBuildFMul(B_, CF(l, b2), v, ""),
-        LLVMBuildFMul(B_, LLVMBuildFMul(B_, CF(l, 1.0f - (float)b2), g, ""), g, ""), "");
-    LLVMValueRef vh = LLVMBuildFMul(B_, v1, ic2, "");
-    LLVMValueRef den = LLVMBuildFAdd(B_, ptc__cg_intrinsic(k->g, "llvm.sqrt", &vh, 1),
-                                     CF(l, eps), "");
-    LLVMValueRef step = LLVMBuildFDiv(B_, LLVMBuildFMul(B_, lr, LLVMBuildFMul(B_, m1, ic1, ""), ""),
-                                      den, "");
-    out[0] = LLVMBuildFSub(B_, LLVMBuildFMul(B_, x, decay, ""), step, "");
-    out[1] = m1;
-    out[2] = v1;
-    return;
-  }
-  case PTC_OP_SGD: { /* p, g, buf, lr */
-    double mom = ptc_op_attr_float(op, "momentum", 0), wd = ptc_op_attr_float(op, "weight_decay", 0);
-    bool nest = ptc_op_attr_bool(op, "nesterov", false);
-    LLVMValueRef lr = ptc__cg_splat(k->g, aux[0], l);
-    LLVMValueRef d = ptc__cg_fma(k->g, CF(l, wd), x, in[1]);
-    LLVMValueRef buf = ptc__cg_fma(k->g, CF(l, mom), in[2], d);
-    LLVMValueRef upd = nest ? ptc__cg_fma(k->g, CF(l, mom), buf, d) : buf;
-    out[0] = LLVMBuildFSub(B_, x, LLVMBuildFMul(B_, lr, upd, ""), "");
-    out[1] = buf;
-    return;
-  }
-  default:
-    PTC_UNREACHABLE(); /* ptc_op_fusible admits no other op here */
+  for (int o = 0; o < pr->nout; o++) {
+    out[o] = v[pr->out[o]];
+    if (pr->dst[o] >= 0) {
+      PTC_ASSERT(pr->dst[o] < NAUX);
+      aux[pr->dst[o]] = out[o];
+    }
   }
 }
 
+/* ---- element-wise ops ------------------------------------------------------- */
+
+/* The results of element-wise op opi from its operand values in[]. */
+static void emit_ew(kern *k, int32_t opi, LLVMValueRef *in, int lanes, LLVMValueRef *out) {
+  const ptc_opmath *pr = k->ew[opi - k->sig->first];
+  PTC_ASSERT(pr); /* ptc_op_fusible admits no op opmath does not describe */
+  omenv e = {.opi = opi, .lanes = lanes, .in = in};
+  om_build(k, pr, &e, out);
+}
+
 /* The once-per-call factors of an optimizer op (its lr and step are
- * SCALAR values, checked by the analysis). */
+ * SCALAR values, checked by the analysis): k->aux of the op. */
 static void optimizer_aux(kern *k, int32_t opi) {
   const ptc_op *op = &k->f->ops[opi];
-  LLVMValueRef *aux = k->aux[opi - k->sig->first];
-  LLVMTypeRef f64 = LLVMDoubleTypeInContext(k->g->C), f32 = ptc__cg_f32(k->g, 1);
-  if (op->code == PTC_OP_SGD) {
-    aux[0] = k->scal[op->in[3]];
-    return;
-  }
-  double b1 = ptc_op_attr_float(op, "beta1", 0.9), b2 = ptc_op_attr_float(op, "beta2", 0.999);
-  double wd = ptc_op_attr_float(op, "weight_decay", 0);
-  LLVMValueRef lr = k->scal[op->in[4]];
-  LLVMValueRef t = LLVMBuildFPExt(B_, k->scal[op->in[5]], f64, "");
-  /* c = 1 - beta^t in double, as the runtime's adamw kernel computes it */
-  LLVMValueRef c[2];
-  double beta[2] = {b1, b2};
-  for (int i = 0; i < 2; i++) {
-    LLVMValueRef args[2] = {LLVMConstReal(f64, beta[i]), t};
-    LLVMValueRef pw = ptc__cg_intrinsic(k->g, "llvm.pow", args, 2);
-    LLVMValueRef ci = LLVMBuildFSub(B_, LLVMConstReal(f64, 1.0), pw, "");
-    c[i] = LLVMBuildFPTrunc(B_, LLVMBuildFDiv(B_, LLVMConstReal(f64, 1.0), ci, ""), f32, "");
-  }
-  aux[0] = lr;
-  aux[1] = LLVMBuildFSub(B_, CF(1, 1.0), LLVMBuildFMul(B_, lr, CF(1, wd), ""), "decay");
-  aux[2] = c[0];
-  aux[3] = c[1];
+  ptc_opmath pr;
+  ptc_om_optimizer_aux(k->f, op, &pr);
+  LLVMValueRef in[8], out[PTC_OM_MAX_OUT];
+  PTC_ASSERT(op->nin <= 8 && pr.nout <= NAUX);
+  for (int32_t a = 0; a < op->nin; a++) in[a] = k->scal[op->in[a]];
+  omenv e = {.opi = opi, .lanes = 1, .in = in};
+  om_build(k, &pr, &e, out);
+  for (int o = 0; o < pr.nout; o++) k->aux[opi - k->sig->first][o] = out[o];
 }
 
 /* ---- row reductions ----------------------------------------------------------- */
@@ -488,170 +478,105 @@ static void row_reduce(kern *k, int64_t bound, int n, const bool *is_max, red_fn
   }
 }
 
-/* The expressions the row ops reduce. */
-typedef struct rx {
+/* A phase's per-column program: the values it reduces. */
+typedef struct phase_cl {
   int32_t opi;
-  int what;
-} rx;
-enum { RX_X, RX_EXP_SHIFT, RX_SQDEV, RX_SQ, RX_DOT, RX_NORMGRAD };
+  const ptc_opmath *elem;
+} phase_cl;
 
-static void rx_fn(kern *k, pos *p, LLVMValueRef *vals, void *cl) {
-  const rx *r = cl;
-  const ptc_op *op = &k->f->ops[r->opi];
-  LLVMValueRef *aux = k->aux[r->opi - k->sig->first];
-  int l = p->lanes;
-  bool grad = op->code == PTC_OP_LAYERNORM_GRAD || op->code == PTC_OP_RMSNORM_GRAD ||
-              op->code == PTC_OP_CROSS_ENTROPY_GRAD || op->code == PTC_OP_SOFTMAX_GRAD;
-  LLVMValueRef x = eval(k, op->in[grad && op->code != PTC_OP_SOFTMAX_GRAD ? 1 : 0], p);
-  switch (r->what) {
-  case RX_X: vals[0] = x; break;
-  case RX_EXP_SHIFT: /* exp(x - max) */
-    vals[0] = ptc__cg_exp(k->g, LLVMBuildFSub(B_, x, ptc__cg_splat(k->g, aux[0], l), ""));
-    break;
-  case RX_SQDEV: { /* (x - mean)^2 */
-    LLVMValueRef d = LLVMBuildFSub(B_, x, ptc__cg_splat(k->g, aux[0], l), "");
-    vals[0] = LLVMBuildFMul(B_, d, d, "");
-    break;
-  }
-  case RX_SQ: vals[0] = LLVMBuildFMul(B_, x, x, ""); break;
-  case RX_DOT: /* softmax_grad: g * y */
-    vals[0] = LLVMBuildFMul(B_, x, eval(k, op->in[1], p), "");
-    break;
-  case RX_NORMGRAD: { /* g * gamma, g * gamma * xhat */
-    LLVMValueRef gg = LLVMBuildFMul(B_, eval(k, op->in[0], p), eval(k, op->in[2], p), "");
-    LLVMValueRef mean = op->code == PTC_OP_LAYERNORM_GRAD ? ptc__cg_splat(k->g, aux[0], l)
-                                                          : CF(l, 0.0);
-    LLVMValueRef xh = LLVMBuildFMul(B_, LLVMBuildFSub(B_, x, mean, ""),
-                                    ptc__cg_splat(k->g, aux[1], l), "");
-    vals[0] = gg;
-    vals[1] = LLVMBuildFMul(B_, gg, xh, "");
-    break;
-  }
-  }
+static void phase_fn(kern *k, pos *p, LLVMValueRef *vals, void *cl) {
+  const phase_cl *c = cl;
+  omenv e = {.opi = c->opi, .lanes = p->lanes, .p = p};
+  om_build(k, c->elem, &e, vals);
 }
 
-static LLVMValueRef reduce1(kern *k, int32_t opi, int what, int64_t bound, bool max) {
-  rx r = {opi, what};
-  LLVMValueRef out;
-  row_reduce(k, bound, 1, &max, rx_fn, &r, &out);
-  return out;
+/* A reduction op's operand. */
+static void operand_fn(kern *k, pos *p, LLVMValueRef *vals, void *cl) {
+  const int32_t *opi = cl;
+  vals[0] = eval(k, k->f->ops[*opi].in[0], p);
 }
 
-/* Max and 1/sum(exp(x - max)) over [0, bound) of a row op's input; shared
- * by softmax, cross_entropy and its gradient over the same logits. */
-static void softmax_stats(kern *k, int32_t opi, int64_t bound) {
-  const ptc_op *op = &k->f->ops[opi];
-  int32_t x = op->in[op->code == PTC_OP_CROSS_ENTROPY_GRAD ? 1 : 0];
-  LLVMValueRef *aux = k->aux[opi - k->sig->first];
-  for (int32_t i = k->sig->first; i < opi; i++) {
-    const ptc_op *o = &k->f->ops[i];
-    LLVMValueRef *oa = k->aux[i - k->sig->first];
-    int64_t ob = o->code == PTC_OP_SOFTMAX
-                     ? k->L
-                     : ptc_op_attr_int(o, "classes", k->L);
-    bool same = (o->code == PTC_OP_SOFTMAX || o->code == PTC_OP_CROSS_ENTROPY ||
-                 o->code == PTC_OP_CROSS_ENTROPY_GRAD) &&
-                o->in[o->code == PTC_OP_CROSS_ENTROPY_GRAD ? 1 : 0] == x && ob == bound &&
-                oa[0] && oa[1];
-    if (same) {
-      aux[0] = oa[0];
-      aux[1] = oa[1];
-      return;
+/* Whether phases ph, ph+1 of r are a max over an operand and the online
+ * sum of exp(x - max) after it (a softmax's statistics): *operand, and the
+ * statistics they set. */
+static bool softmax_pair(const ptc_om_rowop *r, int ph, int *operand, int16_t *smax,
+                         int16_t *ssum) {
+  if (ph + 1 >= r->nphase || !r->phase[ph + 1].online) return false;
+  const ptc_om_phase *p = &r->phase[ph];
+  if (p->nred != 1 || !p->max[0] || p->elem.n != 1 || p->elem.node[0].kind != PTC_OM_IN ||
+      p->elem.node[0].a[1] >= 0 || p->stats.nout != 1 || r->phase[ph + 1].stats.nout != 1)
+    return false;
+  *operand = p->elem.node[0].a[0];
+  *smax = p->stats.dst[0];
+  *ssum = r->phase[ph + 1].stats.dst[0];
+  return true;
+}
+
+/* Phases ph, ph+1 of op i when an earlier op of the group has computed the
+ * same softmax statistics for this row (same value, same bound: a
+ * cross-entropy and its gradient over the same logits): copied. */
+static bool reuse_softmax(kern *k, int32_t i, int ph) {
+  const ptc_om_rowop *r = k->rop[i - k->sig->first];
+  int a, b;
+  int16_t smax, ssum, omax, osum;
+  if (!softmax_pair(r, ph, &a, &smax, &ssum)) return false;
+  int32_t x = k->f->ops[i].in[a];
+  for (int32_t j = k->sig->first; j < i; j++) {
+    const ptc_om_rowop *o = k->rop[j - k->sig->first];
+    LLVMValueRef *oa = k->aux[j - k->sig->first];
+    for (int q = 0; o && q < o->nphase; q++) {
+      if (!softmax_pair(o, q, &b, &omax, &osum) || k->f->ops[j].in[b] != x ||
+          o->phase[q].bound != r->phase[ph].bound || !oa[omax] || !oa[osum])
+        continue;
+      k->aux[i - k->sig->first][smax] = oa[omax];
+      k->aux[i - k->sig->first][ssum] = oa[osum];
+      return true;
     }
   }
-  aux[0] = reduce1(k, opi, RX_X, bound, true);
-  LLVMValueRef s = reduce1(k, opi, RX_EXP_SHIFT, bound, false);
-  aux[1] = LLVMBuildFDiv(B_, CF(1, 1.0), s, "inv_sum");
+  return false;
 }
 
-/* mean (layernorm only) and 1/sqrt(var + eps) of the row op's input */
-static void norm_stats(kern *k, int32_t opi, bool centred) {
-  const ptc_op *op = &k->f->ops[opi];
-  LLVMValueRef *aux = k->aux[opi - k->sig->first];
-  double eps = ptc_op_attr_float(op, "eps", 1e-5), invc = 1.0 / (double)k->L;
-  LLVMValueRef var;
-  if (centred) {
-    aux[0] = LLVMBuildFMul(B_, reduce1(k, opi, RX_X, k->L, false), CF(1, invc), "mean");
-    var = reduce1(k, opi, RX_SQDEV, k->L, false);
-  } else {
-    aux[0] = CF(1, 0.0);
-    var = reduce1(k, opi, RX_SQ, k->L, false);
+/* Row-scope work of row op i: its per-row program, its phases (each a
+ * reduction loop and its statistics), its per-row values, and a mean over
+ * rows (the cross-entropy loss) added to its output. */
+static void rowop_row(kern *k, int32_t i) {
+  const ptc_op *op = &k->f->ops[i];
+  const ptc_om_rowop *r = k->rop[i - k->sig->first];
+  LLVMValueRef *aux = k->aux[i - k->sig->first], out[PTC_OM_MAX_OUT];
+  omenv e = {.opi = i, .lanes = 1};
+  om_build(k, &r->pre, &e, out);
+  for (int ph = 0; ph < r->nphase; ph++) {
+    if (reuse_softmax(k, i, ph)) {
+      ph++;
+      continue;
+    }
+    const ptc_om_phase *p = &r->phase[ph];
+    phase_cl c = {i, &p->elem};
+    LLVMValueRef red[2];
+    PTC_ASSERT(p->nred <= 2);
+    row_reduce(k, p->bound, p->nred, p->max, phase_fn, &c, red);
+    e.red = red;
+    om_build(k, &p->stats, &e, out);
+    e.red = NULL;
   }
-  var = LLVMBuildFAdd(B_, LLVMBuildFMul(B_, var, CF(1, invc), ""), CF(1, eps), "");
-  aux[1] = LLVMBuildFDiv(B_, CF(1, 1.0), ptc__cg_intrinsic(k->g, "llvm.sqrt", &var, 1), "rs");
-}
-
-/* Column indices j, j+1, ... as i32 (a row is shorter than 2^31: checked
- * when the kernel is made), cheaper to compare than i64 lanes. */
-static LLVMValueRef columns(kern *k, pos *p) {
-  LLVMValueRef j32 = LLVMBuildTrunc(B_, p->j, ptc__cg_i32(k->g, 1), "");
-  LLVMValueRef j = ptc__cg_splat(k->g, j32, p->lanes);
-  return p->lanes > 1 ? LLVMBuildAdd(B_, j, k->iota, "") : j;
+  om_build(k, &r->post, &e, out);
+  for (int32_t o = 0; o < r->nres; o++) {
+    int32_t slot = k->out_slot[op->out[o]];
+    if (r->res_kind[o] != PTC_OM_RES_ROWMEAN || slot < 0) continue;
+    LLVMValueRef cur = load(k, slot, PTC_DTYPE_F32, i64c(k, 0), 1);
+    LLVMValueRef add = LLVMBuildFMul(B_, aux[r->row_stat[o]], CF(1, 1.0 / (double)k->sig->work), "");
+    store(k, slot, PTC_DTYPE_F32, i64c(k, 0), LLVMBuildFAdd(B_, cur, add, ""));
+  }
 }
 
 /* Element (result r) of a row op at p, from its statistics. */
 static LLVMValueRef rowop_elem(kern *k, int32_t opi, int32_t r, pos *p) {
-  const ptc_op *op = &k->f->ops[opi];
-  LLVMValueRef *aux = k->aux[opi - k->sig->first];
-  int l = p->lanes;
-  LLVMValueRef a0 = aux[0] ? ptc__cg_splat(k->g, aux[0], l) : NULL;
-  LLVMValueRef a1 = aux[1] ? ptc__cg_splat(k->g, aux[1], l) : NULL;
-  switch (op->code) {
-  case PTC_OP_SOFTMAX: {
-    LLVMValueRef x = eval(k, op->in[0], p);
-    return LLVMBuildFMul(B_, ptc__cg_exp(k->g, LLVMBuildFSub(B_, x, a0, "")), a1, "");
-  }
-  case PTC_OP_LAYERNORM: case PTC_OP_RMSNORM: {
-    LLVMValueRef x = eval(k, op->in[0], p);
-    LLVMValueRef xh = LLVMBuildFMul(B_, LLVMBuildFSub(B_, x, a0, ""), a1, "");
-    LLVMValueRef y = LLVMBuildFMul(B_, xh, eval(k, op->in[1], p), "");
-    return op->code == PTC_OP_LAYERNORM ? LLVMBuildFAdd(B_, y, eval(k, op->in[2], p), "") : y;
-  }
-  case PTC_OP_SOFTMAX_GRAD: { /* y (g - dot) */
-    LLVMValueRef g = eval(k, op->in[0], p), y = eval(k, op->in[1], p);
-    return LLVMBuildFMul(B_, y, LLVMBuildFSub(B_, g, a0, ""), "");
-  }
-  case PTC_OP_LAYERNORM_GRAD: case PTC_OP_RMSNORM_GRAD: {
-    LLVMValueRef g = eval(k, op->in[0], p), x = eval(k, op->in[1], p);
-    LLVMValueRef xh = LLVMBuildFMul(B_, LLVMBuildFSub(B_, x, a0, ""), a1, "");
-    if (r == 1) return LLVMBuildFMul(B_, g, xh, ""); /* dgamma's term */
-    if (r == 2) return g;                            /* dbeta's term */
-    LLVMValueRef gg = LLVMBuildFMul(B_, g, eval(k, op->in[2], p), "");
-    LLVMValueRef m1 = ptc__cg_splat(k->g, aux[2], l), m2 = ptc__cg_splat(k->g, aux[3], l);
-    LLVMValueRef d = LLVMBuildFSub(B_, LLVMBuildFSub(B_, gg, m1, ""),
-                                   LLVMBuildFMul(B_, xh, m2, ""), "");
-    return LLVMBuildFMul(B_, a1, d, "");
-  }
-  case PTC_OP_CROSS_ENTROPY_GRAD: { /* scale (softmax - onehot(t)) below classes, else 0 */
-    LLVMValueRef x = eval(k, op->in[1], p);
-    LLVMValueRef sm = LLVMBuildFMul(B_, ptc__cg_exp(k->g, LLVMBuildFSub(B_, x, a0, "")), a1, "");
-    LLVMValueRef c = columns(k, p);
-    LLVMValueRef t32 = LLVMBuildTrunc(B_, aux[3], ptc__cg_i32(k->g, 1), "");
-    LLVMValueRef hit = LLVMBuildICmp(B_, LLVMIntEQ, c, ptc__cg_splat(k->g, t32, l), "");
-    LLVMValueRef d = LLVMBuildFSub(
-        B_, sm, LLVMBuildSelect(B_, hit, CF(l, 1.0), CF(l, 0.0), ""), "");
-    LLVMValueRef v = LLVMBuildFMul(B_, ptc__cg_splat(k->g, aux[2], l), d, "");
-    int64_t classes = ptc_op_attr_int(op, "classes", k->L);
-    if (classes < k->L)
-      v = LLVMBuildSelect(B_, LLVMBuildICmp(B_, LLVMIntSLT, c, ptc__cg_ci32(k->g, l, classes), ""),
-                          v, CF(l, 0.0), "");
-    return v;
-  }
-  default: PTC_UNREACHABLE();
-  }
-}
-
-/* A target at the current row as i64, checked against [0, classes): an
- * out-of-range one is replaced by 0 and flags the call's status. */
-static LLVMValueRef target_of(kern *k, int32_t v, int64_t classes) {
-  LLVMValueRef t = eval_row(k, v, ROWM);
-  if (vty(k, v)->dtype != PTC_DTYPE_I64) t = LLVMBuildSExt(B_, t, ptc__cg_i64(k->g, 1), "");
-  LLVMValueRef ok = LLVMBuildAnd(B_, LLVMBuildICmp(B_, LLVMIntSGE, t, i64c(k, 0), ""),
-                                 LLVMBuildICmp(B_, LLVMIntSLT, t, i64c(k, classes), ""), "");
-  LLVMTypeRef i32 = ptc__cg_i32(k->g, 1);
-  LLVMValueRef st = LLVMBuildLoad2(B_, i32, k->status, "");
-  LLVMBuildStore(B_, LLVMBuildSelect(B_, ok, st, ptc__cg_ci32(k->g, 1, 1), ""), k->status);
-  return LLVMBuildSelect(B_, ok, t, i64c(k, 0), "target");
+  const ptc_om_rowop *d = k->rop[opi - k->sig->first];
+  PTC_ASSERT(d && r < d->nres && d->elem[r].nout == 1);
+  omenv e = {.opi = opi, .lanes = p->lanes, .p = p};
+  LLVMValueRef out[PTC_OM_MAX_OUT];
+  om_build(k, &d->elem[r], &e, out);
+  return out[0];
 }
 
 static bool any_result_needed(const kern *k, const ptc_op *op) {
@@ -663,72 +588,28 @@ static bool any_result_needed(const kern *k, const ptc_op *op) {
 /* Row-scope work of op i (ROWWISE): statistics, per-row values. */
 static void row_scope_op(kern *k, int32_t i) {
   const ptc_op *op = &k->f->ops[i];
-  LLVMValueRef *aux = k->aux[i - k->sig->first];
   if (!any_result_needed(k, op)) return;
-  switch (op->code) {
-  case PTC_OP_SOFTMAX: softmax_stats(k, i, k->L); return;
-  case PTC_OP_LAYERNORM: norm_stats(k, i, true); return;
-  case PTC_OP_RMSNORM: norm_stats(k, i, false); return;
-  case PTC_OP_SOFTMAX_GRAD: {
-    rx r = {i, RX_DOT};
-    bool mx = false;
-    row_reduce(k, k->L, 1, &mx, rx_fn, &r, &aux[0]);
+  if (k->rop[i - k->sig->first]) {
+    rowop_row(k, i);
     return;
   }
-  case PTC_OP_LAYERNORM_GRAD: case PTC_OP_RMSNORM_GRAD: {
-    norm_stats(k, i, op->code == PTC_OP_LAYERNORM_GRAD);
-    rx r = {i, RX_NORMGRAD};
-    bool mx[2] = {false, false};
-    LLVMValueRef m[2];
-    row_reduce(k, k->L, 2, mx, rx_fn, &r, m);
-    LLVMValueRef invc = CF(1, 1.0 / (double)k->L);
-    aux[2] = op->code == PTC_OP_LAYERNORM_GRAD ? LLVMBuildFMul(B_, m[0], invc, "m1") : CF(1, 0.0);
-    aux[3] = LLVMBuildFMul(B_, m[1], invc, "m2");
-    return;
-  }
-  case PTC_OP_CROSS_ENTROPY: {
-    int64_t classes = ptc_op_attr_int(op, "classes", k->L);
-    softmax_stats(k, i, classes);
-    LLVMValueRef t = target_of(k, op->in[1], classes);
-    pos p = {1, t, fresh_cache(k)}; /* the logit of the target */
-    LLVMValueRef xt = eval(k, op->in[0], &p);
-    free(p.cache);
-    /* loss = log(sum) + max - x[t] = max - x[t] - log(1/sum) */
-    LLVMValueRef loss = LLVMBuildFSub(B_, LLVMBuildFSub(B_, aux[0], xt, ""),
-                                      ptc__cg_log(k->g, aux[1]), "loss");
-    int32_t o = k->out_slot[op->out[0]];
-    if (o >= 0) { /* the mean over the rows: sum loss / rows */
-      LLVMValueRef cur = load(k, o, PTC_DTYPE_F32, i64c(k, 0), 1);
-      LLVMValueRef add = LLVMBuildFMul(B_, loss, CF(1, 1.0 / (double)k->sig->work), "");
-      store(k, o, PTC_DTYPE_F32, i64c(k, 0), LLVMBuildFAdd(B_, cur, add, ""));
-    }
-    return;
-  }
-  case PTC_OP_CROSS_ENTROPY_GRAD: {
-    int64_t classes = ptc_op_attr_int(op, "classes", k->L);
-    softmax_stats(k, i, classes);
-    aux[2] = LLVMBuildFMul(B_, eval_row(k, op->in[0], FULL),
-                           CF(1, 1.0 / (double)k->sig->work), "scale");
-    aux[3] = target_of(k, op->in[2], classes);
-    return;
-  }
-  case PTC_OP_REDUCE_SUM: case PTC_OP_REDUCE_MEAN: case PTC_OP_REDUCE_MAX: {
+  if (ptc_om_is_reduce(op->code)) {
     if (lv(k, op->out[0]) != PTC_GROUP_ROW) return; /* accumulated in the row loop */
-    bool mx = op->code == PTC_OP_REDUCE_MAX;
-    LLVMValueRef s = reduce1(k, i, RX_X, k->L, mx);
-    if (op->code == PTC_OP_REDUCE_MEAN) s = LLVMBuildFMul(B_, s, CF(1, 1.0 / (double)k->L), "");
+    bool mx;
+    double scale;
+    ptc_om_reduce(k->f, op, &mx, &scale);
+    LLVMValueRef s;
+    row_reduce(k, k->L, 1, &mx, operand_fn, &i, &s);
+    if (scale != 1.0) s = LLVMBuildFMul(B_, s, CF(1, scale), "");
     k->rowv[op->out[0]] = s;
     return;
   }
-  default:
-    if (lv(k, op->out[0]) == PTC_GROUP_ROW) { /* a per-row element-wise op */
-      LLVMValueRef in[8], out[4];
-      for (int32_t a = 0; a < op->nin; a++)
-        in[a] = eval_row(k, op->in[a], k->sig->op_mode[i - k->sig->first]);
-      emit_ew(k, op, i, in, 1, out);
-      for (int32_t r = 0; r < op->nout; r++) k->rowv[op->out[r]] = out[r];
-    }
-    return;
+  if (lv(k, op->out[0]) == PTC_GROUP_ROW) { /* a per-row element-wise op */
+    LLVMValueRef in[8], out[4];
+    for (int32_t a = 0; a < op->nin; a++)
+      in[a] = eval_row(k, op->in[a], k->sig->op_mode[i - k->sig->first]);
+    emit_ew(k, i, in, 1, out);
+    for (int32_t r = 0; r < op->nout; r++) k->rowv[op->out[r]] = out[r];
   }
 }
 
@@ -954,6 +835,12 @@ static void kern_free(kern *k) {
   free(k->rowx);
   free(k->base[0]);
   free(k->base[1]);
+  for (int32_t i = 0; i < k->sig->end - k->sig->first; i++) {
+    free(k->ew[i]);
+    free(k->rop[i]);
+  }
+  free(k->ew);
+  free(k->rop);
   free(k->aux);
 }
 
@@ -978,6 +865,22 @@ int ptc__cg_emit_group(ptc_cg *g, ptc_func *f, const ptc_group_sig *sig, LLVMVal
   k->base[0] = ptc_xcalloc(nv, sizeof(LLVMValueRef));
   k->base[1] = ptc_xcalloc(nv, sizeof(LLVMValueRef));
   k->aux = ptc_xcalloc((size_t)(sig->end - sig->first) + 1, sizeof *k->aux);
+  k->ew = ptc_xcalloc((size_t)(sig->end - sig->first) + 1, sizeof *k->ew);
+  k->rop = ptc_xcalloc((size_t)(sig->end - sig->first) + 1, sizeof *k->rop);
+  for (int32_t i = sig->first; i < sig->end; i++) { /* each op's math, from opmath */
+    const ptc_op *op = &f->ops[i];
+    if (ptc_om_is_rowop(op->code)) {
+      k->rop[i - sig->first] = ptc_xmalloc(sizeof(ptc_om_rowop));
+      int rc = ptc_om_rowop_describe(f, op, k->rop[i - sig->first]);
+      PTC_ASSERT(rc == 0);
+    } else if (!ptc_om_is_reduce(op->code)) {
+      ptc_opmath pr;
+      if (ptc_om_elementwise(f, op, &pr) == 0) {
+        k->ew[i - sig->first] = ptc_xmalloc(sizeof pr);
+        *k->ew[i - sig->first] = pr;
+      }
+    }
+  }
   for (int32_t i = sig->first; i < sig->end; i++)
     for (int32_t a = 0; a < f->ops[i].nin; a++) k->need[f->ops[i].in[a]] = true;
   for (int32_t o = 0; o < sig->nout; o++) k->need[sig->out[o]] = true;
@@ -1032,7 +935,7 @@ int ptc__cg_emit_group(ptc_cg *g, ptc_func *f, const ptc_group_sig *sig, LLVMVal
     LLVMValueRef in[8], out[4];
     for (int32_t a = 0; a < op->nin; a++) in[a] = eval(k, op->in[a], &p);
     free(p.cache);
-    emit_ew(k, op, i, in, 1, out);
+    emit_ew(k, i, in, 1, out);
     for (int32_t r = 0; r < op->nout; r++) k->scal[op->out[r]] = out[r];
   }
 
@@ -1053,9 +956,9 @@ int ptc__cg_emit_group(ptc_cg *g, ptc_func *f, const ptc_group_sig *sig, LLVMVal
     bool red = op->code == PTC_OP_REDUCE_SUM || op->code == PTC_OP_REDUCE_MEAN ||
                op->code == PTC_OP_REDUCE_MAX;
     a->expr_res = red ? -1 : f->values[v].res;
-    a->scale = op->code == PTC_OP_REDUCE_MEAN
-                   ? (double)ptc_type_numel(vty(k, v)) / (double)ptc_type_numel(vty(k, op->in[0]))
-                   : 1.0;
+    a->scale = 1.0;
+    bool mx;
+    if (red) ptc_om_reduce(f, op, &mx, &a->scale);
   }
 
   /* the row loop */
