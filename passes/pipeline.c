@@ -577,6 +577,40 @@ static int accumulate(ptc_func *F, int32_t var, int32_t v, ptc_loc loc) {
   return ptc_build_at(F, idx + 1, &sb) < 0 ? -1 : 0;
 }
 
+/* Under fp16 (passes/precision.c) the seed of each cross_entropy_grad is
+ * mul(constant, @loss_scale) with the constant only seeding: multiplies
+ * those constants by k.  Whether every seed was of that form (else
+ * nothing changes). */
+static bool scale_fp16_seeds(ptc_func *f, double k) {
+  const ptc_attr *pa = ptc_module_get_attr(f->mod, "precision");
+  if (!pa || pa->kind != PTC_ATTR_STR || strcmp(pa->u.s, "fp16") != 0) return false;
+  int32_t n = 0, consts[64];
+  for (int32_t i = 0; i < f->nops; i++) {
+    if (f->ops[i].code != PTC_OP_CROSS_ENTROPY_GRAD) continue;
+    const ptc_value *sv = &f->values[f->ops[i].in[0]];
+    if (sv->kind != PTC_VALUE_OP || f->ops[sv->def].code != PTC_OP_MUL || n == 64) return false;
+    const ptc_op *mul = &f->ops[sv->def];
+    int32_t c = -1;
+    for (int32_t a = 0; a < 2; a++) {
+      const ptc_value *v = &f->values[mul->in[a]];
+      if (v->kind == PTC_VALUE_OP && f->ops[v->def].code == PTC_OP_CONSTANT) c = v->def;
+    }
+    if (c < 0) return false;
+    /* the constant must feed nothing else */
+    for (int32_t j = 0; j < f->nops; j++)
+      for (int32_t a = 0; a < f->ops[j].nin; a++)
+        if (f->ops[j].in[a] == f->ops[c].out[0] && j != sv->def) return false;
+    consts[n++] = c;
+  }
+  if (n == 0) return false;
+  for (int32_t i = 0; i < n; i++) {
+    ptc_op *c = &f->ops[consts[i]];
+    for (int32_t a = 0; a < c->nattr; a++)
+      if (strcmp(c->attrs[a].name, "value") == 0) c->attrs[a].u.f *= k;
+  }
+  return true;
+}
+
 static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   int pp = ptc_mesh_axis(&m->mesh, "pp", 2);
   if (pp < 0 || m->mesh.axes[pp].size <= 1) return 0;
@@ -590,6 +624,10 @@ static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
   pl L = {.m = m, .f = f, .P = (int32_t)m->mesh.axes[pp].size, .pp = pp};
   L.V = (int32_t)ptc_pass_opt_int(o, "virtual-stages");
   L.M = (int32_t)ptc_pass_opt_int(o, "microbatches");
+  /* fp16: each microbatch's backward is seeded with 1/M of the loss scale,
+   * so the accumulators hold the step's gradient, not M times it (which
+   * would spend log2(M) bits of fp16 headroom); @step.<s> does not divide */
+  bool seed_scaled = L.M > 1 && scale_fp16_seeds(f, 1.0 / L.M);
   int kind = ptc_pass_opt_choice(o, "schedule");
   if (kind == SCHED_INTERLEAVED && L.V < 2) {
     ptc_error(ctx, m->loc, "pipeline: the interleaved schedule needs 2 or more virtual "
@@ -767,7 +805,7 @@ static int run_pipeline(ptc_module *m, const ptc_pass_opts *o, bool *changed) {
       if (a >= 0 && tied) a = all_reduce_pp(&L, F, a, ploc); /* every stage takes part */
       if (a < 0) { ok = false; break; }
       if (!mine) continue;
-      if (L.M > 1) a = scale_by(F, a, 1.0 / L.M, ploc);
+      if (L.M > 1 && !seed_scaled) a = scale_by(F, a, 1.0 / L.M, ploc);
       int32_t zz = a < 0 ? -1 : zeros_full(F, &t, ploc);
       if (zz < 0 || assign(F, gacc[k], zz, ploc) != 0) { ok = false; break; }
       bool owner = (hold & ((1ull << s) - 1)) == 0;
