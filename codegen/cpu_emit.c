@@ -29,6 +29,13 @@
  * row statistics, reductions, column indices) and the loops around them.
  * Semantics are those of ir/eval.c, computed in f32 (bias corrections of
  * AdamW in double, as the runtime's kernel does).
+ *
+ * bf16 / f16 values are computed in f32 too: the emitter works on a view of
+ * the function with every 16-bit type read as f32, and only the loads and
+ * stores of a 16-bit buffer know better -- a load widens (exactly), a store
+ * rounds to nearest even as runtime/half.h does, bit for bit.  A 16-bit
+ * value that never leaves the group is never rounded (docs/fusion.md,
+ * "16-bit values").
  */
 #include <math.h>
 #include <stdio.h>
@@ -61,6 +68,7 @@ typedef struct kern {
   /* buffers */
   int32_t nslot;
   LLVMValueRef *ptr;  /* [nslot] typed pointers */
+  ptc_dtype *slot_dt; /* [nslot] the buffer's dtype (bf16 / f16: 16-bit storage) */
   int32_t *in_slot;   /* [nvalues] */
   int32_t *out_slot;  /* [nvalues] */
   imap *map[2];       /* [nvalues] per mode: inputs; FULL also ACC outputs */
@@ -96,25 +104,73 @@ static int lv(const kern *k, int32_t v) { return k->sig->level[v]; }
 
 /* ---- loads, stores, loops ------------------------------------------------- */
 
-static LLVMValueRef gep(kern *k, int32_t slot, ptc_dtype t, LLVMValueRef idx) {
-  return LLVMBuildGEP2(B_, ptc__cg_type(k->g, t, 1), k->ptr[slot], &idx, 1, "");
+static bool is_half(ptc_dtype t) { return t == PTC_DTYPE_BF16 || t == PTC_DTYPE_F16; }
+
+/* The element type a slot's buffer holds: a 16-bit slot holds i16 (bf16,
+ * handled as bits) or half (f16); other slots hold their value's type. */
+static LLVMTypeRef elem_type(kern *k, int32_t slot, ptc_dtype t, int lanes) {
+  LLVMTypeRef e;
+  switch (k->slot_dt[slot]) {
+  case PTC_DTYPE_BF16: e = LLVMInt16TypeInContext(k->g->C); break;
+  case PTC_DTYPE_F16: e = LLVMHalfTypeInContext(k->g->C); break;
+  default: return ptc__cg_type(k->g, t, lanes);
+  }
+  return lanes > 1 ? LLVMVectorType(e, (unsigned)lanes) : e;
 }
 
+static LLVMValueRef gep(kern *k, int32_t slot, ptc_dtype t, LLVMValueRef idx) {
+  return LLVMBuildGEP2(B_, elem_type(k, slot, t, 1), k->ptr[slot], &idx, 1, "");
+}
+
+/* lanes elements of a slot from idx on, as t (a 16-bit slot: widened to f32,
+ * exactly: bf16 is an f32's top half, every f16 is an f32). */
 static LLVMValueRef load(kern *k, int32_t slot, ptc_dtype t, LLVMValueRef idx, int lanes) {
+  ptc_dtype st = k->slot_dt[slot];
   LLVMValueRef p = gep(k, slot, t, idx);
-  LLVMTypeRef ty = ptc__cg_type(k->g, t, lanes);
+  LLVMTypeRef ty = elem_type(k, slot, t, lanes);
   if (lanes > 1) p = LLVMBuildBitCast(B_, p, LLVMPointerType(ty, 0), "");
   LLVMValueRef v = LLVMBuildLoad2(B_, ty, p, "");
-  LLVMSetAlignment(v, (unsigned)ptc_dtype_size(t));
+  LLVMSetAlignment(v, (unsigned)ptc_dtype_size(is_half(st) ? st : t));
+  if (st == PTC_DTYPE_BF16) {
+    v = LLVMBuildZExt(B_, v, ptc__cg_i32(k->g, lanes), "");
+    v = LLVMBuildShl(B_, v, ptc__cg_ci32(k->g, lanes, 16), "");
+    v = LLVMBuildBitCast(B_, v, ptc__cg_f32(k->g, lanes), "");
+  } else if (st == PTC_DTYPE_F16) {
+    v = LLVMBuildFPExt(B_, v, ptc__cg_f32(k->g, lanes), "");
+  }
   return v;
 }
 
+/* f32 val rounded to bf16 bits as runtime/half.h does it: a NaN stays a
+ * quiet NaN with its sign, everything else rounds to nearest even on the
+ * bit pattern (overflowing to an infinity). */
+static LLVMValueRef round_bf16(kern *k, LLVMValueRef val) {
+  int l = ptc__cg_lanes(val);
+  LLVMValueRef u = LLVMBuildBitCast(B_, val, ptc__cg_i32(k->g, l), "");
+  LLVMValueRef hi = LLVMBuildLShr(B_, u, ptc__cg_ci32(k->g, l, 16), "");
+  LLVMValueRef ax = LLVMBuildAnd(B_, u, ptc__cg_ci32(k->g, l, 0x7fffffff), "");
+  LLVMValueRef nan = LLVMBuildICmp(B_, LLVMIntUGT, ax, ptc__cg_ci32(k->g, l, 0x7f800000), "");
+  LLVMValueRef qnan = LLVMBuildOr(B_, hi, ptc__cg_ci32(k->g, l, 0x40), "");
+  LLVMValueRef odd = LLVMBuildAnd(B_, hi, ptc__cg_ci32(k->g, l, 1), "");
+  LLVMValueRef r = LLVMBuildAdd(B_, u, LLVMBuildAdd(B_, odd, ptc__cg_ci32(k->g, l, 0x7fff), ""), "");
+  r = LLVMBuildLShr(B_, r, ptc__cg_ci32(k->g, l, 16), "");
+  r = LLVMBuildSelect(B_, nan, qnan, r, "");
+  LLVMTypeRef i16 = LLVMInt16TypeInContext(k->g->C);
+  return LLVMBuildTrunc(B_, r, l > 1 ? LLVMVectorType(i16, (unsigned)l) : i16, "");
+}
+
+/* Stores val (lanes from idx on); a 16-bit slot gets val rounded once, here
+ * (bf16: round_bf16; f16: fptrunc, IEEE round to nearest even with
+ * subnormals and overflow to infinity, as runtime/half.h). */
 static void store(kern *k, int32_t slot, ptc_dtype t, LLVMValueRef idx, LLVMValueRef val) {
-  LLVMValueRef p = gep(k, slot, t, idx);
+  ptc_dtype st = k->slot_dt[slot];
   int lanes = ptc__cg_lanes(val);
+  if (st == PTC_DTYPE_BF16) val = round_bf16(k, val);
+  else if (st == PTC_DTYPE_F16) val = LLVMBuildFPTrunc(B_, val, elem_type(k, slot, t, lanes), "");
+  LLVMValueRef p = gep(k, slot, t, idx);
   if (lanes > 1) p = LLVMBuildBitCast(B_, p, LLVMPointerType(LLVMTypeOf(val), 0), "");
   LLVMValueRef s = LLVMBuildStore(B_, val, p);
-  LLVMSetAlignment(s, (unsigned)ptc_dtype_size(t));
+  LLVMSetAlignment(s, (unsigned)ptc_dtype_size(is_half(st) ? st : t));
 }
 
 static LLVMValueRef i64c(kern *k, int64_t v) { return ptc__cg_ci64(k->g, 1, v); }
@@ -825,6 +881,7 @@ static void row_bases(kern *k) {
 
 static void kern_free(kern *k) {
   free(k->ptr);
+  free(k->slot_dt);
   free(k->in_slot);
   free(k->out_slot);
   free(k->map[0]);
@@ -845,12 +902,27 @@ static void kern_free(kern *k) {
 }
 
 int ptc__cg_emit_group(ptc_cg *g, ptc_func *f, const ptc_group_sig *sig, LLVMValueRef *fn) {
+  /* The kernel computes in f32: it sees f with every bf16 / f16 type read
+   * as f32 (the op programs of opmath then are f32 programs), and only its
+   * loads and stores know a buffer's 16-bit dtype (slot_dt).  A 16-bit
+   * value internal to the group is never rounded: it stays an f32. */
+  ptc_dtype *slot_dt = ptc_xcalloc((size_t)(sig->nin + sig->nout) + 1, sizeof *slot_dt);
+  for (int32_t s = 0; s < sig->nin + sig->nout; s++)
+    slot_dt[s] = f->values[s < sig->nin ? sig->in[s] : sig->out[s - sig->nin]].type.dtype;
+  ptc_value *wide_values = ptc_xmalloc(((size_t)f->nvalues + 1) * sizeof *wide_values);
+  memcpy(wide_values, f->values, (size_t)f->nvalues * sizeof *wide_values);
+  for (int32_t v = 0; v < f->nvalues; v++)
+    if (is_half(wide_values[v].type.dtype)) wide_values[v].type.dtype = PTC_DTYPE_F32;
+  ptc_func wide = *f;
+  wide.values = wide_values;
+  f = &wide;
   kern kk = {.g = g, .B = g->B, .f = f, .sig = sig, .W = g->W,
              .rowwise = sig->kind == PTC_GROUP_ROWWISE};
   kern *k = &kk;
   size_t nv = (size_t)f->nvalues + 1;
   k->nslot = sig->nin + sig->nout;
   k->ptr = ptc_xcalloc((size_t)k->nslot + 1, sizeof *k->ptr);
+  k->slot_dt = slot_dt;
   k->in_slot = ptc_xmalloc(nv * sizeof *k->in_slot);
   k->out_slot = ptc_xmalloc(nv * sizeof *k->out_slot);
   for (size_t v = 0; v < nv; v++) k->in_slot[v] = k->out_slot[v] = -1;
@@ -912,7 +984,7 @@ int ptc__cg_emit_group(ptc_cg *g, ptc_func *f, const ptc_group_sig *sig, LLVMVal
     int32_t v = s < sig->nin ? sig->in[s] : sig->out[s - sig->nin];
     LLVMValueRef idx = i64c(k, s);
     LLVMValueRef pp = LLVMBuildLoad2(B_, i8p, LLVMBuildGEP2(B_, i8p, bufs, &idx, 1, ""), "");
-    k->ptr[s] = LLVMBuildBitCast(B_, pp, LLVMPointerType(ptc__cg_type(g, vty(k, v)->dtype, 1), 0),
+    k->ptr[s] = LLVMBuildBitCast(B_, pp, LLVMPointerType(elem_type(k, s, vty(k, v)->dtype, 1), 0),
                                  "");
   }
   k->status = ptc__cg_alloca(g, i32, "status");
@@ -1019,5 +1091,6 @@ int ptc__cg_emit_group(ptc_cg *g, ptc_func *f, const ptc_group_sig *sig, LLVMVal
   free(s.store);
   free(s.acc);
   kern_free(k);
+  free(wide_values);
   return 0;
 }

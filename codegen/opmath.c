@@ -91,7 +91,12 @@ static void SET(ptc_opmath *p, int stat, int16_t x) { /* a statistics program's 
 
 static void init(ptc_opmath *p) { memset(p, 0, sizeof *p); }
 
-static ptc_dtype vdt(const ptc_func *f, int32_t v) { return f->values[v].type.dtype; }
+/* A value's dtype in a program: bf16 / f16 values are computed in f32 (the
+ * emitters load them widened and round what they store). */
+static ptc_dtype vdt(const ptc_func *f, int32_t v) {
+  ptc_dtype t = f->values[v].type.dtype;
+  return t == PTC_DTYPE_BF16 || t == PTC_DTYPE_F16 ? PTC_DTYPE_F32 : t;
+}
 
 /* s = 1 / (1 + e^{-2u}), u = sqrt(2/pi) (x + 0.044715 x^3); *e = e^{-2u} */
 static int16_t gelu_s(ptc_opmath *p, int16_t x, int16_t x2, int16_t *e) {

@@ -76,6 +76,9 @@ static bool int_capable(ptc_opcode c) {
 }
 
 static bool is_int(ptc_dtype t) { return t == PTC_DTYPE_I32 || t == PTC_DTYPE_I64; }
+/* bf16 / f16: stored in 2 bytes, loaded into f32 and computed there; a
+ * group's 16-bit outputs are rounded once, where the kernel stores them. */
+static bool is_half(ptc_dtype t) { return t == PTC_DTYPE_BF16 || t == PTC_DTYPE_F16; }
 
 /* Operand k of a row op is an index tensor (the targets). */
 static bool is_index_operand(const ptc_op *op, int32_t k) {
@@ -88,7 +91,7 @@ static bool dtypes_ok(const ptc_func *f, const ptc_op *op) {
   for (int32_t k = 0; k < op->nin + op->nout; k++) {
     int32_t v = k < op->nin ? op->in[k] : op->out[k - op->nin];
     ptc_dtype t = f->values[v].type.dtype;
-    if (t == PTC_DTYPE_F32) continue;
+    if (t == PTC_DTYPE_F32 || is_half(t)) continue;
     if (is_int(t) && (ints || (k < op->nin && is_index_operand(op, k)))) continue;
     return false;
   }
@@ -398,6 +401,12 @@ static int outputs(gan *g) {
       case PTC_GROUP_ELEM: ok = same_shape(t, &g->x); break;
       default:
         comb = op->code == PTC_OP_REDUCE_MAX ? PTC_GROUP_MAX : PTC_GROUP_SUM;
+        if (is_half(t->dtype)) {
+          tstr(s, sizeof s, t);
+          return fail(g, i, "'%s' result %s is accumulated across the group's work in "
+                      "f32 partials, which a 16-bit buffer cannot hold; leave the op out "
+                      "of the group", opname(op), s);
+        }
         break;
       }
       if (!ok) {

@@ -576,7 +576,10 @@ static int run_op(ptrt_program *p, int32_t i, bool do_commit) {
   return 0;
 }
 
-/* A fused group, at its first op; 0 or -1 (reported). */
+/* A fused group, at its first op; 0 or -1 (reported).  Its buffers go to
+ * the kernel as they are, 16-bit ones too (the kernel widens what it loads
+ * and rounds what it stores): nothing is widened here and no workspace is
+ * used, as liveness.c plans it. */
 static int run_group(ptrt_program *p, const ptc_group_sig *sig) {
   for (int32_t o = 0; o < sig->nout; o++) {
     int32_t v = sig->out[o];

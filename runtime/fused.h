@@ -6,8 +6,10 @@
  *   int32_t ptc_k<N>(void *const *bufs, int64_t begin, int64_t end);
  *
  * bufs: the group's external inputs then its outputs, in the order of
- * ptc_group_sig (ir.h) -- f32 values as float *, i32 as int32_t *, i64 as
- * int64_t *, scalars as a pointer to one element; [begin, end): the work
+ * ptc_group_sig (ir.h) -- f32 values as float *, bf16 and f16 as uint16_t *
+ * (the 16-bit buffers as they are: the kernel widens what it loads and
+ * rounds what it stores), i32 as int32_t *, i64 as int64_t *, scalars as a
+ * pointer to one element; [begin, end): the work
  * items of this call, elements (ELEMENTWISE) or rows (ROWWISE) of the
  * group's iteration shape.  Returns 0, or 1 when it met an out-of-range
  * index (a cross-entropy target).  An output may share its buffer with an

@@ -151,14 +151,16 @@ endfunction()
 # ptc_add_mesh_prec_test(MODEL PREC NAME RANKS MESH_ARGS [SAME_AS NAME2]) --
 # mesh.MODEL.PREC.NAME: MESH_ARGS --precision PREC against PREC on one rank
 # (u) and fp32 (5u); SAME_AS: also against mesh.MODEL.PREC.NAME2's losses
-# to the bit (that test becomes a fixture).
+# within u (that test becomes a fixture): recomputation moves the bounds of
+# fused groups, which round only their 16-bit outputs (docs/fusion.md).
 function(ptc_add_mesh_prec_test model prec name ranks mesh_args)
   cmake_parse_arguments(ARG "" "SAME_AS" "" ${ARGN})
   set(test mesh.${model}.${prec}.${name})
   set(extra --against ${PTC_MESH_DIR}/${model}.ref.jsonl ${PTC_MESH_5U_${prec}})
   set(fixtures mesh.${model}.ref mesh.${model}.${prec}.ref)
   if(ARG_SAME_AS)
-    list(APPEND extra --against ${PTC_MESH_DIR}/${model}.${prec}.${ARG_SAME_AS}/run.jsonl 0)
+    list(APPEND extra --against ${PTC_MESH_DIR}/${model}.${prec}.${ARG_SAME_AS}/run.jsonl
+         ${PTC_MESH_U_${prec}})
     list(APPEND fixtures mesh.${model}.${prec}.${ARG_SAME_AS})
     set_tests_properties(mesh.${model}.${prec}.${ARG_SAME_AS} PROPERTIES
                          FIXTURES_SETUP mesh.${model}.${prec}.${ARG_SAME_AS})

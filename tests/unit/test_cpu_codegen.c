@@ -1087,6 +1087,277 @@ static void bench(int threads) {
             1, threads);
 }
 
+/* ---- groups on bf16 / f16 values --------------------------------------------
+ * A function in a 16-bit dtype T and the same function in f32, both fused
+ * into the same groups and run through the executor with their kernels:
+ * every T result equals the f32 result rounded once (runtime/half.h), bit
+ * for bit, since a kernel widens its 16-bit inputs exactly, computes in
+ * f32 and rounds only what it stores.  The f32 module's inputs are the T
+ * module's, widened.  No op of a group needs 16-bit workspace: the
+ * executor's measured workspace and peak are the plan's. */
+#if PTC_TEST_RUNTIME
+#include "runtime/half.h"
+
+static char *subst_t(const char *text, ptc_dtype t) {
+  const char *name = ptc_dtype_name(t);
+  size_t n = strlen(text), cap = n * 2 + 1, k = 0;
+  char *s = malloc(cap);
+  for (size_t i = 0; i < n; i++) {
+    if (text[i] == '$' && text[i + 1] == 'T') {
+      k += (size_t)snprintf(s + k, cap - k, "%s", name);
+      i++;
+    } else {
+      s[k++] = text[i];
+    }
+  }
+  s[k] = 0;
+  return s;
+}
+
+/* element k of input i, in [-2, 2) and rounded to t (its dtype in the
+ * 16-bit module); edge != NULL: argument 0 holds these f32 bit patterns */
+static float half_in(int i, int64_t k, ptc_dtype t, const uint32_t *edge) {
+  if (edge) return ptrt_f32_of_bits(edge[k]);
+  uint32_t h = (uint32_t)(i * 7919 + 1) * 2654435761u ^ (uint32_t)k * 2246822519u;
+  h ^= h >> 15;
+  h *= 2654435761u;
+  h ^= h >> 13;
+  return ptrt_round_to(t, ((float)(h % 100000) / 25000.0f) - 2.0f);
+}
+
+static void half_put(void *dst, ptc_dtype t, int64_t k, float v) {
+  if (ptrt_is_half(t)) ((uint16_t *)dst)[k] = ptrt_half_round(t, v);
+  else ((float *)dst)[k] = v;
+}
+
+typedef struct half_run {
+  int nres;
+  void *res[8];
+  ptc_dtype dt[8];
+  int64_t numel[8];
+  bool grouped_half; /* some group holds a 16-bit value */
+  bool all_grouped;  /* every op but the return is in a group */
+} half_run;
+
+/* Fuses m (the only function), compiles its kernels and runs it on 2
+ * threads; inputs from half_in with ref's dtypes.  0 or -1 (reported). */
+static int half_exec(const char *what, ptc_module *ref, ptc_module *m, const uint32_t *edge,
+                     half_run *o) {
+  memset(o, 0, sizeof *o);
+  ptc_ctx *ctx = m->ctx;
+  ptc_func *f = m->funcs[0];
+  ptc_pipeline *pl = ptc_pipeline_parse(ctx, "fuse");
+  int rc = pl && ptc_pipeline_run(m, pl, NULL) == 0 ? 0 : -1;
+  ptc_pipeline_destroy(pl);
+  CHECK_MSG(rc == 0, "%s: fuse: %s", what, ptc_ctx_diag_text(ctx));
+  if (rc) return -1;
+  o->all_grouped = true;
+  for (int32_t i = 0; i < f->nops; i++) {
+    const ptc_op *op = &f->ops[i];
+    if (op->code == PTC_OP_RETURN) continue;
+    o->all_grouped &= ptc_op_group(op) >= 0;
+    for (int32_t k = 0; k < op->nin + op->nout && ptc_op_group(op) >= 0; k++)
+      o->grouped_half |=
+          ptrt_is_half(f->values[k < op->nin ? op->in[k] : op->out[k - op->nin]].type.dtype);
+  }
+  char so[128];
+  snprintf(so, sizeof so, "%s/k%d.so", tmpdir, so_counter++);
+  rc = ptc_codegen_cpu(m, "cpu", so, NULL);
+  CHECK_MSG(rc == 0, "%s: codegen: %s", what, ptc_ctx_diag_text(ctx));
+  if (rc) return -1;
+  ptrt_fused *lib = ptrt_fused_open(ctx, so, f);
+  ptrt_pool *pool = ptrt_pool_create(ctx, 2);
+  ptrt_env env = {ctx, pool, ptrt_comm_single()};
+  ptrt_vars *vars = lib ? ptrt_vars_create(ctx, m, NULL) : NULL;
+  ptrt_program_opts opts = {.fused = lib};
+  ptrt_program *prog = vars ? ptrt_program_create(&env, f, vars, &opts) : NULL;
+  rc = prog ? 0 : -1;
+  if (prog) {
+    for (int32_t p = 0; p < m->nparams; p++)
+      for (int64_t k = 0; k < ptc_type_numel(&m->params[p].type); k++)
+        half_put(ptrt_vars_data(vars, p), m->params[p].type.dtype, k,
+                 half_in(p, k, ref->params[p].type.dtype, NULL));
+    for (int32_t a = 0; a < f->nargs; a++) {
+      const ptc_type *t = &f->values[f->args[a]].type;
+      const ptc_type *rt = &ref->funcs[0]->values[ref->funcs[0]->args[a]].type;
+      for (int64_t k = 0; k < ptc_type_numel(t); k++) {
+        if (t->dtype == PTC_DTYPE_I32)
+          ((int32_t *)ptrt_program_arg(prog, a))[k] = (int32_t)((k * 7 + 3) % 10);
+        else
+          half_put(ptrt_program_arg(prog, a), t->dtype, k,
+                   t->rank == 0 ? 0.25f : half_in(100 + a, k, rt->dtype, a == 0 ? edge : NULL));
+      }
+    }
+    rc = ptrt_program_run(prog, true);
+    ptrt_mem mem = ptrt_program_mem(prog);
+    CHECK_MSG(ptrt_program_planned_workspace(prog) == mem.workspace &&
+                  ptrt_program_planned_peak(prog) == mem.peak && mem.live == 0,
+              "%s: workspace planned %lld, used %lld; peak planned %lld, measured %lld", what,
+              (long long)ptrt_program_planned_workspace(prog), (long long)mem.workspace,
+              (long long)ptrt_program_planned_peak(prog), (long long)mem.peak);
+    CHECK_MSG(!o->all_grouped || mem.workspace == 0, "%s: a fused function used %lld bytes "
+              "of workspace", what, (long long)mem.workspace);
+    const ptc_op *ret = &f->ops[f->nops - 1];
+    o->nres = ret->nin;
+    for (int r = 0; rc == 0 && r < ret->nin; r++) {
+      const ptc_type *t = &f->values[ret->in[r]].type;
+      int64_t b = ptrt_program_result_bytes(prog, r);
+      o->res[r] = malloc((size_t)b + 1);
+      memcpy(o->res[r], ptrt_program_result(prog, r), (size_t)b);
+      o->dt[r] = t->dtype;
+      o->numel[r] = ptc_type_numel(t);
+    }
+  }
+  CHECK_MSG(rc == 0, "%s: run: %s", what, ptc_ctx_diag_text(ctx));
+  ptrt_program_destroy(prog);
+  ptrt_vars_destroy(vars);
+  ptrt_pool_destroy(pool);
+  ptrt_fused_close(lib);
+  return rc;
+}
+
+static void half_run_free(half_run *o) {
+  for (int r = 0; r < 8; r++) free(o->res[r]);
+}
+
+static ptc_module *half_parse(ptc_ctx *ctx, const char *text) {
+  ptc_module *m = ptc_parse_module(ctx, "half.ptir", text, strlen(text));
+  if (m && ptc_verify_module(m) != 0) {
+    ptc_module_destroy(m);
+    m = NULL;
+  }
+  CHECK_MSG(m != NULL, "%s\n%s", ptc_ctx_diag_text(ctx), text);
+  return m;
+}
+
+/* got (a result of dtype t) equals want (f32) rounded to t, bit for bit */
+static int half_compare(const char *what, ptc_dtype t, int r, const half_run *h,
+                        const float *want) {
+  int bad = 0;
+  for (int64_t k = 0; k < h->numel[r]; k++) {
+    uint32_t got, exp;
+    bool nan_ok = false;
+    if (ptrt_is_half(h->dt[r])) {
+      got = ((const uint16_t *)h->res[r])[k];
+      exp = ptrt_half_round(h->dt[r], want[k]);
+      nan_ok = isnan(want[k]) && isnan(ptrt_half_load(h->dt[r], h->res[r], k));
+    } else {
+      got = ptrt_f32_bits(((const float *)h->res[r])[k]);
+      exp = ptrt_f32_bits(want[k]);
+    }
+    if (got != exp && !nan_ok && bad++ < 3)
+      fprintf(stderr, "%s (%s) result %d element %lld: %#x, want %#x (f32 %a)\n", what,
+              ptc_dtype_name(t), r, (long long)k, got, exp, (double)want[k]);
+  }
+  CHECK_MSG(bad == 0, "%s (%s): result %d differs in %d elements", what, ptc_dtype_name(t), r,
+            bad);
+  return bad;
+}
+
+static void check_half_fused(const char *what, const char *text) {
+  for (int ti = 0; ti < 2; ti++) {
+    ptc_dtype t = ti ? PTC_DTYPE_F16 : PTC_DTYPE_BF16;
+    ptc_ctx *ctx = ptc_ctx_create();
+    ptc_ctx_set_diag_capture(ctx, true);
+    char *th = subst_t(text, t), *tf = subst_t(text, PTC_DTYPE_F32);
+    ptc_module *mh = half_parse(ctx, th), *mf = half_parse(ctx, tf);
+    half_run h, g;
+    if (mh && mf && half_exec(what, mh, mh, NULL, &h) == 0) {
+      CHECK_MSG(h.grouped_half && h.all_grouped, "%s (%s): not every op is in a group",
+                what, ptc_dtype_name(t));
+      if (half_exec(what, mh, mf, NULL, &g) == 0) {
+        /* the same groups */
+        for (int32_t i = 0; i < mh->funcs[0]->nops; i++)
+          CHECK_MSG(ptc_op_group(&mh->funcs[0]->ops[i]) == ptc_op_group(&mf->funcs[0]->ops[i]),
+                    "%s: op %d grouped differently in f32", what, i);
+        for (int r = 0; r < h.nres; r++) half_compare(what, t, r, &h, g.res[r]);
+        half_run_free(&g);
+      }
+      half_run_free(&h);
+    }
+    if (mh) ptc_module_destroy(mh);
+    if (mf) ptc_module_destroy(mf);
+    free(th);
+    free(tf);
+    ptc_ctx_destroy(ctx);
+  }
+}
+
+static const struct {
+  const char *what, *text;
+} half_cases[] = {
+    {"elementwise chain",
+     "module @m {\n  param @a : $T[5,37]\n  param @c : $T[37]\n"
+     "  func @f() -> ($T[5,37], $T[5,37]) {\n    %y = add @a, @c : $T[5,37]\n"
+     "    %z = mul %y, @a : $T[5,37]\n    %g = gelu %z : $T[5,37]\n"
+     "    %e = exp %g : $T[5,37]\n    %s = sigmoid %e : $T[5,37]\n"
+     "    return %z, %s\n  }\n}\n"},
+    {"layernorm+softmax",
+     "module @m {\n  param @x : $T[6,40]\n  param @r : $T[6,40]\n"
+     "  param @g : $T[40]\n  param @b : $T[40]\n"
+     "  func @f() -> ($T[6,40], $T[6,40]) {\n    %y = add @x, @r : $T[6,40]\n"
+     "    %n = layernorm %y, @g, @b {eps = 1e-05} : $T[6,40]\n"
+     "    %s = softmax %n {axis = 1} : $T[6,40]\n    return %n, %s\n  }\n}\n"},
+    {"cross_entropy",
+     "module @m {\n  param @l : $T[6,10]\n"
+     "  func @f(%seed: f32[], %t: i32[6]) -> (f32[], $T[6,10]) {\n"
+     "    %l2 = mul @l, @l : $T[6,10]\n"
+     "    %loss = cross_entropy %l2, %t {classes = 10} : f32[]\n"
+     "    %g = cross_entropy_grad %seed, %l2, %t {classes = 10} : $T[6,10]\n"
+     "    return %loss, %g\n  }\n}\n"},
+    {"row reductions",
+     "module @m {\n  param @x : $T[7,45]\n"
+     "  func @f() -> ($T[7], $T[7], $T[7]) {\n    %e = exp @x : $T[7,45]\n"
+     "    %s = reduce_sum %e {axes = [1]} : $T[7]\n"
+     "    %m = reduce_max %e {axes = [1]} : $T[7]\n"
+     "    %a = reduce_mean %e {axes = [1]} : $T[7]\n    return %s, %m, %a\n  }\n}\n"},
+};
+
+/* The kernels' rounding at a 16-bit store on the edge values: ties to even
+ * both ways, NaN (payload in the low bits only, too), infinities, bf16 and
+ * f16 overflow, f16 subnormals and underflow to zero.  The group is
+ * cast + neg, the cast internal: one rounding, of -x. */
+static void test_half_store_rounding(void) {
+  static const uint32_t edges[24] = {
+      0x3f808000u, 0x3f818000u, 0x3f808001u, 0x7f7fffffu, 0x7f7f8000u, 0x7f800001u,
+      0xff800000u, 0x7f800000u, 0x477ff000u, 0x477fefffu, 0x33800000u, 0x33000000u,
+      0x33000001u, 0x33c00000u, 0x387fc000u, 0x387fe000u, 0x00000001u, 0x80000000u,
+      0xffc00001u, 0x3a800800u, 0x3a801800u, 0x47800000u, 0xc77ff000u, 0x38800000u};
+  for (int ti = 0; ti < 2; ti++) {
+    ptc_dtype t = ti ? PTC_DTYPE_F16 : PTC_DTYPE_BF16;
+    ptc_ctx *ctx = ptc_ctx_create();
+    ptc_ctx_set_diag_capture(ctx, true);
+    char *text = subst_t("module @m {\n  func @f(%x: f32[24]) -> $T[24] {\n"
+                         "    %c = cast %x {to = $T} : $T[24]\n    %n = neg %c : $T[24]\n"
+                         "    return %n\n  }\n}\n", t);
+    ptc_module *m = half_parse(ctx, text);
+    half_run h;
+    if (m && half_exec("store rounding", m, m, edges, &h) == 0) {
+      CHECK(h.grouped_half && h.all_grouped);
+      float want[24];
+      for (int k = 0; k < 24; k++) want[k] = -ptrt_f32_of_bits(edges[k]);
+      half_compare("store rounding", t, 0, &h, want);
+      for (int k = 0; k < 24; k++) { /* a NaN stays a NaN of its sign */
+        uint16_t u = ((const uint16_t *)h.res[0])[k];
+        if (isnan(want[k]))
+          CHECK_MSG(isnan(ptrt_half_load(t, &u, 0)) && (u >> 15) == (signbit(want[k]) ? 1u : 0u),
+                    "NaN %d: %#x", k, u);
+      }
+      half_run_free(&h);
+    }
+    if (m) ptc_module_destroy(m);
+    free(text);
+    ptc_ctx_destroy(ctx);
+  }
+}
+
+static void test_half_groups(void) {
+  for (size_t i = 0; i < PTC_ARRAY_LEN(half_cases); i++)
+    check_half_fused(half_cases[i].what, half_cases[i].text);
+  test_half_store_rounding();
+}
+#endif /* PTC_TEST_RUNTIME */
+
 int main(void) {
   char why[256];
   if (!ptc_codegen_cpu_can_link(why, sizeof why)) {
@@ -1107,6 +1378,9 @@ int main(void) {
   test_model_groups("models/gpt2.ptg", "layers=1,dim=16,heads=2,vocab=32,ctx=8,batch=2,seq=8", 32);
   test_model_groups("models/llama.ptg",
                     "layers=1,dim=16,heads=2,kv_heads=1,ffn=24,vocab=32,ctx=8,batch=2,seq=8", 32);
+#if PTC_TEST_RUNTIME
+  test_half_groups();
+#endif
   const char *b = getenv("PTC_BENCH");
   if (b && b[0] == '1') bench(getenv("PTC_BENCH_THREADS") ? atoi(getenv("PTC_BENCH_THREADS")) : 2);
   rmdir(tmpdir);
