@@ -228,7 +228,7 @@ static void prog_analyze(const ptc_func *f, bool fwd_chunk, bool bwd_chunk,
 }
 
 /* "F0.1 B0.1 ..." -> how many sets of each chunk are in flight at most. */
-static void max_in_flight(const char *order, int32_t nchunks, int32_t M, int32_t *most) {
+static void max_in_flight(const char *order, int32_t nchunks, int32_t *most) {
   int32_t *live = ptc_xcalloc((size_t)nchunks + 1, sizeof *live);
   for (int32_t c = 0; c < nchunks; c++) most[c] = 0;
   const char *p = order;
@@ -242,7 +242,6 @@ static void max_in_flight(const char *order, int32_t nchunks, int32_t M, int32_t
     if (kind == 'F' && ++live[c] > most[c]) most[c] = live[c];
     if (kind == 'B' && live[c] > 0) live[c]--;
   }
-  (void)M;
   free(live);
 }
 
@@ -355,7 +354,7 @@ int ptc_memplan_compute(const ptc_module *m, ptc_memplan *out) {
       char key[48];
       snprintf(key, sizeof key, "pipeline.order.%d", s);
       const ptc_attr *oa = ptc_module_get_attr(m, key);
-      max_in_flight(oa && oa->kind == PTC_ATTR_STR ? oa->u.s : "", NC, M, most);
+      max_in_flight(oa && oa->kind == PTC_ATTR_STR ? oa->u.s : "", NC, most);
       bool *hold = ptc_xcalloc((size_t)vm->nparams + 1, sizeof *hold);
       for (int32_t k = 0; k <= 2 * V; k++) {
         char name[32];

@@ -92,6 +92,8 @@ void ptc_buf_put_double(ptc_buf *b, double v);
 char *ptc_slurp(const char *path, size_t *len);
 /* A byte count in binary units: "512 B", "1.5 KiB", "2.1 GiB". */
 void ptc_buf_put_bytes(ptc_buf *b, double bytes);
+/* The same into out[0..cap) (truncated to fit). */
+void ptc_bytes_text(char *out, size_t cap, double bytes);
 
 /* ======================================================================
  * diag.c -- context, source buffers, diagnostics

@@ -187,6 +187,14 @@ void ptc_buf_put_bytes(ptc_buf *b, double v) {
   ptc_buf_printf(b, u ? "%.1f %s" : "%.0f %s", v, units[u]);
 }
 
+void ptc_bytes_text(char *out, size_t cap, double bytes) {
+  ptc_buf b;
+  ptc_buf_init(&b);
+  ptc_buf_put_bytes(&b, bytes);
+  snprintf(out, cap, "%s", b.data);
+  ptc_buf_fini(&b);
+}
+
 char *ptc_slurp(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;

@@ -61,14 +61,6 @@ static int usage(const char *msg) {
   return EXIT_USAGE;
 }
 
-static void human(char *out, size_t cap, double bytes) {
-  ptc_buf b;
-  ptc_buf_init(&b);
-  ptc_buf_put_bytes(&b, bytes);
-  snprintf(out, cap, "%s", b.data);
-  ptc_buf_fini(&b);
-}
-
 static void dims_text(char *out, size_t cap, int32_t rank, const int64_t *d) {
   size_t k = (size_t)snprintf(out, cap, "[");
   for (int32_t i = 0; i < rank && k < cap; i++)
@@ -168,7 +160,7 @@ static int do_list_one(ptc_ctx *ctx, const char *path) {
   int64_t total = 0;
   for (int32_t i = 0; i < ptrt_ckpt_file_count(ck); i++) total += ptrt_ckpt_file_at(ck, i)->bytes;
   char hb[32];
-  human(hb, sizeof hb, (double)total);
+  ptc_bytes_text(hb, sizeof hb, (double)total);
   printf("%d shard file%s, %s:\n", ptrt_ckpt_file_count(ck),
          ptrt_ckpt_file_count(ck) == 1 ? "" : "s", hb);
   for (int32_t i = 0; i < ptrt_ckpt_file_count(ck); i++) {
@@ -219,7 +211,7 @@ static int do_list(ptc_ctx *ctx, const char *path) {
       for (int32_t k = 0; k < ptrt_ckpt_file_count(ck); k++)
         total += ptrt_ckpt_file_at(ck, k)->bytes;
       char hb[32];
-      human(hb, sizeof hb, (double)total);
+      ptc_bytes_text(hb, sizeof hb, (double)total);
       const json_t *on = json_object_get(ptrt_ckpt_manifest(ck), "written_on");
       printf("  %-14s step %-8lld %3d shard file%s %10s  written on %s\n", names[i],
              (long long)ptrt_ckpt_step(ck), ptrt_ckpt_file_count(ck),

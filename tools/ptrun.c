@@ -526,14 +526,6 @@ static int feed_args(run *r, binding *b, const ptrt_tokens *tk, const ptrt_st *s
   return 0;
 }
 
-static void human_bytes(char *out, size_t cap, double v) {
-  ptc_buf b;
-  ptc_buf_init(&b);
-  ptc_buf_put_bytes(&b, v);
-  snprintf(out, cap, "%s", b.data);
-  ptc_buf_fini(&b);
-}
-
 static void log_json(run *r, json_t *o) {
   if (!r->log) {
     json_decref(o);
@@ -1221,8 +1213,8 @@ static int setup(run *r) {
                       ? ptc_memplan_first_over(&mp, c->device_memory) : -1;
     if (bad >= 0) {
       char need[32], have[32];
-      human_bytes(need, sizeof need, (double)mp.groups[bad].total);
-      human_bytes(have, sizeof have, (double)c->device_memory);
+      ptc_bytes_text(need, sizeof need, (double)mp.groups[bad].total);
+      ptc_bytes_text(have, sizeof have, (double)c->device_memory);
       if (!launched || r->rank == 0)
         ptrt_error(r->ctx, "the plan does not fit --device-memory %s: rank %lld needs %s "
                    "(ptc --report shows where); compile it with --recompute auto "
@@ -1264,8 +1256,8 @@ static void print_header(run *r) {
   config *c = r->c;
   if (r->quiet) return;
   char pb[32], vb[32];
-  human_bytes(pb, sizeof pb, 4.0 * (double)ptc_module_param_count(r->plan->mod));
-  human_bytes(vb, sizeof vb, (double)r->vars->bytes);
+  ptc_bytes_text(pb, sizeof pb, 4.0 * (double)ptc_module_param_count(r->plan->mod));
+  ptc_bytes_text(vb, sizeof vb, (double)r->vars->bytes);
   const pipe_state *ps = r->pipe;
   printf("ptrun: plan %s (@%s, %s), %lld parameters (%s), variables %s%s\n", c->plan,
          r->plan->model, ps ? "pipelined training step"
@@ -1401,8 +1393,8 @@ static int report_step(run *r, const binding *b, const step_line *l) {
   }
   if (!r->quiet && (step % c->print_every == 0 || step == c->steps || step == r->first_step)) {
     char mb[32], pk[32];
-    human_bytes(mb, sizeof mb, l->mem);
-    human_bytes(pk, sizeof pk, l->peak_mem);
+    ptc_bytes_text(mb, sizeof mb, l->mem);
+    ptc_bytes_text(pk, sizeof pk, l->peak_mem);
     clear_progress(r);
     char lrs[32] = "";
     if (r->plan->training) snprintf(lrs, sizeof lrs, " | lr %.3e", l->lr);
@@ -1480,7 +1472,7 @@ static int train(run *r) {
   if (nrun > 0) {
     ptrt_mem mem = ptrt_program_mem(b->prog);
     char pk[32];
-    human_bytes(pk, sizeof pk, (double)(mem.vars + mem.fixed + mem.peak));
+    ptc_bytes_text(pk, sizeof pk, (double)(mem.vars + mem.fixed + mem.peak));
     printf("ptrun: %lld steps in %.2f s: %.0f %s, MFU %.1f%%, peak memory %s%s "
            "(transient %lld bytes, planned %lld)\n", (long long)nrun, t_steps,
            (double)per_step * (double)nrun / t_steps, unit,
@@ -1514,7 +1506,8 @@ static int64_t peak_rss(void) {
   return kb < 0 ? -1 : (int64_t)kb * 1024;
 }
 
-static void measure(run *r, mem_figs *m) {
+/* What the rank holds now: the allocations, without the plan's figures. */
+static void held(const run *r, mem_figs *m) {
   memset(m, 0, sizeof *m);
   m->vars = r->vars->bytes;
   m->arena = r->arena.size;
@@ -1528,6 +1521,10 @@ static void measure(run *r, mem_figs *m) {
   }
   m->held = m->vars + m->fixed + m->arena + m->stash;
   m->plan = m->plan_arena = -1;
+}
+
+static void measure(run *r, mem_figs *m) {
+  held(r, m);
   ptc_memplan plan;
   if (ptc_memplan_compute(r->plan->mod, &plan) == 0) {
     int32_t g = r->pipe ? r->pipe->stage : 0;
@@ -1556,9 +1553,9 @@ static int memory_report(run *r) {
   }
   if (r->quiet) return 0;
   char h[32], rss[32];
-  human_bytes(h, sizeof h, (double)m.held);
+  ptc_bytes_text(h, sizeof h, (double)m.held);
   int64_t rs = peak_rss();
-  human_bytes(rss, sizeof rss, (double)(rs > 0 ? rs : 0));
+  ptc_bytes_text(rss, sizeof rss, (double)(rs > 0 ? rs : 0));
   printf("ptrun: memory of rank 0: holds %lld bytes (%s: variables %lld + buffers %lld + "
          "arena %lld + stash %lld), plan %lld%s; arena high-water %lld; process peak RSS %s\n",
          (long long)m.held, h, (long long)m.vars, (long long)m.fixed, (long long)m.arena,
@@ -1572,11 +1569,9 @@ static int memory_report(run *r) {
 /* Bytes this rank holds for the run: the variables of its stage, every
  * program's arguments, results and arena, and the stash sets. */
 static double pipe_mem(const run *r) {
-  pipe_state *ps = r->pipe;
-  double total = (double)r->vars->bytes + (double)ps->stash_bytes + (double)r->arena.size;
-  for (int32_t i = 0; i < pipe_nfuncs(ps); i++)
-    total += (double)ptrt_program_mem(pipe_binding(ps, i)->prog).fixed;
-  return total;
+  mem_figs m;
+  held(r, &m);
+  return (double)m.held;
 }
 
 /* F<c>.<mb>: the forward of a chunk on microbatch mb of the step, its
@@ -1700,8 +1695,8 @@ static int train_pipe(run *r) {
   clear_progress(r);
   if (nrun > 0) {
     char pk[32], sb[32];
-    human_bytes(pk, sizeof pk, mem_peak);
-    human_bytes(sb, sizeof sb, (double)ps->stash_bytes);
+    ptc_bytes_text(pk, sizeof pk, mem_peak);
+    ptc_bytes_text(sb, sizeof sb, (double)ps->stash_bytes);
     printf("ptrun: %lld steps in %.2f s: %.0f %s, MFU %.1f%%, peak memory %s on rank 0 "
            "(stage %d; stash %s)\n", (long long)nrun, t_steps,
            (double)per_step * (double)nrun / t_steps, ps->tokens ? "tok/s" : "rows/s",
@@ -1772,7 +1767,7 @@ static int comm_report(run *r) {
     printf("comm:");
     for (int a = 0; a < m->naxes; a++) {
       char b[32];
-      human_bytes(b, sizeof b, r->comm_sent[a] / (double)r->comm_steps);
+      ptc_bytes_text(b, sizeof b, r->comm_sent[a] / (double)r->comm_steps);
       double calls = (double)r->comm_calls[a] / (double)r->comm_steps;
       printf("%s %s %s/step (%g call%s)", a ? "," : "", m->axes[a].name, b, calls,
              calls == 1 ? "" : "s");

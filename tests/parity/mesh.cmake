@@ -34,22 +34,34 @@ foreach(model gpt2 llama mlp)
                        FIXTURES_SETUP mesh.${model}.ref SKIP_RETURN_CODE 77)
 endforeach()
 
-# ptc_add_mesh_test(MODEL NAME RANKS MESH_ARGS) -- mesh.MODEL.NAME.  The
-# 8-rank runs oversubscribe the machine on their own: one at a time.
-function(ptc_add_mesh_test model name ranks mesh_args)
-  set(test mesh.${model}.${name})
-  add_test(NAME ${test}
-           COMMAND ${PTC_MESH_RUN} ${CMAKE_BINARY_DIR} ${model} ${PTC_MESH_${model}}
-                   ${mesh_args} ${ranks} ${PTC_MESH_DIR}/${model}.${name}
-                   ${PTC_MESH_DIR}/${model}.ref.jsonl)
-  set_tests_properties(${test} PROPERTIES LABELS "mesh" TIMEOUT 300 PROCESSORS ${ranks}
-                       FIXTURES_REQUIRED mesh.${model}.ref SKIP_RETURN_CODE 77)
-  if(MPIEXEC_EXECUTABLE)  # the launcher CMake found, not whichever is first on PATH
+# ptc_mesh_launcher(TEST RANKS) -- the launcher CMake found (not whichever
+# is first on PATH), and the 3-or-more-rank runs one at a time: they
+# oversubscribe the machine on their own.
+function(ptc_mesh_launcher test ranks)
+  if(MPIEXEC_EXECUTABLE)
     set_tests_properties(${test} PROPERTIES ENVIRONMENT "MPIRUN=${MPIEXEC_EXECUTABLE}")
   endif()
   if(ranks GREATER 2)
     set_tests_properties(${test} PROPERTIES RESOURCE_LOCK ptc_mesh_many_ranks)
   endif()
+endfunction()
+
+# ptc_add_mesh_test_cfg(MODEL CFG NAME RANKS MESH_ARGS) -- mesh.CFG.NAME:
+# models/MODEL.ptg with the sizes PTC_MESH_CFG, against mesh.CFG.ref.
+function(ptc_add_mesh_test_cfg model cfg name ranks mesh_args)
+  set(test mesh.${cfg}.${name})
+  add_test(NAME ${test}
+           COMMAND ${PTC_MESH_RUN} ${CMAKE_BINARY_DIR} ${model} ${PTC_MESH_${cfg}}
+                   ${mesh_args} ${ranks} ${PTC_MESH_DIR}/${cfg}.${name}
+                   ${PTC_MESH_DIR}/${cfg}.ref.jsonl)
+  set_tests_properties(${test} PROPERTIES LABELS "mesh" TIMEOUT 300 PROCESSORS ${ranks}
+                       FIXTURES_REQUIRED mesh.${cfg}.ref SKIP_RETURN_CODE 77)
+  ptc_mesh_launcher(${test} ${ranks})
+endfunction()
+
+# ptc_add_mesh_test(MODEL NAME RANKS MESH_ARGS) -- mesh.MODEL.NAME.
+function(ptc_add_mesh_test model name ranks mesh_args)
+  ptc_add_mesh_test_cfg(${model} ${model} ${name} ${ranks} "${mesh_args}")
 endfunction()
 
 foreach(model gpt2 llama)
@@ -79,17 +91,8 @@ add_test(NAME mesh.gpt2deep.ref
                  ${PTC_MESH_DIR}/gpt2deep.ref ${PTC_MESH_DIR}/gpt2deep.ref.jsonl)
 set_tests_properties(mesh.gpt2deep.ref PROPERTIES LABELS "mesh" TIMEOUT 120
                      FIXTURES_SETUP mesh.gpt2deep.ref SKIP_RETURN_CODE 77)
-add_test(NAME mesh.gpt2deep.pp4.interleaved
-         COMMAND ${PTC_MESH_RUN} ${CMAKE_BINARY_DIR} gpt2 ${PTC_MESH_gpt2deep}
-                 "--mesh pp=4 --batch 2 --microbatches 4 --pp-schedule interleaved --virtual-stages 2"
-                 4 ${PTC_MESH_DIR}/gpt2deep.pp4.interleaved ${PTC_MESH_DIR}/gpt2deep.ref.jsonl)
-set_tests_properties(mesh.gpt2deep.pp4.interleaved PROPERTIES LABELS "mesh" TIMEOUT 300
-                     PROCESSORS 4 FIXTURES_REQUIRED mesh.gpt2deep.ref SKIP_RETURN_CODE 77
-                     RESOURCE_LOCK ptc_mesh_many_ranks)
-if(MPIEXEC_EXECUTABLE)
-  set_tests_properties(mesh.gpt2deep.pp4.interleaved PROPERTIES
-                       ENVIRONMENT "MPIRUN=${MPIEXEC_EXECUTABLE}")
-endif()
+ptc_add_mesh_test_cfg(gpt2 gpt2deep pp4.interleaved 4
+                      "--mesh pp=4 --batch 2 --microbatches 4 --pp-schedule interleaved --virtual-stages 2")
 # the MLP over two stages (a weight gradient computed next to its layer)
 ptc_add_mesh_test(mlp pp2.1f1b 2 "--mesh pp=2 --batch 16 --microbatches 2 --pp-schedule 1f1b")
 # pipelines combined with ZeRO and sequence parallelism, and a stage that
@@ -173,12 +176,7 @@ function(ptc_add_mesh_prec_test model prec name ranks mesh_args)
   set_tests_properties(${test} PROPERTIES LABELS "mesh;precision" TIMEOUT 300
                        PROCESSORS ${ranks} FIXTURES_REQUIRED "${fixtures}"
                        SKIP_RETURN_CODE 77)
-  if(MPIEXEC_EXECUTABLE)
-    set_tests_properties(${test} PROPERTIES ENVIRONMENT "MPIRUN=${MPIEXEC_EXECUTABLE}")
-  endif()
-  if(ranks GREATER 2)
-    set_tests_properties(${test} PROPERTIES RESOURCE_LOCK ptc_mesh_many_ranks)
-  endif()
+  ptc_mesh_launcher(${test} ${ranks})
 endfunction()
 
 foreach(model gpt2 llama)
@@ -211,13 +209,4 @@ ptc_add_mesh_prec_test(gpt2 fp16 pp2.gpipe 2 "--mesh pp=2 --batch 4 --microbatch
 # pp=4 with tp=2: the middle stages hold no tied embedding but take part in
 # its gradient's all-reduce over pp, with zeros laid out as the holders'
 # vocabulary-split gradient (8 ranks)
-add_test(NAME mesh.gpt2deep.pp4tp2
-         COMMAND ${PTC_MESH_RUN} ${CMAKE_BINARY_DIR} gpt2 ${PTC_MESH_gpt2deep}
-                 "--mesh pp=4,tp=2 --microbatches 4 --batch 2"
-                 8 ${PTC_MESH_DIR}/gpt2deep.pp4tp2 ${PTC_MESH_DIR}/gpt2deep.ref.jsonl)
-set_tests_properties(mesh.gpt2deep.pp4tp2 PROPERTIES LABELS "mesh" TIMEOUT 300 PROCESSORS 8
-                     FIXTURES_REQUIRED mesh.gpt2deep.ref SKIP_RETURN_CODE 77
-                     RESOURCE_LOCK ptc_mesh_many_ranks)
-if(MPIEXEC_EXECUTABLE)
-  set_tests_properties(mesh.gpt2deep.pp4tp2 PROPERTIES ENVIRONMENT "MPIRUN=${MPIEXEC_EXECUTABLE}")
-endif()
+ptc_add_mesh_test_cfg(gpt2 gpt2deep pp4tp2 8 "--mesh pp=4,tp=2 --microbatches 4 --batch 2")

@@ -1097,37 +1097,12 @@ static void bench(int threads) {
  * executor's measured workspace and peak are the plan's. */
 #if PTC_TEST_RUNTIME
 #include "runtime/half.h"
-
-static char *subst_t(const char *text, ptc_dtype t) {
-  const char *name = ptc_dtype_name(t);
-  size_t n = strlen(text), cap = n * 2 + 1, k = 0;
-  char *s = malloc(cap);
-  for (size_t i = 0; i < n; i++) {
-    if (text[i] == '$' && text[i + 1] == 'T') {
-      k += (size_t)snprintf(s + k, cap - k, "%s", name);
-      i++;
-    } else {
-      s[k++] = text[i];
-    }
-  }
-  s[k] = 0;
-  return s;
-}
+#include "test_half.h"
 
 /* element k of input i, in [-2, 2) and rounded to t (its dtype in the
  * 16-bit module); edge != NULL: argument 0 holds these f32 bit patterns */
 static float half_in(int i, int64_t k, ptc_dtype t, const uint32_t *edge) {
-  if (edge) return ptrt_f32_of_bits(edge[k]);
-  uint32_t h = (uint32_t)(i * 7919 + 1) * 2654435761u ^ (uint32_t)k * 2246822519u;
-  h ^= h >> 15;
-  h *= 2654435761u;
-  h ^= h >> 13;
-  return ptrt_round_to(t, ((float)(h % 100000) / 25000.0f) - 2.0f);
-}
-
-static void half_put(void *dst, ptc_dtype t, int64_t k, float v) {
-  if (ptrt_is_half(t)) ((uint16_t *)dst)[k] = ptrt_half_round(t, v);
-  else ((float *)dst)[k] = v;
+  return edge ? ptrt_f32_of_bits(edge[k]) : test_half_value(i, k, t);
 }
 
 typedef struct half_run {
@@ -1175,8 +1150,8 @@ static int half_exec(const char *what, ptc_module *ref, ptc_module *m, const uin
   if (prog) {
     for (int32_t p = 0; p < m->nparams; p++)
       for (int64_t k = 0; k < ptc_type_numel(&m->params[p].type); k++)
-        half_put(ptrt_vars_data(vars, p), m->params[p].type.dtype, k,
-                 half_in(p, k, ref->params[p].type.dtype, NULL));
+        test_half_store(ptrt_vars_data(vars, p), m->params[p].type.dtype, k,
+                        half_in(p, k, ref->params[p].type.dtype, NULL));
     for (int32_t a = 0; a < f->nargs; a++) {
       const ptc_type *t = &f->values[f->args[a]].type;
       const ptc_type *rt = &ref->funcs[0]->values[ref->funcs[0]->args[a]].type;
@@ -1184,8 +1159,9 @@ static int half_exec(const char *what, ptc_module *ref, ptc_module *m, const uin
         if (t->dtype == PTC_DTYPE_I32)
           ((int32_t *)ptrt_program_arg(prog, a))[k] = (int32_t)((k * 7 + 3) % 10);
         else
-          half_put(ptrt_program_arg(prog, a), t->dtype, k,
-                   t->rank == 0 ? 0.25f : half_in(100 + a, k, rt->dtype, a == 0 ? edge : NULL));
+          test_half_store(ptrt_program_arg(prog, a), t->dtype, k,
+                          t->rank == 0 ? 0.25f
+                                       : half_in(100 + a, k, rt->dtype, a == 0 ? edge : NULL));
       }
     }
     rc = ptrt_program_run(prog, true);
@@ -1259,7 +1235,7 @@ static void check_half_fused(const char *what, const char *text) {
     ptc_dtype t = ti ? PTC_DTYPE_F16 : PTC_DTYPE_BF16;
     ptc_ctx *ctx = ptc_ctx_create();
     ptc_ctx_set_diag_capture(ctx, true);
-    char *th = subst_t(text, t), *tf = subst_t(text, PTC_DTYPE_F32);
+    char *th = test_subst_dtype(text, t), *tf = test_subst_dtype(text, PTC_DTYPE_F32);
     ptc_module *mh = half_parse(ctx, th), *mf = half_parse(ctx, tf);
     half_run h, g;
     if (mh && mf && half_exec(what, mh, mh, NULL, &h) == 0) {
@@ -1327,7 +1303,7 @@ static void test_half_store_rounding(void) {
     ptc_dtype t = ti ? PTC_DTYPE_F16 : PTC_DTYPE_BF16;
     ptc_ctx *ctx = ptc_ctx_create();
     ptc_ctx_set_diag_capture(ctx, true);
-    char *text = subst_t("module @m {\n  func @f(%x: f32[24]) -> $T[24] {\n"
+    char *text = test_subst_dtype("module @m {\n  func @f(%x: f32[24]) -> $T[24] {\n"
                          "    %c = cast %x {to = $T} : $T[24]\n    %n = neg %c : $T[24]\n"
                          "    return %n\n  }\n}\n", t);
     ptc_module *m = half_parse(ctx, text);

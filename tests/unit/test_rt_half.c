@@ -32,6 +32,7 @@
 #include "passes/passes.h"
 #include "runtime/ckpt.h"
 #include "runtime/half.h"
+#include "test_half.h"
 #include "runtime/ptrt.h"
 #include "test.h"
 #include "test_files.h"
@@ -113,23 +114,6 @@ static void test_conversions(void) {
 
 /* ---- 2. the executor ----------------------------------------------------------- */
 
-/* text with every "$T" replaced by dtype t's name (heap) */
-static char *subst(const char *text, ptc_dtype t) {
-  const char *name = ptc_dtype_name(t);
-  size_t n = strlen(text), cap = n * 2 + 1, k = 0;
-  char *s = malloc(cap);
-  for (size_t i = 0; i < n; i++) {
-    if (text[i] == '$' && text[i + 1] == 'T') {
-      k += (size_t)snprintf(s + k, cap - k, "%s", name);
-      i++;
-    } else {
-      s[k++] = text[i];
-    }
-  }
-  s[k] = 0;
-  return s;
-}
-
 static ptc_module *parse(ptc_ctx *ctx, const char *text) {
   ptc_module *m = ptc_parse_module(ctx, "half.ptir", text, strlen(text));
   if (m && ptc_verify_module(m) != 0) {
@@ -138,21 +122,6 @@ static ptc_module *parse(ptc_ctx *ctx, const char *text) {
   }
   if (!m) fprintf(stderr, "%s\n%s\n", ptc_ctx_diag_text(ctx), text);
   return m;
-}
-
-/* A value for element k of variable or argument i: in [-2, 2), rounded to
- * dtype `as` (the 16-bit module's type of it) */
-static float val(int i, int64_t k, ptc_dtype as) {
-  uint32_t h = (uint32_t)(i * 7919 + 1) * 2654435761u ^ (uint32_t)k * 2246822519u;
-  h ^= h >> 15;
-  h *= 2654435761u;
-  h ^= h >> 13;
-  return ptrt_round_to(as, ((float)(h % 100000) / 25000.0f) - 2.0f);
-}
-
-static void store(void *dst, ptc_dtype t, int64_t k, float v) {
-  if (t == PTC_DTYPE_F32) ((float *)dst)[k] = v;
-  else ((uint16_t *)dst)[k] = ptrt_half_round(t, v);
 }
 
 typedef struct run_out {
@@ -180,16 +149,16 @@ static void run(const ptc_module *ref, ptc_module *m, bool check_finite, run_out
   if (prog) {
     for (int32_t p = 0; p < m->nparams; p++)
       for (int64_t k = 0; k < ptc_type_numel(&m->params[p].type); k++)
-        store(ptrt_vars_data(vars, p), m->params[p].type.dtype, k,
-              val(p, k, ref->params[p].type.dtype));
+        test_half_store(ptrt_vars_data(vars, p), m->params[p].type.dtype, k,
+                        test_half_value(p, k, ref->params[p].type.dtype));
     for (int32_t a = 0; a < f->nargs; a++) {
       const ptc_type *t = &f->values[f->args[a]].type;
       for (int64_t k = 0; k < ptc_type_numel(t); k++) {
         if (t->dtype == PTC_DTYPE_I32)
           ((int32_t *)ptrt_program_arg(prog, a))[k] = (int32_t)((k * 7 + 3) % 10);
         else
-          store(ptrt_program_arg(prog, a), t->dtype, k,
-                t->rank == 0 ? 0.25f : val(100 + a, k, PTC_DTYPE_F32)); /* a seed: 0.25 */
+          test_half_store(ptrt_program_arg(prog, a), t->dtype, k, /* a seed: 0.25 */
+                          t->rank == 0 ? 0.25f : test_half_value(100 + a, k, PTC_DTYPE_F32));
       }
     }
     ptrt_program_set_check_finite(prog, check_finite);
@@ -228,7 +197,7 @@ static void run_free(run_out *o) {
 static void check_exact(const char *what, const char *text, ptc_dtype t, int64_t want_ws) {
   ptc_ctx *ctx = ptc_ctx_create();
   ptc_ctx_set_diag_capture(ctx, true);
-  char *th = subst(text, t), *tf = subst(text, PTC_DTYPE_F32);
+  char *th = test_subst_dtype(text, t), *tf = test_subst_dtype(text, PTC_DTYPE_F32);
   ptc_module *mh = parse(ctx, th), *mf = parse(ctx, tf);
   CHECK_MSG(mh && mf, "%s (%s) does not parse", what, ptc_dtype_name(t));
   if (mh && mf) {
