@@ -694,9 +694,14 @@ static int emit_group(ptc_func *f, const ptc_group_sig *sig, const char *name, p
   }
   for (int32_t o = 0; o < sig->nout; o++) {
     int32_t v = sig->out[o];
-    ptc_buf_printf(&sigb, "%s%s *out%d", sigb.len ? ", " : "", ctype(vty(c, v)->dtype), o);
+    /* a 16-bit sum (a lone op's, ptc_group_analyze_solo) is accumulated in
+     * f32 workspace that the runtime rounds once */
+    bool ws = sig->combine[o] != PTC_GROUP_STORE && vty(c, v)->dtype != PTC_DTYPE_F32 &&
+              (vty(c, v)->dtype == PTC_DTYPE_BF16 || vty(c, v)->dtype == PTC_DTYPE_F16);
+    ptc_buf_printf(&sigb, "%s%s *out%d", sigb.len ? ", " : "",
+                   ws ? "float" : ctype(vty(c, v)->dtype), o);
     const char *comb = sig->combine[o] == PTC_GROUP_SUM ? "sum" : sig->combine[o] == PTC_GROUP_MAX ? "max" : "store";
-    param_json(&k->params, f, v, "out", comb);
+    param_json(&k->params, f, v, ws ? "out_f32_workspace" : "out", comb);
   }
   ptc_buf_printf(&sigb, "%sint *ptc_status", sigb.len ? ", " : "");
   ptc_buf_printf(&k->params, "%s{\"role\": \"status\", \"dtype\": \"i32\", \"shape\": []}]",
@@ -992,9 +997,14 @@ static void emit_adamw(ptc_cuda_src *src, emitted *em, ptc_func *f) {
     for (int32_t j = i; j < f->nops; j++)
       if (f->ops[j].code == PTC_OP_ADAMW && cls[j] < 0 && same_adamw(f, op, &f->ops[j])) cls[j] = id;
     ptc_dtype pt = f->values[op->in[0]].type.dtype, gt = f->values[op->in[1]].type.dtype;
-    char fn[64], fn16[64];
-    snprintf(fn, sizeof fn, "ptc_adamw_mt_%s_%d", f->name, id);
-    snprintf(fn16, sizeof fn16, "ptc_adamw_mt_%s_%d_g_bf16", f->name, id);
+    char fn[96], fn16[96], ident[64];
+    /* a C identifier: a pipeline's functions are named step.0, fwd.1... */
+    snprintf(ident, sizeof ident, "%s", f->name);
+    for (char *q = ident; *q; q++)
+      if (!((*q >= 'a' && *q <= 'z') || (*q >= 'A' && *q <= 'Z') || (*q >= '0' && *q <= '9')))
+        *q = '_';
+    snprintf(fn, sizeof fn, "ptc_adamw_mt_%s_%d", ident, id);
+    snprintf(fn16, sizeof fn16, "ptc_adamw_mt_%s_%d_g_bf16", ident, id);
     if (!seen(em, fn)) {
       emit_adamw_kernel(src, f, op, fn, pt, gt);
       /* gradients held in bf16 (16-bit models): the same update */
@@ -1165,15 +1175,24 @@ int ptc__cuda_emit_module(ptc_module *m, ptc_cuda_src *src) {
     for (int32_t i = 0; i < f->nops && rc == 0; i++) {
       const ptc_op *op = &f->ops[i];
       int64_t gid = ptc_op_group(op);
+      bool solo = false;
+      ptc_group_sig sig;
       if (gid >= 0 && (i == 0 || ptc_op_group(&f->ops[i - 1]) != gid)) {
-        ptc_group_sig sig;
         if (ptc_group_signature(f, i, &sig) != 0) {
           rc = -1;
           break;
         }
+      } else if (gid < 0 && op->code != PTC_OP_CONSTANT && op->code != PTC_OP_BROADCAST_TO &&
+                 ptc_op_fusible(f, op) && ptc_group_analyze_solo(f, i, NULL, &sig) == 0) {
+        solo = true; /* a fusible op the fuse pass left alone: a kernel of its own */
+      } else {
+        goto other;
+      }
+      {
         ptc_cuda_kernel *k = ptc__cuda_add_kernel(src);
-        ptc_group_kernel_name(gid, k->name, sizeof k->name);
-        k->group = gid;
+        if (solo) snprintf(k->name, sizeof k->name, "ptc_s%d_%d", (int)fi, (int)i);
+        else ptc_group_kernel_name(gid, k->name, sizeof k->name);
+        k->group = solo ? -1 : gid;
         k->func = f;
         k->op = i;
         snprintf(k->kind, sizeof k->kind, sig.kind == PTC_GROUP_ROWWISE ? "rowwise" : "elementwise");
@@ -1206,6 +1225,7 @@ int ptc__cuda_emit_module(ptc_module *m, ptc_cuda_src *src) {
         }
         ptc_buf_fini(&body);
       }
+    other:
       if (op->code == PTC_OP_ATTENTION || op->code == PTC_OP_ATTENTION_GRAD) {
         int32_t l0 = ptc__cuda_line_count(&src->text) + 1;
         if (emit_attention(src, &em, f, i) != 0) rc = -1;

@@ -170,6 +170,7 @@ typedef struct gan {
   char *why;
   size_t whylen;
   int32_t bad;
+  bool solo; /* one op for a GPU kernel: 16-bit sums in f32 workspace */
 } gan;
 
 __attribute__((format(printf, 3, 4))) static int fail(gan *g, int32_t op, const char *fmt,
@@ -379,7 +380,8 @@ static int outputs(gan *g) {
       int lv = sig->level[v];
       const ptc_type *t = ty(g, v);
       if (g->last[v] < g->end) continue; /* read inside the group only */
-      if (lv == PTC_GROUP_ACC && ptc_type_numel(t) * ACC_MIN_RATIO > ptc_type_numel(&g->x)) {
+      if (lv == PTC_GROUP_ACC && !g->solo &&
+          ptc_type_numel(t) * ACC_MIN_RATIO > ptc_type_numel(&g->x)) {
         tstr(s, sizeof s, t);
         tstr(xs, sizeof xs, &g->x);
         return fail(g, i, "'%s' result %s reduces the group's %s by less than %dx; a "
@@ -401,7 +403,7 @@ static int outputs(gan *g) {
       case PTC_GROUP_ELEM: ok = same_shape(t, &g->x); break;
       default:
         comb = op->code == PTC_OP_REDUCE_MAX ? PTC_GROUP_MAX : PTC_GROUP_SUM;
-        if (is_half(t->dtype)) {
+        if (is_half(t->dtype) && !g->solo) {
           tstr(s, sizeof s, t);
           return fail(g, i, "'%s' result %s is accumulated across the group's work in "
                       "f32 partials, which a 16-bit buffer cannot hold; leave the op out "
@@ -432,12 +434,24 @@ void ptc_group_sig_fini(ptc_group_sig *sig) {
   memset(sig, 0, sizeof *sig);
 }
 
+static int analyze(ptc_func *f, int32_t first, int32_t end, const int32_t *last_use,
+                   ptc_group_sig *sig, char *why, size_t whylen, int32_t *bad_op, bool solo);
+
 int ptc_group_analyze(ptc_func *f, int32_t first, int32_t end, const int32_t *last_use,
                       ptc_group_sig *sig, char *why, size_t whylen, int32_t *bad_op) {
+  return analyze(f, first, end, last_use, sig, why, whylen, bad_op, false);
+}
+
+int ptc_group_analyze_solo(ptc_func *f, int32_t op, const int32_t *last_use, ptc_group_sig *sig) {
+  return analyze(f, op, op + 1, last_use, sig, NULL, 0, NULL, true);
+}
+
+static int analyze(ptc_func *f, int32_t first, int32_t end, const int32_t *last_use,
+                   ptc_group_sig *sig, char *why, size_t whylen, int32_t *bad_op, bool solo) {
   PTC_ASSERT(first >= 0 && first < end && end <= f->nops);
   memset(sig, 0, sizeof *sig);
   gan g = {.f = f, .first = first, .end = end, .last = last_use, .sig = sig,
-           .why = why, .whylen = whylen, .bad = first};
+           .why = why, .whylen = whylen, .bad = first, .solo = solo};
   if (why && whylen) why[0] = 0;
   int32_t *own_last = NULL;
   if (!g.last) g.last = own_last = ptc_func_last_use(f);

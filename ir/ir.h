@@ -712,6 +712,12 @@ bool ptc_op_fusible(const ptc_func *f, const ptc_op *op);
 int ptc_group_analyze(ptc_func *f, int32_t first, int32_t end, const int32_t *last_use,
                       ptc_group_sig *sig, char *why, size_t whylen, int32_t *bad_op);
 
+/* Op `op` alone as one GPU kernel (codegen/cuda_emit.c, runtime/cuda_exec.c:
+ * a fusible op the fuse pass left out).  As ptc_group_analyze, but an
+ * accumulated result may be 16-bit (the CUDA kernel sums it in an f32
+ * workspace the runtime rounds once) and may reduce by any ratio. */
+int ptc_group_analyze_solo(ptc_func *f, int32_t op, const int32_t *last_use, ptc_group_sig *sig);
+
 /* The signature of the group whose first op is f->ops[first_op] (it ends
  * where the attribute's value changes).  Reports an error at the
  * offending op's location and returns -1 when the run is not a valid

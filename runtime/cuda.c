@@ -6,6 +6,7 @@
  * message rather than a loader error at start-up.
  */
 #include "runtime/cuda.h"
+#include "runtime/cuda_internal.h"
 
 #include <dlfcn.h>
 #include <errno.h>
@@ -21,40 +22,6 @@
 #include "runtime/ptrt.h"
 
 #define RECOMPILE "recompile the model with 'ptc MODEL.ptg --target %s -o %s'"
-
-/* the driver API entry points used here (cuda.h of the driver, by value) */
-typedef int CUresult;
-typedef int CUdevice;
-typedef struct CUctx_st *CUcontext;
-typedef struct CUmod_st *CUmodule;
-typedef struct CUfunc_st *CUfunction;
-enum { CU_ATTR_CC_MAJOR = 75, CU_ATTR_CC_MINOR = 76 };
-
-typedef struct driver {
-  void *lib;
-  CUresult (*Init)(unsigned);
-  CUresult (*DeviceGetCount)(int *);
-  CUresult (*DeviceGet)(CUdevice *, int);
-  CUresult (*DeviceGetName)(char *, int, CUdevice);
-  CUresult (*DeviceGetAttribute)(int *, int, CUdevice);
-  CUresult (*PrimaryCtxRetain)(CUcontext *, CUdevice);
-  CUresult (*PrimaryCtxRelease)(CUdevice);
-  CUresult (*CtxSetCurrent)(CUcontext);
-  CUresult (*ModuleLoadData)(CUmodule *, const void *);
-  CUresult (*ModuleUnload)(CUmodule);
-  CUresult (*ModuleGetFunction)(CUfunction *, CUmodule, const char *);
-  CUresult (*GetErrorString)(CUresult, const char **);
-} driver;
-
-struct ptrt_cuda {
-  char target[32], arch[16], device[256];
-  int32_t nkernels, nfunctions;
-  driver drv;
-  CUdevice dev;
-  CUcontext ctx;
-  CUmodule mod;
-  bool have_ctx;
-};
 
 static char *join(const char *dir, const char *name) {
   size_t n = strlen(dir) + strlen(name) + 2;
@@ -224,14 +191,14 @@ static int check_kernels(ptc_ctx *ctx, ptrt_cuda *c, const char *dir, const char
   return 0;
 }
 
-static const char *cu_err(const driver *d, CUresult r) {
+const char *ptrt__cu_err(const ptrt_cu_driver *d, CUresult r) {
   const char *s = NULL;
   if (d->GetErrorString) d->GetErrorString(r, &s);
   return s ? s : "unknown error";
 }
 
 static int open_driver(ptc_ctx *ctx, ptrt_cuda *c, const char *dir, char *why, size_t len) {
-  driver *d = &c->drv;
+  ptrt_cu_driver *d = &c->drv;
   d->lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
   if (!d->lib) {
     fail(ctx, NULL, why, len, "this plan is for %s; no CUDA driver here (libcuda.so.1 not "
@@ -259,6 +226,25 @@ static int open_driver(ptc_ctx *ctx, ptrt_cuda *c, const char *dir, char *why, s
   SYM(ModuleUnload, "cuModuleUnload");
   SYM(ModuleGetFunction, "cuModuleGetFunction");
   SYM(GetErrorString, "cuGetErrorString");
+  SYM(MemAlloc, "cuMemAlloc_v2");
+  SYM(MemFree, "cuMemFree_v2");
+  SYM(MemGetInfo, "cuMemGetInfo_v2");
+  SYM(MemcpyHtoDAsync, "cuMemcpyHtoDAsync_v2");
+  SYM(MemcpyDtoHAsync, "cuMemcpyDtoHAsync_v2");
+  SYM(MemcpyDtoDAsync, "cuMemcpyDtoDAsync_v2");
+  SYM(Memcpy2DAsync, "cuMemcpy2DAsync_v2");
+  SYM(MemsetD8Async, "cuMemsetD8Async");
+  SYM(MemsetD16Async, "cuMemsetD16Async");
+  SYM(MemsetD32Async, "cuMemsetD32Async");
+  SYM(LaunchKernel, "cuLaunchKernel");
+  SYM(StreamCreate, "cuStreamCreate");
+  SYM(StreamDestroy, "cuStreamDestroy_v2");
+  SYM(StreamSynchronize, "cuStreamSynchronize");
+  SYM(EventCreate, "cuEventCreate");
+  SYM(EventDestroy, "cuEventDestroy_v2");
+  SYM(EventRecord, "cuEventRecord");
+  SYM(EventSynchronize, "cuEventSynchronize");
+  SYM(EventElapsedTime, "cuEventElapsedTime");
 #undef SYM
   (void)dir;
   CUresult r = d->Init(0);
@@ -266,27 +252,33 @@ static int open_driver(ptc_ctx *ctx, ptrt_cuda *c, const char *dir, char *why, s
   if (r == 0) r = d->DeviceGetCount(&n);
   if (r != 0 || n == 0) {
     fail(ctx, NULL, why, len, "this plan is for %s; the CUDA driver is here but %s: run it on a "
-         "machine with an NVIDIA GPU", c->target, r ? cu_err(d, r) : "there is no CUDA device");
+         "machine with an NVIDIA GPU", c->target, r ? ptrt__cu_err(d, r) : "there is no CUDA device");
     return -1;
   }
-  d->DeviceGet(&c->dev, 0);
+  /* each rank of a node takes the GPU of its local rank (several ranks
+   * share one when there are fewer GPUs than ranks) */
+  c->ordinal = (int)(ptrt_cuda_local_rank() % n);
+  d->DeviceGet(&c->dev, c->ordinal);
   d->DeviceGetName(c->device, (int)sizeof c->device, c->dev);
   int maj = 0, min = 0;
   d->DeviceGetAttribute(&maj, CU_ATTR_CC_MAJOR, c->dev);
   d->DeviceGetAttribute(&min, CU_ATTR_CC_MINOR, c->dev);
   int want = atoi(c->arch + 3);
   if (maj * 10 + min < want) {
-    fail(ctx, NULL, why, len, "this plan is for %s, but device 0 (%s) is compute capability %d.%d: "
-         "recompile with --target cuda:sm_%d%d", c->target, c->device, maj, min, maj, min);
+    fail(ctx, NULL, why, len, "this plan is for %s, but device %d (%s) is compute capability "
+         "%d.%d: recompile with --target cuda:sm_%d%d", c->target, c->ordinal, c->device, maj,
+         min, maj, min);
     return -1;
   }
+  d->DeviceGetAttribute(&c->sm_count, CU_ATTR_SM_COUNT, c->dev);
   r = d->PrimaryCtxRetain(&c->ctx, c->dev);
   if (r == 0) {
     c->have_ctx = true;
     r = d->CtxSetCurrent(c->ctx);
   }
+  if (r == 0) r = d->StreamCreate(&c->stream, 1 /* CU_STREAM_NON_BLOCKING */);
   if (r != 0) {
-    fail(ctx, NULL, why, len, "cannot make a CUDA context on %s: %s", c->device, cu_err(d, r));
+    fail(ctx, NULL, why, len, "cannot make a CUDA context on %s: %s", c->device, ptrt__cu_err(d, r));
     return -1;
   }
   return 0;
@@ -353,7 +345,7 @@ ptrt_cuda *ptrt_cuda_open(ptc_ctx *ctx, const char *dir, char *why, size_t len) 
     CUresult r = image ? c->drv.ModuleLoadData(&c->mod, image) : 1;
     if (r != 0) {
       fail(ctx, NULL, why, len, "cannot load the plan's kernels on %s: %s", c->device,
-           cu_err(&c->drv, r));
+           ptrt__cu_err(&c->drv, r));
       goto out;
     }
     json_t *list = json_object_get(json_object_get(root, "kernels"), "list");
@@ -363,11 +355,13 @@ ptrt_cuda *ptrt_cuda_open(ptc_ctx *ctx, const char *dir, char *why, size_t len) 
       r = c->drv.ModuleGetFunction(&h, c->mod, fn);
       if (r != 0) {
         fail(ctx, NULL, why, len, "kernel '%s' does not load on %s: %s", fn, c->device,
-             cu_err(&c->drv, r));
+             ptrt__cu_err(&c->drv, r));
         goto out;
       }
       c->nfunctions++;
     }
+    if (ptrt__cuda_load_table(ctx, c, root, why, len) != 0) goto out;
+    c->manifest = json_incref(root);
   }
   ok = true;
 out:
@@ -385,9 +379,12 @@ out:
 
 void ptrt_cuda_close(ptrt_cuda *c) {
   if (!c) return;
+  ptrt__cuda_release(c);
   if (c->mod) c->drv.ModuleUnload(c->mod);
   if (c->have_ctx) c->drv.PrimaryCtxRelease(c->dev);
   if (c->drv.lib) dlclose(c->drv.lib);
+  json_decref(c->manifest);
+  free(c->k);
   free(c);
 }
 

@@ -11,8 +11,8 @@
  * it takes the first device, checks its compute capability against the
  * plan's architecture (the cubin runs on the same major version, else the
  * driver compiles the PTX), makes a context and loads the module and every
- * kernel function.  Executing the plan's schedule on the GPU is not part
- * of this file (docs/cuda.md says what is missing).
+ * kernel function.  cuda_exec.c runs a plan's functions on it: device
+ * memory, the ops, the kernels' launches, cuBLASLt.
  *
  * No CUDA header or library is needed to build this: the few driver entry
  * points are declared here and looked up with dlsym.
@@ -43,5 +43,64 @@ void ptrt_cuda_close(ptrt_cuda *c);
 const char *ptrt_cuda_target(const ptrt_cuda *c);
 const char *ptrt_cuda_device(const ptrt_cuda *c);
 int32_t ptrt_cuda_nkernels(const ptrt_cuda *c);
+
+/* The peak dense bf16 rate of the device in GFLOP/s by its name (H100 and
+ * H200 SXM 989,000; A100 312,000), the MFU's denominator; 0 when unknown. */
+double ptrt_cuda_peak_gflops(const ptrt_cuda *c);
+
+/* The node-local rank that picks this process's GPU: OMPI_COMM_WORLD_LOCAL_RANK,
+ * SLURM_LOCALID, MPI_LOCALRANKID or PMI_LOCAL_RANK, else 0.  Device
+ * local_rank mod the number of GPUs is taken. */
+long ptrt_cuda_local_rank(void);
+
+/* ---- running a plan (cuda_exec.c) -------------------------------------
+ *
+ * Memory: device addresses are void * that the host never dereferences.
+ * Every call returns 0, or -1 after reporting on ctx (the driver's error
+ * and what was being done). */
+struct ptrt_vars;
+struct ptrt_env;
+
+void *ptrt_cuda_alloc(ptrt_cuda *c, ptc_ctx *ctx, int64_t bytes, const char *what);
+void ptrt_cuda_free(ptrt_cuda *c, void *d);
+int ptrt_cuda_upload(ptrt_cuda *c, ptc_ctx *ctx, void *dst, const void *src, int64_t n);
+/* waits for the work before it */
+int ptrt_cuda_download(ptrt_cuda *c, ptc_ctx *ctx, void *dst, const void *src, int64_t n);
+int ptrt_cuda_copy(ptrt_cuda *c, ptc_ctx *ctx, void *dst, const void *src, int64_t n);
+int ptrt_cuda_sync(ptrt_cuda *c, ptc_ctx *ctx);
+/* device memory held (variables, arenas, buffers, workspaces) */
+int64_t ptrt_cuda_allocated(const ptrt_cuda *c);
+
+/* The variables on the GPU: one allocation laid out as v->base, filled from
+ * the host copy (attach, upload) or copied back to it (download: before a
+ * save). */
+int ptrt_cuda_vars_attach(ptrt_cuda *c, ptc_ctx *ctx, struct ptrt_vars *v);
+int ptrt_cuda_vars_upload(ptrt_cuda *c, ptc_ctx *ctx, struct ptrt_vars *v);
+int ptrt_cuda_vars_download(ptrt_cuda *c, ptc_ctx *ctx, struct ptrt_vars *v);
+
+/* One function's ops on the GPU.  made once per program (exec.c): for each
+ * op, how it runs -- a fused group's kernel, cuBLASLt, an attention
+ * kernel, a copy or one of the runtime's kernels -- or that it is staged:
+ * its operands are copied to the host, its CPU kernel runs, its results
+ * are copied back (collectives over MPI, rare ops).  groups: whether the
+ * function's fused groups run as kernels. */
+typedef struct ptrt_cuda_prog ptrt_cuda_prog;
+ptrt_cuda_prog *ptrt_cuda_prog_create(ptrt_cuda *c, const struct ptrt_env *env, ptc_func *f,
+                                      bool groups);
+void ptrt_cuda_prog_destroy(ptrt_cuda_prog *p);
+/* the fused group that starts at op i, or NULL */
+const ptc_group_sig *ptrt_cuda_prog_group_at(const ptrt_cuda_prog *p, int32_t i);
+/* whether op i is staged through the host */
+bool ptrt_cuda_prog_staged(const ptrt_cuda_prog *p, int32_t i);
+/* op i (not staged) with its operands' and results' device buffers */
+int ptrt_cuda_prog_op(ptrt_cuda_prog *p, int32_t i, void *const *in, void *const *out);
+/* the fused group sig: its inputs then outputs */
+int ptrt_cuda_prog_group(ptrt_cuda_prog *p, const ptc_group_sig *sig, void *const *bufs);
+/* After a run: the kernels' status flags (an id or target out of range),
+ * reported at the op that set one; clears them.  Waits for the GPU. */
+int ptrt_cuda_prog_finish(ptrt_cuda_prog *p);
+/* the ops that ran on the GPU and those staged, by kind, with --profile
+ * (each op timed with the GPU synchronized around it) */
+void ptrt_cuda_prog_counts(const ptrt_cuda_prog *p, int32_t *gpu_ops, int32_t *staged_ops);
 
 #endif /* PTRT_CUDA_H */

@@ -33,6 +33,15 @@
  * collectives, transfers...) and cast and constant take 16-bit data as it
  * is.
  *
+ * GPUs (env->gpu, runtime/cuda.h): the same walk with the arena, the
+ * variables (vars->dev) and the arguments in device memory; each op runs
+ * as cuda_exec.c decided when the program was made, a fused group as the
+ * plan's kernel.  An op without a GPU implementation is staged: its
+ * operands are copied to host scratch (`stage`), its CPU kernel runs (16-
+ * bit values widened there), its results are copied back; collectives
+ * run so, over MPI.  Argument buffers stay on the host for the caller and
+ * are copied in at the start of a run; results are copied out at return.
+ *
  * Fused groups (opts.fused): at the first op of a group the executor
  * allocates the group's outputs, runs its kernel over the thread pool
  * (ptrt_fused_run) and skips the group's other ops; values internal to the
@@ -41,6 +50,7 @@
 #include <stdio.h>
 
 #include "codegen/codegen.h"
+#include "runtime/cuda.h"
 #include "runtime/fused.h"
 #include "runtime/half.h"
 #include "runtime/internal.h"
@@ -92,6 +102,12 @@ struct ptrt_program {
   bool *widens;
   ptc_func wide;
   ptc_value *wide_values;
+  /* GPU (env.gpu): how each op runs there, the arguments' device copies,
+   * host scratch for staged ops */
+  ptrt_cuda_prog *gp;
+  void **d_arg;
+  char *stage;
+  int64_t stage_cap;
 };
 
 /* ---- making a program ------------------------------------------------- */
@@ -105,13 +121,11 @@ static bool split_here(const ptrt_env *env, const ptc_value *v, int32_t d) {
  * generated for, this device's.  The first op of a group of f that needs
  * the whole tensor's count instead (a reduction or the loss over a
  * dimension split across the mesh), or NULL. */
-static const ptc_op *group_needs_whole_count(const ptrt_env *env, const ptc_func *f,
-                                             const ptrt_fused *fused) {
+static const ptc_op *group_needs_whole_count(const ptrt_env *env, const ptc_func *f) {
   for (int32_t i = 0; i < f->nops; i++) {
-    const ptc_group_sig *sig = ptrt_fused_group_at(fused, i);
-    if (!sig) continue;
-    for (int32_t k = sig->first; k < sig->end; k++) {
-      const ptc_op *op = &f->ops[k];
+    {
+      const ptc_op *op = &f->ops[i];
+      if (ptc_op_group(op) < 0) continue;
       int32_t v = op->code == PTC_OP_REDUCE_MEAN ? op->in[0]
                   : op->code == PTC_OP_CROSS_ENTROPY ? op->in[1]
                   : op->code == PTC_OP_CROSS_ENTROPY_GRAD ? op->in[2] : -1;
@@ -124,9 +138,14 @@ static const ptc_op *group_needs_whole_count(const ptrt_env *env, const ptc_func
         if (counted && split_here(env, val, d)) return op;
       }
     }
-    i = sig->end - 1;
   }
   return NULL;
+}
+
+static bool has_groups(const ptc_func *f) {
+  for (int32_t i = 0; i < f->nops; i++)
+    if (ptc_op_group(&f->ops[i]) >= 0) return true;
+  return false;
 }
 
 static int32_t param_of_value(const ptc_func *f, int32_t v) {
@@ -153,20 +172,29 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
     ptc_buf_fini(&mb);
     return NULL;
   }
-  const ptc_op *whole = o.fused ? group_needs_whole_count(env, f, o.fused) : NULL;
+  /* a GPU runs the plan's group kernels (a CUDA plan has no kernels.so) */
+  bool gpu_groups = env->gpu && !o.loss_only && has_groups(f);
+  const ptc_op *whole = o.fused || gpu_groups ? group_needs_whole_count(env, f) : NULL;
   if (whole) {
     ptc_warning(ctx, whole->loc, "%s: its fused kernel divides by this device's count, but "
                 "the dimensions it averages over are split across the mesh: @%s runs op by "
                 "op with the runtime's kernels instead", ptc_opinfo_get(whole->code)->name,
                 f->name);
     o.fused = NULL;
+    gpu_groups = false;
+  }
+  ptrt_cuda_prog *gp = NULL;
+  if (env->gpu) {
+    gp = ptrt_cuda_prog_create(env->gpu, env, f, gpu_groups);
+    if (!gp) return NULL;
   }
   ptc_liveness lv;
-  ptc_liveness_compute(&lv, f, o.in_place, o.loss_only, o.fused != NULL);
+  ptc_liveness_compute(&lv, f, o.in_place, o.loss_only, o.fused != NULL || gpu_groups);
   int bad = 0;
   int32_t max_group = 0;
   for (int32_t i = 0; i < f->nops; i++) {
-    const ptc_group_sig *sig = o.fused ? ptrt_fused_group_at(o.fused, i) : NULL;
+    const ptc_group_sig *sig = o.fused ? ptrt_fused_group_at(o.fused, i)
+                               : gp ? ptrt_cuda_prog_group_at(gp, i) : NULL;
     if (sig) { /* its ops run inside the kernel */
       if (sig->nin + sig->nout > max_group) max_group = sig->nin + sig->nout;
       i = sig->end - 1;
@@ -184,6 +212,7 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
   }
   if (bad) {
     ptc_liveness_fini(&lv);
+    ptrt_cuda_prog_destroy(gp);
     return NULL;
   }
 #ifndef NDEBUG
@@ -194,22 +223,27 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
 #endif
   char *arena = NULL;
   if (o.arena) { /* shared: grown to this plan (it holds nothing between runs) */
-    if (o.arena->size < lv.total) {
-      char *grown = ptrt_alloc(lv.total);
+    if (o.arena->size < lv.total || (!o.arena->base && env->gpu)) {
+      char *grown = env->gpu ? ptrt_cuda_alloc(env->gpu, ctx, lv.total, "the arena")
+                             : ptrt_alloc(lv.total);
       if (grown) {
-        ptrt_free(o.arena->base);
+        ptrt_arena_fini(o.arena);
         o.arena->base = grown;
         o.arena->size = lv.total;
+        o.arena->gpu = env->gpu;
       }
     }
-    if (o.arena->size >= lv.total) arena = o.arena->base;
+    if (o.arena->size >= lv.total && o.arena->base) arena = o.arena->base;
   } else {
-    arena = ptrt_alloc(lv.total);
+    arena = env->gpu ? ptrt_cuda_alloc(env->gpu, ctx, lv.total, "the arena")
+                     : ptrt_alloc(lv.total);
   }
-  if (!arena && lv.total > 0) {
-    ptrt_error(ctx, "out of memory: the %lld-byte arena of @%s's transient buffers",
-               (long long)lv.total, f->name);
+  if (!arena && (lv.total > 0 || env->gpu)) {
+    if (!env->gpu)
+      ptrt_error(ctx, "out of memory: the %lld-byte arena of @%s's transient buffers",
+                 (long long)lv.total, f->name);
     ptc_liveness_fini(&lv);
+    ptrt_cuda_prog_destroy(gp);
     return NULL;
   }
   ptrt_program *p = ptc_xcalloc(1, sizeof *p);
@@ -220,6 +254,7 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
   p->opts = o;
   p->live_plan = lv;
   p->fused = o.fused;
+  p->gp = gp;
   p->group_bufs = ptc_xcalloc((size_t)max_group + 1, sizeof *p->group_bufs);
   p->nv = f->nvalues;
   p->nops = f->nops;
@@ -260,8 +295,13 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
     if (val->kind == PTC_VALUE_PARAM) {
       PTC_ASSERT(vars && val->def < vars->mod->nparams);
       p->data[v] = ptrt_vars_data(vars, val->def);
+      if (gp) {
+        PTC_ASSERT(vars->dev);
+        p->data[v] = (char *)vars->dev + vars->offset[val->def];
+      }
     }
   }
+  if (gp) p->d_arg = ptc_xcalloc((size_t)f->nargs + 1, sizeof *p->d_arg);
   for (int32_t i = 0; i < f->nargs; i++) {
     int32_t v = f->args[i];
     p->arg_buf[i] = ptrt_alloc(p->bytes[v]);
@@ -269,6 +309,14 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
     memset(p->arg_buf[i], 0, (size_t)p->bytes[v]);
     p->data[v] = p->arg_buf[i];
     p->mem.fixed += p->bytes[v];
+    if (gp) {
+      p->d_arg[i] = ptrt_cuda_alloc(env->gpu, ctx, p->bytes[v], "an argument buffer");
+      if (!p->d_arg[i]) {
+        ptrt_program_destroy(p);
+        return NULL;
+      }
+      p->data[v] = p->d_arg[i];
+    }
   }
   for (int32_t i = 0; i < p->nops; i++) {
     const ptc_op *op = &f->ops[i];
@@ -296,19 +344,29 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
 }
 
 void ptrt_arena_fini(ptrt_arena *a) {
-  ptrt_free(a->base);
+  if (a->gpu) ptrt_cuda_free(a->gpu, a->base);
+  else ptrt_free(a->base);
+  a->gpu = NULL;
   a->base = NULL;
   a->size = 0;
 }
 
 void ptrt_program_destroy(ptrt_program *p) {
   if (!p) return;
-  if (!p->opts.arena) ptrt_free(p->arena);
+  if (p->gp) {
+    if (!p->opts.arena) ptrt_cuda_free(p->env.gpu, p->arena);
+    for (int32_t i = 0; p->d_arg && i < p->f->nargs; i++) ptrt_cuda_free(p->env.gpu, p->d_arg[i]);
+    ptrt_cuda_prog_destroy(p->gp);
+  } else if (!p->opts.arena) {
+    ptrt_free(p->arena);
+  }
+  free(p->d_arg);
+  free(p->stage);
   free(p->live_v);
-  for (int32_t i = 0; i < p->f->nargs; i++)
+  for (int32_t i = 0; p->arg_buf && i < p->f->nargs; i++)
     if (!p->arg_bound[i]) ptrt_free(p->arg_buf[i]);
   const ptc_op *ret = &p->f->ops[p->nops - 1];
-  for (int32_t i = 0; i < ret->nin; i++)
+  for (int32_t i = 0; p->res_buf && i < ret->nin; i++)
     if (!p->res_bound[i]) ptrt_free(p->res_buf[i]);
   ptc_liveness_fini(&p->live_plan);
   free(p->bytes);
@@ -348,7 +406,7 @@ void ptrt_program_bind_arg(ptrt_program *p, int32_t i, void *buf) {
     p->arg_bound[i] = true;
   }
   p->arg_buf[i] = buf;
-  p->data[v] = buf;
+  if (!p->gp) p->data[v] = buf; /* on a GPU it is copied in at each run */
 }
 
 void ptrt_program_bind_result(ptrt_program *p, int32_t i, void *buf) {
@@ -383,6 +441,7 @@ void ptrt_program_set_check_memory(ptrt_program *p, bool on) {
   if (on && !p->live_v) p->live_v = ptc_xcalloc((size_t)p->nv + 1, sizeof *p->live_v);
 }
 void ptrt_program_set_profile(ptrt_program *p, bool on) { p->profile = on; }
+const ptrt_cuda_prog *ptrt_program_gpu(const ptrt_program *p) { return p->gp; }
 
 /* ---- running ----------------------------------------------------------- */
 
@@ -430,6 +489,16 @@ static int acquire(ptrt_program *p, int32_t v) {
   return 0;
 }
 
+/* Host scratch of at least n bytes (staged GPU ops, checks of GPU results). */
+static char *stage(ptrt_program *p, int64_t n) {
+  if (n > p->stage_cap) {
+    free(p->stage);
+    p->stage_cap = n > 2 * p->stage_cap ? n : 2 * p->stage_cap;
+    p->stage = ptc_xmalloc((size_t)p->stage_cap);
+  }
+  return p->stage;
+}
+
 /* The first non-finite element of op i's float results, reported (results
  * internal to a fused group have no buffer and are skipped). */
 static int check_finite(ptrt_program *p, int32_t i) {
@@ -439,9 +508,14 @@ static int check_finite(ptrt_program *p, int32_t i) {
     ptc_dtype t = p->f->values[v].type.dtype;
     if ((t != PTC_DTYPE_F32 && !ptrt_is_half(t)) || !p->data[v]) continue;
     int64_t n = ptc_type_numel(&p->f->values[v].type);
+    const void *d = p->data[v];
+    if (p->gp) {
+      d = stage(p, p->bytes[v]);
+      if (ptrt_cuda_download(p->env.gpu, p->env.ctx, (void *)d, p->data[v], p->bytes[v]) != 0)
+        return -1;
+    }
     for (int64_t k = 0; k < n; k++) {
-      float x = t == PTC_DTYPE_F32 ? ((const float *)p->data[v])[k]
-                                   : ptrt_half_load(t, p->data[v], k);
+      float x = t == PTC_DTYPE_F32 ? ((const float *)d)[k] : ptrt_half_load(t, d, k);
       if (!isfinite(x)) {
         ptc_error(p->env.ctx, op->loc, "%s: result %d (%s) holds %s at element %lld "
                   "(--check-numerics)", ptc_opinfo_get(op->code)->name, r,
@@ -454,8 +528,13 @@ static int check_finite(ptrt_program *p, int32_t i) {
 }
 
 static void commit(ptrt_program *p, int32_t param, const void *src) {
+  int64_t n = ptc_type_bytes(&p->vars->mod->params[param].type);
+  if (p->gp) { /* an error is reported, and the run's status says so (ptrt_cuda_sync) */
+    ptrt_cuda_copy(p->env.gpu, p->env.ctx, (char *)p->vars->dev + p->vars->offset[param], src, n);
+    return;
+  }
   void *dst = ptrt_vars_data(p->vars, param);
-  if (dst != src) memmove(dst, src, (size_t)ptc_type_bytes(&p->vars->mod->params[param].type));
+  if (dst != src) memmove(dst, src, (size_t)n);
 }
 
 static int run_assign(ptrt_program *p, int32_t i, bool do_commit) {
@@ -471,7 +550,11 @@ static int run_assign(ptrt_program *p, int32_t i, bool do_commit) {
   case PTC_ASSIGN_SNAPSHOT: {
     int64_t n = p->bytes[op->in[1]], off = p->live_plan.snap_offset[i];
     char *snap = p->arena + off;
-    memcpy(snap, src, (size_t)n);
+    if (p->gp) {
+      if (ptrt_cuda_copy(p->env.gpu, p->env.ctx, snap, src, n) != 0) return -1;
+    } else {
+      memcpy(snap, src, (size_t)n);
+    }
     note_live(p, n, off + n);
     p->pend[p->npend++] = (pending){param, snap, true, n};
     break;
@@ -536,14 +619,73 @@ static int run_wide(ptrt_program *p, int32_t i, ptrt_kargs *k) {
   return rc;
 }
 
+/* Op i of a GPU program through its CPU kernel: operands copied to host
+ * scratch (16-bit ones widened to f32 there when the op computes), the
+ * kernel, results (rounded back to 16 bits) copied to their device
+ * buffers.  0 or -1 (reported). */
+static int run_staged(ptrt_program *p, int32_t i, ptrt_kargs *k) {
+  const ptc_op *op = &p->f->ops[i];
+  ptrt_cuda *g = p->env.gpu;
+  ptc_ctx *ctx = p->env.ctx;
+  int32_t n = op->nin + op->nout;
+  int64_t total = 0, *at = ptc_xmalloc((size_t)(2 * n + 1) * sizeof *at);
+  void **dev_out = ptc_xmalloc((size_t)(op->nout + 1) * sizeof *dev_out);
+  int rc = -1;
+  for (int32_t a = 0; a < n; a++) {
+    const ptc_type *t = &p->f->values[a < op->nin ? op->in[a] : op->out[a - op->nin]].type;
+    at[a] = total;
+    total += (ptc_type_bytes(t) + 63) / 64 * 64;
+    at[n + a] = -1;
+    if (p->widens[i] && ptrt_is_half(t->dtype)) { /* its f32 view */
+      at[n + a] = total;
+      total += (ptc_type_numel(t) * 4 + 63) / 64 * 64;
+    }
+  }
+  char *h = stage(p, total);
+  for (int32_t a = 0; a < op->nin; a++) {
+    const ptc_type *t = &p->f->values[op->in[a]].type;
+    if (ptrt_cuda_download(g, ctx, h + at[a], p->in_ptrs[a], ptc_type_bytes(t)) != 0) goto out;
+    p->in_ptrs[a] = h + at[a];
+    if (at[n + a] >= 0) {
+      ptrt_half_to_f32(t->dtype, (const uint16_t *)(h + at[a]), (float *)(h + at[n + a]),
+                       ptc_type_numel(t));
+      p->in_ptrs[a] = h + at[n + a];
+    }
+  }
+  for (int32_t r = 0; r < op->nout; r++) {
+    dev_out[r] = p->out_ptrs[r];
+    int32_t a = op->nin + r;
+    p->out_ptrs[r] = h + (at[n + a] >= 0 ? at[n + a] : at[a]);
+  }
+  if (p->widens[i]) k->f = &p->wide;
+  if (p->kern[i](k) != 0) goto out;
+  for (int32_t r = 0; r < op->nout; r++) {
+    int32_t a = op->nin + r;
+    const ptc_type *t = &p->f->values[op->out[r]].type;
+    if (at[n + a] >= 0)
+      ptrt_f32_to_half(t->dtype, (const float *)(h + at[n + a]), (uint16_t *)(h + at[a]),
+                       ptc_type_numel(t));
+    if (ptrt_cuda_upload(g, ctx, dev_out[r], h + at[a], ptc_type_bytes(t)) != 0) goto out;
+  }
+  rc = 0;
+out:
+  free(at);
+  free(dev_out);
+  return rc;
+}
+
 /* One op; 0 or -1 (reported). */
 static int run_op(ptrt_program *p, int32_t i, bool do_commit) {
   ptc_func *f = p->f;
   const ptc_op *op = &f->ops[i];
   if (op->code == PTC_OP_ASSIGN) return run_assign(p, i, do_commit);
   if (op->code == PTC_OP_RETURN) {
-    for (int32_t r = 0; r < p->nres; r++)
-      memcpy(p->res_buf[r], p->data[op->in[r]], (size_t)p->res_bytes[r]);
+    for (int32_t r = 0; r < p->nres; r++) {
+      if (!p->gp) memcpy(p->res_buf[r], p->data[op->in[r]], (size_t)p->res_bytes[r]);
+      else if (ptrt_cuda_download(p->env.gpu, p->env.ctx, p->res_buf[r], p->data[op->in[r]],
+                                  p->res_bytes[r]) != 0)
+        return -1;
+    }
     return 0;
   }
   bool computes = false;
@@ -562,8 +704,14 @@ static int run_op(ptrt_program *p, int32_t i, bool do_commit) {
   for (int32_t a = 0; a < op->nin; a++) p->in_ptrs[a] = p->data[op->in[a]];
   for (int32_t r = 0; r < op->nout; r++) p->out_ptrs[r] = p->data[op->out[r]];
   ptrt_kargs k = {&p->env, f, op, p->in_ptrs, p->out_ptrs};
+  if (p->profile && p->gp && ptrt_cuda_sync(p->env.gpu, p->env.ctx) != 0) return -1;
   double t0 = p->profile ? ptrt_now() : 0;
-  if (p->widens[i]) {
+  if (p->gp) {
+    if (ptrt_cuda_prog_staged(p->gp, i) ? run_staged(p, i, &k)
+                                        : ptrt_cuda_prog_op(p->gp, i, p->in_ptrs, p->out_ptrs))
+      return -1;
+    if (p->profile && ptrt_cuda_sync(p->env.gpu, p->env.ctx) != 0) return -1;
+  } else if (p->widens[i]) {
     if (run_wide(p, i, &k) != 0) return -1;
   } else if (p->kern[i](&k) != 0) {
     return -1;
@@ -591,8 +739,14 @@ static int run_group(ptrt_program *p, const ptc_group_sig *sig) {
   }
   for (int32_t a = 0; a < sig->nin; a++) p->group_bufs[a] = p->data[sig->in[a]];
   for (int32_t o = 0; o < sig->nout; o++) p->group_bufs[sig->nin + o] = p->data[sig->out[o]];
+  if (p->profile && p->gp && ptrt_cuda_sync(p->env.gpu, p->env.ctx) != 0) return -1;
   double t0 = p->profile ? ptrt_now() : 0;
-  if (ptrt_fused_run(p->env.ctx, p->fused, sig, p->group_bufs, p->env.pool) != 0) return -1;
+  if (p->gp) {
+    if (ptrt_cuda_prog_group(p->gp, sig, p->group_bufs) != 0) return -1;
+    if (p->profile && ptrt_cuda_sync(p->env.gpu, p->env.ctx) != 0) return -1;
+  } else if (ptrt_fused_run(p->env.ctx, p->fused, sig, p->group_bufs, p->env.pool) != 0) {
+    return -1;
+  }
   if (p->profile) {
     p->prof_fused_s += ptrt_now() - t0;
     p->prof_fused_n++;
@@ -612,9 +766,13 @@ int ptrt_program_run(ptrt_program *p, bool do_commit) {
   p->nlive_v = 0;
   if (p->opts.arena) p->arena = p->opts.arena->base; /* another program may have grown it */
   const ptc_liveness *lv = &p->live_plan;
+  for (int32_t i = 0; p->gp && i < p->f->nargs && rc == 0; i++)
+    rc = ptrt_cuda_upload(p->env.gpu, p->env.ctx, p->d_arg[i], p->arg_buf[i],
+                          p->bytes[p->f->args[i]]);
   for (int32_t i = 0; i < p->nops && rc == 0; i++) {
     if (!lv->run[i]) continue;
-    const ptc_group_sig *sig = p->fused ? ptrt_fused_group_at(p->fused, i) : NULL;
+    const ptc_group_sig *sig = p->fused ? ptrt_fused_group_at(p->fused, i)
+                               : p->gp ? ptrt_cuda_prog_group_at(p->gp, i) : NULL;
     if (sig) {
       rc = run_group(p, sig);
       i = sig->end - 1; /* liveness frees the group's buffers after its last op */
@@ -625,6 +783,7 @@ int ptrt_program_run(ptrt_program *p, bool do_commit) {
   }
   if (rc == 0)
     for (int32_t i = 0; i < p->npend; i++) commit(p, p->pend[i].param, p->pend[i].data);
+  if (p->gp && rc == 0) rc = ptrt_cuda_prog_finish(p->gp); /* waits for the GPU */
   /* snapshots, and the values kept for the end (after an error: everything
    * still live) go back now */
   for (int32_t i = 0; i < p->npend; i++)

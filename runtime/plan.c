@@ -341,8 +341,9 @@ ptrt_plan *ptrt_plan_open(ptc_ctx *ctx, const char *dir) {
   }
   const char *target = need_str(ctx, mpath, root, "target", dir);
   if (!target) return fail(p, root);
-  if (strcmp(target, "cpu") != 0) {
-    ptrt_file_error(ctx, mpath, "the plan targets '%s'; this ptrun runs 'cpu' plans", target);
+  if (strcmp(target, "cpu") != 0 && strncmp(target, "cuda:", 5) != 0) {
+    ptrt_file_error(ctx, mpath, "the plan targets '%s'; this ptrun runs 'cpu' and 'cuda:' "
+                    "plans", target);
     return fail(p, root);
   }
   const char *algo = need_str(ctx, mpath, root, "checksum", dir);

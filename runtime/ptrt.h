@@ -304,6 +304,7 @@ typedef struct ptrt_vars {
    * coordinates (mesh.naxes 0: one device, whole tensors). */
   ptc_mesh mesh;
   int32_t coord[PTC_MAX_MESH_AXES];
+  void *dev; /* a GPU copy laid out as base (runtime/cuda.h), or NULL */
 } ptrt_vars;
 
 /* Lays out every module param (f32, bf16 or f16; others are refused,
@@ -359,6 +360,7 @@ typedef struct ptrt_env {
   ptc_ctx *ctx;          /* where runtime errors go */
   ptrt_pool *pool;       /* row parallelism */
   const ptrt_comm *comm; /* collectives */
+  struct ptrt_cuda *gpu; /* NULL: the CPU; else programs run there (runtime/cuda.h) */
 } ptrt_env;
 
 /* What a kernel sees: the op (its operand and result types are in f's
@@ -412,6 +414,7 @@ typedef struct ptrt_mem {
 typedef struct ptrt_arena {
   char *base;
   int64_t size;
+  struct ptrt_cuda *gpu; /* set when base is device memory */
 } ptrt_arena;
 void ptrt_arena_fini(ptrt_arena *a);
 
@@ -477,6 +480,8 @@ void ptrt_program_set_check_memory(ptrt_program *p, bool on);
  * infinity after its op (reporting the op and its location); time each op by kind. */
 void ptrt_program_set_check_finite(ptrt_program *p, bool on);
 void ptrt_program_set_profile(ptrt_program *p, bool on);
+/* how a GPU program runs its ops (runtime/cuda.h), or NULL on the CPU */
+const struct ptrt_cuda_prog *ptrt_program_gpu(const ptrt_program *p);
 /* The time per op kind over every profiled run, largest first. */
 void ptrt_program_print_profile(const ptrt_program *p, FILE *out);
 /* The size of the transient arena, from the static plan alone (what

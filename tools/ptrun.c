@@ -344,6 +344,7 @@ typedef struct run {
   binding train, val; /* val.f NULL: no validation; unused for a pipelined plan */
   pipe_state *pipe;   /* a pipelined plan: this rank's stage, else NULL */
   ptrt_ckpt_session *ck; /* checkpoints, resume, --on-nan; NULL without them */
+  ptrt_cuda *gpu;        /* a CUDA plan's GPU, or NULL */
   ptrt_tokens *data, *vdata;
   ptrt_st *inputs, *vinputs;
   ptrt_schedule sched;
@@ -784,6 +785,7 @@ static int setup_step(run *r) {
   if (!r->vars) return -1;
   ptrt_vars_init(r->vars, c->seed, r->pool);
   if (c->load && ptrt_load_weights(r->ctx, c->load, r->vars) != 0) return -1;
+  if (r->gpu && ptrt_cuda_vars_attach(r->gpu, r->ctx, r->vars) != 0) return -1;
   r->first_step = 1;
   ptrt_program_opts topts = {.in_place = pl->training, .fused = pl->fused, .arena = &r->arena};
   r->train.prog = ptrt_program_create(&r->env, r->train.f, r->vars, &topts);
@@ -1051,6 +1053,7 @@ static int setup_pipe(run *r) {
   free(hold);
   if (!r->vars) return -1;
   ptrt_vars_init(r->vars, c->seed, r->pool);
+  if (r->gpu && ptrt_cuda_vars_attach(r->gpu, r->ctx, r->vars) != 0) return -1;
   r->first_step = 1;
   for (int32_t i = 0; i < pipe_nfuncs(ps); i++)
     if (pipe_program(r, pipe_binding(ps, i)) != 0) return -1;
@@ -1194,14 +1197,15 @@ static int setup(run *r) {
     r->capture = true;
     ptc_ctx_set_diag_capture(r->ctx, true);
   }
-  if (ptrt_cuda_is_plan(c->plan)) { /* a GPU plan: checked and loaded as far as this machine can */
-    ptrt_cuda *g = ptrt_cuda_open(r->ctx, c->plan, NULL, 0);
-    if (!g) return -1; /* reported, e.g. "this plan is for cuda:sm_90; no CUDA driver here" */
-    ptc_error(r->ctx, ptc_loc_unknown, "'%s': a %s plan, its %d kernels loaded on %s; this "
-              "ptrun cannot execute CUDA plans yet (docs/cuda.md)", c->plan,
-              ptrt_cuda_target(g), ptrt_cuda_nkernels(g), ptrt_cuda_device(g));
-    ptrt_cuda_close(g);
-    return -1;
+  if (ptrt_cuda_is_plan(c->plan)) { /* a GPU plan: its kernels loaded on this rank's GPU */
+    if (c->ckpt_dir || c->resume || c->on_nan != PTRT_ON_NAN_FAIL || c->ckpt_durable) {
+      ptrt_error(r->ctx, "--ckpt-dir, --resume, --ckpt-durable and --on-nan are not supported "
+                 "for CUDA plans yet; --save-weights and --load-weights are");
+      return -1;
+    }
+    r->gpu = ptrt_cuda_open(r->ctx, c->plan, NULL, 0);
+    if (!r->gpu) return -1; /* reported, e.g. "this plan is for cuda:sm_90; no CUDA driver here" */
+    r->env.gpu = r->gpu;
   }
   r->plan = ptrt_plan_open(r->ctx, c->plan);
   if (!r->plan) return -1;
@@ -1239,6 +1243,7 @@ static int setup(run *r) {
   if ((r->plan->pipe ? setup_pipe(r) : setup_step(r)) != 0) return -1;
   if (ckpt_setup(r) != 0) return -1;
   if (c->peak_gflops > 0) r->peak_gflops = c->peak_gflops;
+  else if (r->gpu && ptrt_cuda_peak_gflops(r->gpu) > 0) r->peak_gflops = ptrt_cuda_peak_gflops(r->gpu);
   else if (!r->quiet) r->peak_gflops = ptrt_measure_sgemm_gflops(0.3);
   else r->peak_gflops = 1; /* printed by rank 0 only */
   if (c->log && !r->quiet) {
@@ -1274,10 +1279,23 @@ static void print_header(run *r) {
     printf("ptrun: pipeline of %d stages x %d chunk%s, schedule %s, %d microbatches per "
            "step\n", (int)ps->pp->stages, (int)ps->pp->virtual_stages,
            ps->pp->virtual_stages == 1 ? "" : "s", ps->pp->schedule, (int)ps->pp->microbatches);
+  if (r->gpu) {
+    int32_t on = 0, staged = 0;
+    const ptrt_cuda_prog *gp = r->train.prog ? ptrt_program_gpu(r->train.prog) : NULL;
+    if (gp) ptrt_cuda_prog_counts(gp, &on, &staged);
+    char mem[32];
+    ptc_bytes_text(mem, sizeof mem, (double)ptrt_cuda_allocated(r->gpu));
+    printf("ptrun: %s on %s (%s held on the device)%s; %d ops on the GPU, %d staged through "
+           "the host (CPU kernels, MPI collectives)\n", ptrt_cuda_target(r->gpu),
+           ptrt_cuda_device(r->gpu), mem, r->devices > 1 ? " on rank 0" : "", (int)on,
+           (int)staged);
+  }
   printf("ptrun: %d thread%s%s, %.3g GFLOP per step, peak %.1f GFLOP/s%s (%s)\n", c->threads,
          c->threads == 1 ? "" : "s", r->devices > 1 ? " per rank" : "", r->flops / 1e9,
          r->peak_gflops, r->devices > 1 ? " per rank" : "",
-         c->peak_gflops > 0 ? "--peak-gflops" : "sgemm measured at start");
+         c->peak_gflops > 0 ? "--peak-gflops"
+         : r->gpu ? "the device's dense bf16 peak; --peak-gflops sets another"
+                  : "sgemm measured at start");
   char mbs[64] = "";
   int64_t rows = r->train.B;
   if (ps) {
@@ -1816,6 +1834,7 @@ static void run_fini(run *r) {
   binding_fini(&r->val);
   pipe_fini(r->pipe);
   ptrt_ckpt_session_destroy(r->ck); /* before the variables it writes from */
+  if (r->gpu && r->vars) ptrt_cuda_free(r->gpu, r->vars->dev);
   ptrt_vars_destroy(r->vars);
   ptrt_arena_fini(&r->arena);
   ptrt_tokens_close(r->data);
@@ -1824,6 +1843,7 @@ static void run_fini(run *r) {
   ptrt_st_close(r->vinputs);
   ptrt_pool_destroy(r->pool);
   ptrt_plan_close(r->plan);
+  ptrt_cuda_close(r->gpu);
 }
 
 int main(int argc, char **argv) {
@@ -1872,6 +1892,8 @@ int main(int argc, char **argv) {
     print_header(&r);
     status = r.pipe ? train_pipe(&r) : train(&r);
   }
+  if (status == 0 && c.save && r.gpu && ptrt_cuda_vars_download(r.gpu, ctx, r.vars) != 0)
+    status = -1;
   if (status == 0 && c.save && ptrt_save_weights(ctx, c.save, r.vars) != 0) status = -1;
   if (status == 0 && r.ck && ptrt_ckpt_session_finish(r.ck) != 0) status = -1;
   if (status == 0) status = comm_report(&r);
