@@ -620,7 +620,8 @@ static void rowop_row(kern *k, int32_t i) {
     int32_t slot = k->out_slot[op->out[o]];
     if (r->res_kind[o] != PTC_OM_RES_ROWMEAN || slot < 0) continue;
     LLVMValueRef cur = load(k, slot, PTC_DTYPE_F32, i64c(k, 0), 1);
-    LLVMValueRef add = LLVMBuildFMul(B_, aux[r->row_stat[o]], CF(1, 1.0 / (double)k->sig->work), "");
+    LLVMValueRef add = LLVMBuildFMul(B_, aux[r->row_stat[o]],
+                                     CF(1, ptc_om_rowmean_scale(k->f, op, k->sig->work)), "");
     store(k, slot, PTC_DTYPE_F32, i64c(k, 0), LLVMBuildFAdd(B_, cur, add, ""));
   }
 }

@@ -416,7 +416,7 @@ static void row_op_stats(ce *c, int32_t opi) {
   for (int32_t r = 0; r < op->nout; r++) {
     if (d->res_kind[r] != PTC_OM_RES_ROWMEAN || c->out_slot[op->out[r]] < 0) continue;
     nm sc;
-    literal(&sc, PTC_DTYPE_F32, 1.0 / (double)c->sig->work);
+    literal(&sc, PTC_DTYPE_F32, ptc_om_rowmean_scale(c->f, op, c->sig->work));
     line(c, "if (threadIdx.x == 0) atomicAdd(out%d, %s * %s); // the mean over rows",
          c->out_slot[op->out[r]], stat[d->row_stat[r]].s, sc.s);
   }
@@ -463,7 +463,7 @@ static void row_scope_op(ce *c, int32_t i) {
     line(c, "%s = ptc_block_%s(%s, ptc_sh);", r.s, mx ? "max" : "sum", r.s);
     if (op->code == PTC_OP_REDUCE_MEAN) {
       nm k, r2;
-      literal(&k, PTC_DTYPE_F32, 1.0 / (double)c->L);
+      literal(&k, PTC_DTYPE_F32, scale);
       fresh(c, &r2);
       line(c, "const float %s = %s * %s;", r2.s, r.s, k.s);
       r = r2;
@@ -765,8 +765,10 @@ static int emit_group(ptc_func *f, const ptc_group_sig *sig, const char *name, p
     a->expr_op = f->values[v].def;
     a->expr_res = ptc_om_is_reduce(op->code) ? -1 : f->values[v].res;
     a->scale = 1.0;
-    if (op->code == PTC_OP_REDUCE_MEAN)
-      a->scale = (double)ptc_type_numel(vty(c, v)) / (double)ptc_type_numel(vty(c, op->in[0]));
+    if (ptc_om_is_reduce(op->code)) {
+      bool mx;
+      ptc_om_reduce(f, op, &mx, &a->scale);
+    }
     a->whole = map_zero(c, v);
     if (a->whole) {
       fresh(c, &a->local);

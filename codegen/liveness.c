@@ -264,8 +264,12 @@ void ptc_liveness_compute(ptc_liveness *l, const ptc_func *f, bool in_place, boo
     for (int32_t k = 0; k < op->nout; k++)
       if (ptc_liveness_allocates(l, op->out[k])) l->first[op->out[k]] = gfirst;
   }
-  /* f32 scratch of the ops that run on their own */
-  for (int32_t i = 0; i < no; i++) {
+  /* f32 scratch of the ops that run on their own (none on a GPU: its
+   * kernels widen 16-bit values in registers; ptc sets `device = "gpu"` for
+   * a cuda target) */
+  const ptc_attr *dev = ptc_module_get_attr(f->mod, "device");
+  bool gpu = dev && dev->kind == PTC_ATTR_STR && strcmp(dev->u.s, "gpu") == 0;
+  for (int32_t i = 0; i < no && !gpu; i++) {
     if (!l->run[i] || (eff && ptc_op_group(&f->ops[i]) >= 0)) continue;
     l->workspace[i] = ptc_op_workspace(f, &f->ops[i]);
     if (l->workspace[i] > l->workspace_peak) l->workspace_peak = l->workspace[i];

@@ -234,12 +234,32 @@ bool ptc_om_is_reduce(ptc_opcode c) {
   return c == PTC_OP_REDUCE_SUM || c == PTC_OP_REDUCE_MEAN || c == PTC_OP_REDUCE_MAX;
 }
 
+int64_t ptc_om_split_parts(const ptc_func *f, int32_t v, uint32_t dims) {
+  const ptc_value *val = &f->values[v];
+  int64_t n = 1;
+  if (!val->shard.present || !f->mod) return 1;
+  for (int32_t d = 0; d < val->type.rank; d++)
+    if (dims >> d & 1) n *= ptc_shard_parts(&f->mod->mesh, val->shard.dim_axes[d]);
+  return n;
+}
+
 void ptc_om_reduce(const ptc_func *f, const ptc_op *op, bool *max, double *scale) {
   *max = op->code == PTC_OP_REDUCE_MAX;
-  *scale = op->code == PTC_OP_REDUCE_MEAN
-               ? (double)ptc_type_numel(&f->values[op->out[0]].type) /
-                     (double)ptc_type_numel(&f->values[op->in[0]].type)
-               : 1.0;
+  *scale = 1.0;
+  if (op->code != PTC_OP_REDUCE_MEAN) return;
+  /* the whole count: reduced dimensions split over the mesh count every piece */
+  const ptc_attr *ax = ptc_op_attr(op, "axes");
+  uint32_t dims = 0;
+  for (int32_t a = 0; ax && a < ax->u.ints.n; a++) dims |= 1u << ax->u.ints.v[a];
+  *scale = (double)ptc_type_numel(&f->values[op->out[0]].type) /
+           (double)ptc_type_numel(&f->values[op->in[0]].type) /
+           (double)ptc_om_split_parts(f, op->in[0], dims);
+}
+
+double ptc_om_rowmean_scale(const ptc_func *f, const ptc_op *op, int64_t rows) {
+  int32_t tgt = op->code == PTC_OP_CROSS_ENTROPY ? op->in[1] : -1;
+  double n = (double)rows * (double)(tgt >= 0 ? ptc_om_split_parts(f, tgt, ~0u) : 1);
+  return 1.0 / n;
 }
 
 /* ---- row ops ---------------------------------------------------------------- */
@@ -369,7 +389,8 @@ int ptc_om_rowop_describe(const ptc_func *f, const ptc_op *op, ptc_om_rowop *r) 
   }
   case PTC_OP_CROSS_ENTROPY_GRAD: { /* g, logits, targets: g/rows (softmax - onehot) */
     int64_t classes = ptc_op_attr_int(op, "classes", L);
-    int64_t rows = ptc_type_numel(&f->values[op->in[2]].type);
+    /* the whole batch's rows, as the runtime's kernel counts them */
+    int64_t rows = ptc_type_numel(&f->values[op->in[2]].type) * ptc_om_split_parts(f, op->in[2], ~0u);
     r->nstats = 4;
     r->row_operand[2] = true;
     SET(&r->pre, 3, node(&r->pre, PTC_OM_TARGET, I64, 2, -1, -1, -1, (double)classes));

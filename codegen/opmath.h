@@ -122,8 +122,18 @@ void ptc_om_optimizer_aux(const ptc_func *f, const ptc_op *op, ptc_opmath *p);
 /* The description of a row op over rows of length L (the last dim of its
  * main operand).  Returns 0, or -1 when op is not a row op. */
 int ptc_om_rowop_describe(const ptc_func *f, const ptc_op *op, ptc_om_rowop *r);
-/* A reduction: max (else sum), and the factor of reduce_mean (1/count, else 1). */
+/* A reduction: max (else sum), and the factor of reduce_mean (1/count, else
+ * 1).  Counts are the whole tensor's: on a partitioned function (local
+ * types, shardings kept) a reduced dimension split over the mesh counts
+ * every device's piece, as the runtime's kernels do, so a fused kernel's
+ * mean is this device's share of the whole mean. */
 void ptc_om_reduce(const ptc_func *f, const ptc_op *op, bool *max, double *scale);
+/* The factor of a row-mean result (cross_entropy's loss) over `rows` rows
+ * here: 1 / (rows x the pieces its targets are split into). */
+double ptc_om_rowmean_scale(const ptc_func *f, const ptc_op *op, int64_t rows);
+/* The product of the mesh pieces of value v over the dimensions in the
+ * bit set dims (1: not split, or no mesh). */
+int64_t ptc_om_split_parts(const ptc_func *f, int32_t v, uint32_t dims);
 
 /* ---- the interpreter (the reference for both emitters) ---- */
 

@@ -159,6 +159,12 @@ int ptrt__cuda_load_table(ptc_ctx *ctx, ptrt_cuda *c, json_t *root, char *why, s
     snprintf(name, sizeof name, "ptc_rt_gather_%d", 1 << b);
     c->fixed.gather[b] = fixed_fn(c, name, &missing);
   }
+  for (int d = 0; d < 3; d++) {
+    snprintf(name, sizeof name, "ptc_rt_softmax_rows_%s", f16s[d]);
+    c->fixed.softmax_rows[d] = fixed_fn(c, name, &missing);
+    snprintf(name, sizeof name, "ptc_rt_attn_ds_%s", f16s[d]);
+    c->fixed.attn_ds[d] = fixed_fn(c, name, &missing);
+  }
   c->fixed.cvt[0] = fixed_fn(c, "ptc_cvt_f32_to_bf16", &missing);
   c->fixed.cvt[1] = fixed_fn(c, "ptc_cvt_f32_to_f16", &missing);
   if (missing) {
@@ -308,12 +314,16 @@ static int lt_open(ptrt_cuda *c, ptc_ctx *ctx) {
   return 0;
 }
 
-typedef struct mm_plan {
+/* A matrix product as cuBLASLt sees it: row-major C[M,N] = op(A) op(B),
+ * A and B as stored with their leading dimensions, batched by strides (in
+ * elements).  cuBLASLt is column-major, so it computes C^T = op(B)^T op(A)^T:
+ * its A is our B and its B our A, each stored matrix read as its
+ * transpose. */
+typedef struct gemm {
   cublasLtMatmulDesc_t desc;
-  cublasLtMatrixLayout_t la, lb, ld; /* cuBLAS's A (our B), B (our A), D */
+  cublasLtMatrixLayout_t la, lb, ld;
   cublasLtMatmulHeuristicResult_t algo;
-  bool zero; /* K == 0: the result is zeros */
-} mm_plan;
+} gemm;
 
 static int lt_dtype(ptc_dtype t) {
   return t == PTC_DTYPE_F32 ? PT_CUDA_R_32F : t == PTC_DTYPE_BF16 ? PT_CUDA_R_16BF
@@ -326,13 +336,13 @@ static int64_t prod_batch(const ptc_type *t) {
   return n;
 }
 
-static void mm_fini(ptrt_cuda *c, mm_plan *m) {
-  if (!m->desc) return;
-  c->lt.MatmulDescDestroy(m->desc);
-  c->lt.MatrixLayoutDestroy(m->la);
-  c->lt.MatrixLayoutDestroy(m->lb);
-  c->lt.MatrixLayoutDestroy(m->ld);
-  m->desc = NULL;
+static void gemm_fini(ptrt_cuda *c, gemm *g) {
+  if (!g->desc) return;
+  c->lt.MatmulDescDestroy(g->desc);
+  if (g->la) c->lt.MatrixLayoutDestroy(g->la);
+  if (g->lb) c->lt.MatrixLayoutDestroy(g->lb);
+  if (g->ld) c->lt.MatrixLayoutDestroy(g->ld);
+  memset(g, 0, sizeof *g);
 }
 
 static cublasLtMatrixLayout_t layout(ptrt_cuda *c, int dt, int64_t rows, int64_t cols, int64_t ld,
@@ -345,6 +355,51 @@ static cublasLtMatrixLayout_t layout(ptrt_cuda *c, int dt, int64_t rows, int64_t
   }
   return l;
 }
+
+/* 0: planned; 1: cuBLASLt has no algorithm for it */
+static int gemm_make(ptrt_cuda *c, gemm *g, int64_t M, int64_t N, int64_t K, bool ta, bool tb,
+                     int tab, int tc, int64_t lda, int64_t ldb, int64_t ldc, int32_t batch,
+                     int64_t sa, int64_t sb, int64_t sc) {
+  memset(g, 0, sizeof *g);
+  int opa = tb ? PT_CUBLAS_OP_T : PT_CUBLAS_OP_N, opb = ta ? PT_CUBLAS_OP_T : PT_CUBLAS_OP_N;
+  if (c->lt.MatmulDescCreate(&g->desc, PT_CUBLAS_COMPUTE_32F, PT_CUDA_R_32F) != 0) {
+    g->desc = NULL;
+    return 1;
+  }
+  c->lt.MatmulDescSetAttribute(g->desc, PT_LT_DESC_TRANSA, &opa, sizeof opa);
+  c->lt.MatmulDescSetAttribute(g->desc, PT_LT_DESC_TRANSB, &opb, sizeof opb);
+  g->la = tb ? layout(c, tab, K, N, ldb, batch, sb) : layout(c, tab, N, K, ldb, batch, sb);
+  g->lb = ta ? layout(c, tab, M, K, lda, batch, sa) : layout(c, tab, K, M, lda, batch, sa);
+  g->ld = layout(c, tc, N, M, ldc, batch, sc);
+  cublasLtMatmulPreference_t pref = NULL;
+  int got = 0;
+  if (g->la && g->lb && g->ld && c->lt.MatmulPreferenceCreate(&pref) == 0) {
+    uint64_t ws = c->lt_ws_bytes;
+    c->lt.MatmulPreferenceSetAttribute(pref, PT_LT_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
+    if (c->lt.MatmulAlgoGetHeuristic(c->lt_handle, g->desc, g->la, g->lb, g->ld, g->ld, pref, 1,
+                                     &g->algo, &got) != 0)
+      got = 0;
+    c->lt.MatmulPreferenceDestroy(pref);
+  }
+  if (got < 1) {
+    gemm_fini(c, g);
+    return 1;
+  }
+  return 0;
+}
+
+static int gemm_run(ptrt_cuda *c, const gemm *g, const void *A, const void *B, void *C, float beta) {
+  float alpha = 1;
+  return c->lt.Matmul(c->lt_handle, g->desc, &alpha, B, g->la, A, g->lb, &beta, C, g->ld, C, g->ld,
+                      &g->algo.algo, HP(c->lt_ws), c->lt_ws_bytes, c->stream);
+}
+
+typedef struct mm_plan {
+  gemm g;
+  bool zero; /* K == 0: the result is zeros */
+} mm_plan;
+
+static void mm_fini(ptrt_cuda *c, mm_plan *m) { gemm_fini(c, &m->g); }
 
 /* 1: this product's shapes or dtypes are not for cuBLASLt (staged);
  * 0: planned; -1: reported. */
@@ -369,41 +424,98 @@ static int mm_make(ptrt_cuda *c, ptc_ctx *ctx, const ptc_func *f, const ptc_op *
   if (lt_open(c, ctx) != 0) return -1;
   int64_t Mf = M;
   int32_t batch = (int32_t)nb;
-  int64_t sa = na == 1 ? 0 : M * K, sb = nbb == 1 ? 0 : K * N, sd = M * N;
   if (nbb == 1 && !ta && na == nb) { /* A's batch folds into its rows */
     Mf = M * nb;
     batch = 1;
   }
   if (nb > 0x7fffffff) return 1;
-  int opa = tb ? PT_CUBLAS_OP_T : PT_CUBLAS_OP_N, opb = ta ? PT_CUBLAS_OP_T : PT_CUBLAS_OP_N;
-  if (c->lt.MatmulDescCreate(&m->desc, PT_CUBLAS_COMPUTE_32F, PT_CUDA_R_32F) != 0) {
-    m->desc = NULL;
-    return 1;
-  }
-  c->lt.MatmulDescSetAttribute(m->desc, PT_LT_DESC_TRANSA, &opa, sizeof opa);
-  c->lt.MatmulDescSetAttribute(m->desc, PT_LT_DESC_TRANSB, &opb, sizeof opb);
-  /* cuBLAS's A is our B seen column-major: N x K (op N) or stored K x N (op T) */
-  m->la = tb ? layout(c, dt, K, N, K, batch, sb) : layout(c, dt, N, K, N, batch, sb);
-  /* cuBLAS's B is our A: K x Mf (op N) or stored Mf x K (op T) */
-  m->lb = ta ? layout(c, dt, Mf, K, Mf, batch, sa) : layout(c, dt, K, Mf, K, batch, sa);
-  m->ld = layout(c, dt, N, Mf, N, batch, sd);
-  cublasLtMatmulPreference_t pref = NULL;
-  int got = 0;
-  if (m->la && m->lb && m->ld && c->lt.MatmulPreferenceCreate(&pref) == 0) {
-    uint64_t ws = c->lt_ws_bytes;
-    c->lt.MatmulPreferenceSetAttribute(pref, PT_LT_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    if (c->lt.MatmulAlgoGetHeuristic(c->lt_handle, m->desc, m->la, m->lb, m->ld, m->ld, pref, 1,
-                                     &m->algo, &got) != 0)
-      got = 0;
-    c->lt.MatmulPreferenceDestroy(pref);
-  }
-  if (got < 1) {
-    mm_fini(c, m);
+  if (gemm_make(c, &m->g, Mf, N, K, ta, tb, dt, dt, ta ? Mf : K, tb ? K : N, N, batch,
+                na == 1 ? 0 : M * K, nbb == 1 ? 0 : K * N, M * N) != 0) {
     ptc_warning(ctx, op->loc, "matmul: cuBLASLt has no algorithm for %lld x %lld x %lld (%s): "
                 "it runs on the CPU, staged through the host", (long long)Mf, (long long)N,
                 (long long)K, ptc_dtype_name(ot->dtype));
     return 1;
   }
+  return 0;
+}
+
+/* Attention through cuBLASLt, one batch row at a time: S = Q K^T (f32),
+ * P = softmax(scale S) (the model's dtype), O = P V; the backward
+ * recomputes P, then dP = dO V^T, dS = scale P (dP - rowsum(P dP)),
+ * dV = P^T dO, dQ = dS K, dK = dS^T Q.  The products run on the tensor
+ * cores; the [H, T, S] scores of one batch row live in scratch.  Heads
+ * sharing a key/value head (G < H) run one at a time, dK and dV summed
+ * over them. */
+typedef struct attn_plan {
+  bool on, bwd;
+  int B, T, S, H, G, D, E, causal;
+  float scale;
+  ptc_dtype dt;
+  int64_t es;
+  gemm qk, pv, dp, dv, dq, dk;
+  int64_t s_off, p_off, dp_off, need; /* scratch regions, bytes */
+} attn_plan;
+
+static void attn_fini(ptrt_cuda *c, attn_plan *a) {
+  gemm_fini(c, &a->qk);
+  gemm_fini(c, &a->pv);
+  gemm_fini(c, &a->dp);
+  gemm_fini(c, &a->dv);
+  gemm_fini(c, &a->dq);
+  gemm_fini(c, &a->dk);
+}
+
+/* 0 planned, 1 not for this path (the flash-style kernel runs), -1 reported */
+static int attn_make(ptrt_cuda *c, ptc_ctx *ctx, const ptc_func *f, const ptc_op *op,
+                     attn_plan *a) {
+  const char *how = getenv("PTRUN_CUDA_ATTENTION");
+  if (how && strcmp(how, "kernel") == 0) return 1;
+  a->bwd = op->code == PTC_OP_ATTENTION_GRAD;
+  int q0 = a->bwd ? 1 : 0;
+  const ptc_type *qt = &f->values[op->in[q0]].type, *kt = &f->values[op->in[q0 + 1]].type,
+                 *vt = &f->values[op->in[q0 + 2]].type;
+  if (qt->rank != 4 || kt->rank != 4 || vt->rank != 4) return 1;
+  a->dt = qt->dtype;
+  int dt = lt_dtype(a->dt);
+  if (dt < 0 || kt->dtype != a->dt || vt->dtype != a->dt) return 1;
+  for (int32_t r = 0; r < op->nout; r++)
+    if (f->values[op->out[r]].type.dtype != a->dt) return 1;
+  a->B = (int)qt->dims[0];
+  a->T = (int)qt->dims[1];
+  a->H = (int)qt->dims[2];
+  a->D = (int)qt->dims[3];
+  a->S = (int)kt->dims[1];
+  a->G = (int)kt->dims[2];
+  a->E = (int)vt->dims[3];
+  if (a->G <= 0 || a->H % a->G != 0) return 1;
+  a->causal = ptc_op_attr_bool(op, "causal", false);
+  a->scale = (float)ptc_op_attr_float(op, "scale", 1.0 / sqrt((double)a->D));
+  a->es = ptc_dtype_size(a->dt);
+  if (lt_open(c, ctx) != 0) return -1;
+  int64_t T = a->T, S = a->S, H = a->H, G = a->G, D = a->D, E = a->E;
+  bool shared = G != H; /* one head per product */
+  int32_t nb = shared ? 1 : (int32_t)H;
+  int f32 = PT_CUDA_R_32F;
+  int bad = 0;
+  bad |= gemm_make(c, &a->qk, T, S, D, false, true, dt, f32, H * D, G * D, S, nb, D, D, T * S);
+  if (!a->bwd) {
+    bad |= gemm_make(c, &a->pv, T, E, S, false, false, dt, dt, S, G * E, H * E, nb, T * S, E, E);
+  } else {
+    bad |= gemm_make(c, &a->dp, T, S, E, false, true, dt, f32, H * E, G * E, S, nb, E, E, T * S);
+    bad |= gemm_make(c, &a->dv, S, E, T, true, false, dt, dt, S, H * E, G * E, nb, T * S, E, E);
+    bad |= gemm_make(c, &a->dq, T, D, S, false, false, dt, dt, S, G * D, H * D, nb, T * S, D, D);
+    bad |= gemm_make(c, &a->dk, S, D, T, true, false, dt, dt, S, H * D, G * D, nb, T * S, D, D);
+  }
+  if (bad) {
+    attn_fini(c, a);
+    return 1;
+  }
+  int64_t hts = H * T * S;
+  a->s_off = 0;
+  a->p_off = (hts * 4 + 255) / 256 * 256;
+  a->dp_off = a->p_off + (hts * a->es + 255) / 256 * 256;
+  a->need = a->bwd ? a->dp_off + (hts * 4 + 255) / 256 * 256 : a->dp_off;
+  a->on = true;
   return 0;
 }
 
@@ -423,6 +535,7 @@ typedef enum method {
   M_GATHER,
   M_COPY,
   M_SOLO,   /* a fusible op outside the groups: its own kernel (ptc_s<f>_<op>) */
+  M_ATTN_MM, /* attention through cuBLASLt (attn_plan) */
 } method;
 
 struct ptrt_cuda_prog {
@@ -432,6 +545,7 @@ struct ptrt_cuda_prog {
   int32_t nops;
   uint8_t *how;                 /* [nops] method */
   mm_plan *mm;                  /* [nops] */
+  attn_plan *at;                /* [nops] */
   const ptrt_cu_kernel **kern;  /* [nops]: attention, or the group at its first op */
   ptc_group_sig *sigs;          /* [nops]: the group starting at op i, or op i's own (M_SOLO) */
   bool *has_sig;                /* a group starts at op i */
@@ -478,6 +592,7 @@ static method choose(ptrt_cuda_prog *p, int32_t i, int *err) {
   ptc_func *f = p->f;
   const ptc_op *op = &f->ops[i];
   const ptc_type *o0 = op->nout ? &f->values[op->out[0]].type : NULL;
+  if (ptrt_op_needs_mesh(p->env, f, op)) return M_STAGE; /* its CPU kernel knows the mesh */
   const ptrt_cu_kernel *solo = find_kernel(c, PTRT_CU_GROUP, f->name, -1, i);
   if (solo && ptc_group_analyze_solo(f, i, p->last_use, &p->sigs[i]) == 0) {
     p->solo[i] = true;
@@ -507,6 +622,12 @@ static method choose(ptrt_cuda_prog *p, int32_t i, int *err) {
   }
   case PTC_OP_ATTENTION:
   case PTC_OP_ATTENTION_GRAD: {
+    int r = attn_make(c, p->env->ctx, f, op, &p->at[i]);
+    if (r < 0) *err = 1;
+    if (r == 0) {
+      if (p->at[i].need > p->scratch_need) p->scratch_need = p->at[i].need;
+      return M_ATTN_MM;
+    }
     const ptrt_cu_kernel *k = find_kernel(c, op->code == PTC_OP_ATTENTION ? PTRT_CU_ATTN_FWD
                                                                            : PTRT_CU_ATTN_BWD,
                                           f->name, -1, i);
@@ -564,6 +685,7 @@ ptrt_cuda_prog *ptrt_cuda_prog_create(ptrt_cuda *c, const ptrt_env *env, ptc_fun
   size_t no = (size_t)f->nops + 1;
   p->how = ptc_xcalloc(no, 1);
   p->mm = ptc_xcalloc(no, sizeof *p->mm);
+  p->at = ptc_xcalloc(no, sizeof *p->at);
   p->kern = ptc_xcalloc(no, sizeof *p->kern);
   p->sigs = ptc_xcalloc(no, sizeof *p->sigs);
   p->has_sig = ptc_xcalloc(no, sizeof *p->has_sig);
@@ -629,11 +751,13 @@ void ptrt_cuda_prog_destroy(ptrt_cuda_prog *p) {
   if (!p) return;
   for (int32_t i = 0; i < p->nops; i++) {
     mm_fini(p->c, &p->mm[i]);
+    attn_fini(p->c, &p->at[i]);
     if (p->has_sig[i] || p->solo[i]) ptc_group_sig_fini(&p->sigs[i]);
   }
   if (p->status) ptrt_cuda_free(p->c, HP(p->status));
   free(p->how);
   free(p->mm);
+  free(p->at);
   free(p->kern);
   free(p->sigs);
   free(p->has_sig);
@@ -829,19 +953,80 @@ static int run_attention(ptrt_cuda_prog *p, int32_t i, void *const *in, void *co
   return 0;
 }
 
+static int lt_fail(ptrt_cuda_prog *p, int32_t i, int s) {
+  ptc_error(p->env->ctx, p->f->ops[i].loc, "%s: cublasLtMatmul failed on %s: %s",
+            ptc_opinfo_get(p->f->ops[i].code)->name, p->c->device, p->c->lt.GetStatusString(s));
+  return -1;
+}
+
+/* a row kernel of the attention path over `rows` rows */
+static int attn_rows(ptrt_cuda_prog *p, int32_t i, CUfunction fn, long long rows, void **args) {
+  unsigned grid[3] = {(unsigned)(rows < (1 << 20) ? rows : (1 << 20)), 1, 1}, block[3] = {256, 1, 1};
+  return launch(p, i, fn, grid, block, 0, args);
+}
+
+static int run_attn_mm(ptrt_cuda_prog *p, int32_t i, void *const *in, void *const *out) {
+  ptrt_cuda *c = p->c;
+  const attn_plan *a = &p->at[i];
+  const int64_t T = a->T, S = a->S, H = a->H, G = a->G, D = a->D, E = a->E, es = a->es;
+  const int64_t r = H / G;
+  const bool shared = G != H;
+  const int64_t nh = shared ? H : 1;
+  const int d = a->dt == PTC_DTYPE_BF16 ? 1 : a->dt == PTC_DTYPE_F16 ? 2 : 0;
+  char *sb = HP(c->scratch + (CUdeviceptr)a->s_off), *pb = HP(c->scratch + (CUdeviceptr)a->p_off);
+  char *dpb = HP(c->scratch + (CUdeviceptr)a->dp_off);
+  int q0 = a->bwd ? 1 : 0;
+  long long rows = H * T;
+  int Tq = (int)T, Si = (int)S, causal = a->causal;
+  float scale = a->scale;
+  for (int64_t b = 0; b < a->B; b++) {
+    const char *qb = (const char *)in[q0] + b * T * H * D * es;
+    const char *kb = (const char *)in[q0 + 1] + b * S * G * D * es;
+    const char *vb = (const char *)in[q0 + 2] + b * S * G * E * es;
+    int s;
+    for (int64_t h = 0; h < nh; h++)
+      if ((s = gemm_run(c, &a->qk, qb + h * D * es, kb + (h / r) * D * es, sb + h * T * S * 4, 0)))
+        return lt_fail(p, i, s);
+    CUdeviceptr x = DP(sb), y = DP(pb);
+    void *sargs[] = {&x, &y, &rows, &Tq, &Si, &causal, &scale};
+    if (attn_rows(p, i, c->fixed.softmax_rows[d], rows, sargs) != 0) return -1;
+    if (!a->bwd) {
+      char *ob = (char *)out[0] + b * T * H * E * es;
+      for (int64_t h = 0; h < nh; h++)
+        if ((s = gemm_run(c, &a->pv, pb + h * T * S * es, vb + (h / r) * E * es, ob + h * E * es, 0)))
+          return lt_fail(p, i, s);
+      continue;
+    }
+    const char *gb = (const char *)in[0] + b * T * H * E * es;
+    char *dqb = (char *)out[0] + b * T * H * D * es, *dkb = (char *)out[1] + b * S * G * D * es;
+    char *dvb = (char *)out[2] + b * S * G * E * es;
+    for (int64_t h = 0; h < nh; h++)
+      if ((s = gemm_run(c, &a->dp, gb + h * E * es, vb + (h / r) * E * es, dpb + h * T * S * 4, 0)))
+        return lt_fail(p, i, s);
+    CUdeviceptr pp = DP(pb), dpp = DP(dpb), ds = DP(sb); /* dS over S's scratch */
+    void *dargs[] = {&pp, &dpp, &ds, &rows, &Si, &scale};
+    if (attn_rows(p, i, c->fixed.attn_ds[d], rows, dargs) != 0) return -1;
+    for (int64_t h = 0; h < nh; h++) {
+      float beta = shared && h % r ? 1.0f : 0.0f; /* heads of one kv head add up */
+      if ((s = gemm_run(c, &a->dv, pb + h * T * S * es, gb + h * E * es, dvb + (h / r) * E * es,
+                        beta)) ||
+          (s = gemm_run(c, &a->dq, sb + h * T * S * es, kb + (h / r) * D * es, dqb + h * D * es,
+                        0)) ||
+          (s = gemm_run(c, &a->dk, sb + h * T * S * es, qb + h * D * es, dkb + (h / r) * D * es,
+                        beta)))
+        return lt_fail(p, i, s);
+    }
+  }
+  return 0;
+}
+
 static int run_matmul(ptrt_cuda_prog *p, int32_t i, void *const *in, void *const *out) {
   ptrt_cuda *c = p->c;
   mm_plan *m = &p->mm[i];
   const ptc_type *ot = &p->f->values[p->f->ops[i].out[0]].type;
   if (m->zero) return fill(p, i, out[0], ot->dtype, ptc_type_numel(ot), 0);
-  float alpha = 1, beta = 0;
-  int s = c->lt.Matmul(c->lt_handle, m->desc, &alpha, in[1], m->la, in[0], m->lb, &beta, out[0],
-                       m->ld, out[0], m->ld, &m->algo.algo, HP(c->lt_ws), c->lt_ws_bytes,
-                       c->stream);
-  if (s == 0) return 0;
-  ptc_error(p->env->ctx, p->f->ops[i].loc, "matmul: cublasLtMatmul failed on %s: %s", c->device,
-            c->lt.GetStatusString(s));
-  return -1;
+  int s = gemm_run(c, &m->g, in[0], in[1], out[0], 0);
+  return s == 0 ? 0 : lt_fail(p, i, s);
 }
 
 static int run_solo(ptrt_cuda_prog *p, int32_t i, void *const *in, void *const *out);
@@ -862,6 +1047,8 @@ int ptrt_cuda_prog_op(ptrt_cuda_prog *p, int32_t i, void *const *in, void *const
     return run_matmul(p, i, in, out);
   case M_ATTN:
     return run_attention(p, i, in, out);
+  case M_ATTN_MM:
+    return run_attn_mm(p, i, in, out);
   case M_FILL:
     return fill(p, i, out[0], ot->dtype, ptc_type_numel(ot), ptc_op_attr_float(op, "value", 0));
   case M_SLICE: {

@@ -150,6 +150,8 @@ typedef struct ptrt_cu_fixed {
   CUfunction emb_grad[3][2]; /* [f32, bf16, f16][ids i64?] */
   CUfunction gather[4];      /* element size 1, 2, 4, 8 */
   CUfunction cvt[2];         /* f32 -> bf16, f16 */
+  CUfunction softmax_rows[3]; /* attention through products: P of f32, bf16, f16 */
+  CUfunction attn_ds[3];
 } ptrt_cu_fixed;
 
 struct ptrt_cuda {

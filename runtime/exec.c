@@ -117,28 +117,34 @@ static bool split_here(const ptrt_env *env, const ptc_value *v, int32_t d) {
   return v->shard.present && ptc_shard_parts(&env->comm->mesh, v->shard.dim_axes[d]) > 1;
 }
 
-/* A fused kernel divides a mean or a loss by the count of the shapes it was
- * generated for, this device's.  The first op of a group of f that needs
- * the whole tensor's count instead (a reduction or the loss over a
- * dimension split across the mesh), or NULL. */
-static const ptc_op *group_needs_whole_count(const ptrt_env *env, const ptc_func *f) {
-  for (int32_t i = 0; i < f->nops; i++) {
-    {
-      const ptc_op *op = &f->ops[i];
-      if (ptc_op_group(op) < 0) continue;
-      int32_t v = op->code == PTC_OP_REDUCE_MEAN ? op->in[0]
-                  : op->code == PTC_OP_CROSS_ENTROPY ? op->in[1]
-                  : op->code == PTC_OP_CROSS_ENTROPY_GRAD ? op->in[2] : -1;
-      if (v < 0) continue;
-      const ptc_value *val = &f->values[v];
-      for (int32_t d = 0; d < val->type.rank; d++) {
-        bool counted = op->code != PTC_OP_REDUCE_MEAN;
-        const ptc_attr *ax = counted ? NULL : ptc_op_attr(op, "axes");
-        for (int32_t a = 0; ax && a < ax->u.ints.n; a++) counted |= ax->u.ints.v[a] == d;
-        if (counted && split_here(env, val, d)) return op;
-      }
-    }
+bool ptrt_op_needs_mesh(const ptrt_env *env, const ptc_func *f, const ptc_op *op) {
+  switch (op->code) {
+  case PTC_OP_CROSS_ENTROPY: /* classes split: this piece's class offset */
+  case PTC_OP_CROSS_ENTROPY_GRAD: {
+    const ptc_value *lg = &f->values[op->in[op->code == PTC_OP_CROSS_ENTROPY ? 0 : 1]];
+    return split_here(env, lg, lg->type.rank - 1);
   }
+  case PTC_OP_EMBEDDING:     /* the table's rows held here */
+  case PTC_OP_EMBEDDING_GRAD:
+    for (int32_t k = 0; k < op->nin + op->nout; k++) {
+      const ptc_value *val = &f->values[k < op->nin ? op->in[k] : op->out[k - op->nin]];
+      for (int32_t d = 0; d < val->type.rank; d++)
+        if (split_here(env, val, d)) return true;
+    }
+    return false;
+  default: /* means and the loss over split rows: the generated kernels count the
+              whole tensor too (codegen/opmath.c, ptc_om_reduce) */
+    return false;
+  }
+}
+
+/* The first op of a group of f whose result depends on the device's place
+ * in the mesh beyond the counts the fused kernel already takes whole
+ * (ptrt_op_needs_mesh: the loss over split classes), or NULL. */
+static const ptc_op *group_needs_whole_count(const ptrt_env *env, const ptc_func *f) {
+  for (int32_t i = 0; i < f->nops; i++)
+    if (ptc_op_group(&f->ops[i]) >= 0 && ptrt_op_needs_mesh(env, f, &f->ops[i]))
+      return &f->ops[i];
   return NULL;
 }
 
@@ -176,10 +182,9 @@ ptrt_program *ptrt_program_create(const ptrt_env *env, ptc_func *f, ptrt_vars *v
   bool gpu_groups = env->gpu && !o.loss_only && has_groups(f);
   const ptc_op *whole = o.fused || gpu_groups ? group_needs_whole_count(env, f) : NULL;
   if (whole) {
-    ptc_warning(ctx, whole->loc, "%s: its fused kernel divides by this device's count, but "
-                "the dimensions it averages over are split across the mesh: @%s runs op by "
-                "op with the runtime's kernels instead", ptc_opinfo_get(whole->code)->name,
-                f->name);
+    ptc_warning(ctx, whole->loc, "%s: its fused kernel cannot know this device's piece of "
+                "the dimensions split across the mesh: @%s runs op by op with the runtime's "
+                "kernels instead", ptc_opinfo_get(whole->code)->name, f->name);
     o.fused = NULL;
     gpu_groups = false;
   }

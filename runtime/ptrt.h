@@ -480,6 +480,12 @@ void ptrt_program_set_check_memory(ptrt_program *p, bool on);
  * infinity after its op (reporting the op and its location); time each op by kind. */
 void ptrt_program_set_check_finite(ptrt_program *p, bool on);
 void ptrt_program_set_profile(ptrt_program *p, bool on);
+/* Whether op's kernel depends on where this device sits in the mesh beyond
+ * whole counts (which generated kernels take from the shardings): the loss
+ * over split classes (its class offset), an embedding over a split table
+ * (its row offset).  Generated kernels (fused groups, a GPU's kernels)
+ * cannot know the offset, so such an op runs the runtime's own kernel. */
+bool ptrt_op_needs_mesh(const ptrt_env *env, const ptc_func *f, const ptc_op *op);
 /* how a GPU program runs its ops (runtime/cuda.h), or NULL on the CPU */
 const struct ptrt_cuda_prog *ptrt_program_gpu(const ptrt_program *p);
 /* The time per op kind over every profiled run, largest first. */

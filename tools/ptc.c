@@ -815,6 +815,12 @@ static char *default_with_options(const driver *d, const char *recompute, long l
 static ptc_module *compile(driver *d, const ptc_mesh *mesh, ptc_pipeline *pipe) {
   ptc_module *m = load_module(d);
   if (!m) return NULL;
+  if (d->target && strncmp(d->target, "cuda:", 5) == 0) {
+    /* the memory plan of a GPU: kernels widen 16-bit values in registers,
+     * so no op needs f32 scratch (codegen/liveness.c) */
+    ptc_attr dev = ptc_attr_str("device", "gpu");
+    ptc_module_set_attr(m, &dev);
+  }
   /* The input must be valid before any pass sees it (a pass may assume it). */
   if (apply_mesh(d, m, mesh) != 0 || ptc_verify_module(m) != 0 ||
       ptc_pipeline_run(m, pipe, &d->pm) != 0) {

@@ -126,7 +126,7 @@ static void check_program(ptc_ctx *ctx, const ptrt_comm *c, double *sent) {
         ptc_ctx_diag_text(ctx));
   if (!m) return;
   ptc_module *lm = ptc_module_localize(m);
-  ptrt_env env = {ctx, NULL, c};
+  ptrt_env env = {ctx, NULL, c, NULL};
   ptrt_vars *vars = ptrt_vars_create(ctx, lm, c);
   ptrt_program *prog = vars ? ptrt_program_create(&env, lm->funcs[0], vars, NULL) : NULL;
   CHECK(prog, "no program: %s", ptc_ctx_diag_text(ctx));

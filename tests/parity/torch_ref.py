@@ -12,8 +12,13 @@ Subcommands:
   init   MODEL CFG OUT.safetensors SEED   write random initial weights
   tokens OUT.bin N VOCAB SEED             write an llm.c token file
   train  MODEL CFG W.safetensors TOK.bin STEPS LR OUT.json [--sgd]
+         [--device cpu|cuda] [--dtype float64|float32]
          train STEPS steps from W on TOK.bin (ptc's batching rule) and write
          {"losses": [...], "grads": {name: [...]}} (grads of the first step)
+         at a constant LR (ptrun's `--warmup 0 --min-lr LR --lr LR`).  The
+         defaults, cpu and float64, are the oracle; `--device cuda --dtype
+         float32` runs the same computation on a GPU in IEEE float32 (TF32
+         off), a reference for ptrun's CUDA runs.
   check-grads W0 W1 LR REF.json TOL
          ptrun's gradients are (W0 - W1) / LR after one SGD step (no
          momentum, decay or clipping); each must satisfy |a - b| <= TOL |b|.
@@ -158,7 +163,7 @@ def attention(q, k, v):
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
     T = q.shape[2]
-    mask = torch.ones(T, T, dtype=torch.bool).tril()
+    mask = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
     s = s.masked_fill(~mask, float("-inf"))
     return (s.softmax(-1) @ v).transpose(1, 2)
 
@@ -192,11 +197,14 @@ def rmsnorm(x, g, eps=1e-5):
 
 
 def rope(x, theta=10000.0):
-    # rotate-half, positions 0..T-1, x [B,T,H,D]
+    # rotate-half, positions 0..T-1, x [B,T,H,D]; angles in float64, then
+    # rounded to x's dtype
     T, D = x.shape[1], x.shape[3]
-    inv = theta ** (-torch.arange(0, D // 2, dtype=torch.float64) * 2 / D)
-    ang = torch.arange(T, dtype=torch.float64)[:, None] * inv[None, :]  # [T, D/2]
+    inv = theta ** (-torch.arange(0, D // 2, dtype=torch.float64, device=x.device) * 2 / D)
+    ang = torch.arange(T, dtype=torch.float64, device=x.device)[:, None] * inv[None, :]  # [T, D/2]
     cos, sin = ang.cos()[None, :, None, :], ang.sin()[None, :, None, :]
+    if x.dtype != torch.float64:
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     x1, x2 = x[..., : D // 2], x[..., D // 2:]
     return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)
 
@@ -249,9 +257,52 @@ def cmd_tokens(out, n, vocab, seed):
     write_tokens(out, toks)
 
 
-def cmd_train(model, cfgtext, wpath, tokpath, steps, lr, out, sgd=False):
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+def setup_device(device):
+    """The torch.device for --device; on CUDA, float32 products in IEEE
+    float32 (no TF32), with the API of the torch at hand."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        sys.exit("torch_ref: --device must be cpu or cuda, not %s" % device)
+    if dev.type == "cpu":
+        return dev
+    if not torch.cuda.is_available():
+        sys.exit("torch_ref: --device %s: CUDA is not available to this torch (%s)"
+                 % (device, torch.__version__))
+
+    def has(obj, name):  # torch 1.x's backend modules raise AssertionError
+        try:
+            getattr(obj, name)
+            return True
+        except (AttributeError, AssertionError):
+            return False
+
+    matmul = torch.backends.cuda.matmul
+    if has(matmul, "fp32_precision"):  # torch >= 2.9
+        matmul.fp32_precision = "ieee"
+        for b in ("conv", "rnn"):
+            sub = getattr(torch.backends.cudnn, b, None)
+            if sub is not None and has(sub, "fp32_precision"):
+                sub.fp32_precision = "ieee"
+    else:
+        matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        if hasattr(torch, "set_float32_matmul_precision"):
+            torch.set_float32_matmul_precision("highest")
+    return dev
+
+
+def cmd_train(model, cfgtext, wpath, tokpath, steps, lr, out, sgd=False,
+              device="cpu", dtype="float64"):
+    dev, dt = setup_device(device), DTYPES[dtype]
     c = config(model, cfgtext)
-    w = {k: v.clone().requires_grad_(True) for k, v in load_safetensors(wpath).items()}
+    w = {k: v.to(device=dev, dtype=dt).clone().requires_grad_(True)
+         for k, v in load_safetensors(wpath).items()}
     tokens = read_tokens(tokpath)
     names = sorted(w)
     decay = [w[n] for n in names if w[n].dim() >= 2]
@@ -265,6 +316,8 @@ def cmd_train(model, cfgtext, wpath, tokpath, steps, lr, out, sgd=False):
     losses, grads = [], {}
     for s in range(int(steps)):
         tok, tgt = batch(tokens, s, c["batch"], c["seq"])
+        if dev.type != "cpu":
+            tok, tgt = tok.to(dev), tgt.to(dev)
         opt.zero_grad()
         loss = MODELS[model][2](w, c, tok, tgt)
         loss.backward()
@@ -319,16 +372,38 @@ def cmd_check_losses(logpath, refpath, tol):
         sys.exit("check-losses: FAILED\n  " + "\n  ".join(bad))
 
 
+def take_option(a, name, default):
+    """Removes `--name VALUE` or `--name=VALUE` from the list a; returns VALUE
+    (the last one given) or default."""
+    value, i = default, 0
+    while i < len(a):
+        if a[i] == "--" + name:
+            if i + 1 == len(a):
+                sys.exit("torch_ref: --%s needs a value" % name)
+            value = a[i + 1]
+            del a[i:i + 2]
+        elif a[i].startswith("--" + name + "="):
+            value = a[i].split("=", 1)[1]
+            del a[i]
+        else:
+            i += 1
+    return value
+
+
 if __name__ == "__main__":
     a = sys.argv[1:]
     if not a:
         sys.exit(__doc__)
+    device = take_option(a, "device", "cpu")  # cpu, cuda or cuda:N
+    dtype = take_option(a, "dtype", "float64")
+    if dtype not in DTYPES:
+        sys.exit("torch_ref: --dtype must be float64 or float32, not %s" % dtype)
     if a[0] == "init":
         cmd_init(*a[1:5])
     elif a[0] == "tokens":
         cmd_tokens(*a[1:5])
     elif a[0] == "train":
-        cmd_train(*a[1:8], sgd="--sgd" in a)
+        cmd_train(*a[1:8], sgd="--sgd" in a, device=device, dtype=dtype)
     elif a[0] == "check-grads":
         cmd_check_grads(*a[1:6])
     elif a[0] == "check-losses":

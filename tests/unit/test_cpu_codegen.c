@@ -1006,7 +1006,7 @@ static void bench_one(const char *label, const char *text, int64_t int_hi, int t
       double dt = now_s() - t0;
       bf = dt < bf ? dt : bf;
     }
-    ptrt_env env = {ctx, pool, ptrt_comm_single()};
+    ptrt_env env = {ctx, pool, ptrt_comm_single(), NULL};
     for (int r = 0; r < reps; r++) {
       double t0 = now_s();
       for (int32_t i = 0; i < f->nops - 1; i++) {
@@ -1142,7 +1142,7 @@ static int half_exec(const char *what, ptc_module *ref, ptc_module *m, const uin
   if (rc) return -1;
   ptrt_fused *lib = ptrt_fused_open(ctx, so, f);
   ptrt_pool *pool = ptrt_pool_create(ctx, 2);
-  ptrt_env env = {ctx, pool, ptrt_comm_single()};
+  ptrt_env env = {ctx, pool, ptrt_comm_single(), NULL};
   ptrt_vars *vars = lib ? ptrt_vars_create(ctx, m, NULL) : NULL;
   ptrt_program_opts opts = {.fused = lib};
   ptrt_program *prog = vars ? ptrt_program_create(&env, f, vars, &opts) : NULL;

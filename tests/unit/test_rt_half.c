@@ -141,7 +141,7 @@ static void run(const ptc_module *ref, ptc_module *m, bool check_finite, run_out
   ptc_ctx *ctx = ptc_ctx_create();
   ptc_ctx_set_diag_capture(ctx, true);
   ptrt_pool *pool = ptrt_pool_create(ctx, 2);
-  ptrt_env env = {ctx, pool, ptrt_comm_single()};
+  ptrt_env env = {ctx, pool, ptrt_comm_single(), NULL};
   ptrt_vars *vars = ptrt_vars_create(ctx, m, NULL);
   ptc_func *f = m->funcs[0];
   ptrt_program *prog = vars ? ptrt_program_create(&env, f, vars, NULL) : NULL;
@@ -320,7 +320,7 @@ static void test_cast(void) {
     ptc_ctx_destroy(ctx);
     return;
   }
-  ptrt_env env = {ctx, NULL, ptrt_comm_single()};
+  ptrt_env env = {ctx, NULL, ptrt_comm_single(), NULL};
   ptrt_vars *vars = ptrt_vars_create(ctx, m, NULL);
   ptrt_program *prog = ptrt_program_create(&env, m->funcs[0], vars, NULL);
   CHECK_MSG(prog, "%s", ptc_ctx_diag_text(ctx));
@@ -386,7 +386,7 @@ static void test_refusals(void) {
   m = parse(ctx, "module @m {\n  func @f(%x: bf16[4]) -> bf16[4] {\n"
                  "    %y = neg %x : bf16[4]\n    return %y\n  }\n}\n");
   if (m) {
-    ptrt_env env = {ctx, NULL, ptrt_comm_single()};
+    ptrt_env env = {ctx, NULL, ptrt_comm_single(), NULL};
     ptrt_program *prog = ptrt_program_create(&env, m->funcs[0], NULL, NULL);
     CHECK_MSG(prog && ptrt_program_arg_bytes(prog, 0) == 8, "%s", ptc_ctx_diag_text(ctx));
     if (prog) {

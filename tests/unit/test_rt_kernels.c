@@ -141,7 +141,7 @@ static void run_runtime(tc *t, int threads, bool in_place, bool loss_only, int n
   ptc_ctx *ctx = ptc_ctx_create();
   ptc_ctx_set_diag_capture(ctx, true);
   ptrt_pool *pool = ptrt_pool_create(ctx, threads);
-  ptrt_env env = {ctx, pool, ptrt_comm_single()};
+  ptrt_env env = {ctx, pool, ptrt_comm_single(), NULL};
   ptrt_vars *vars = ptrt_vars_create(ctx, t->m, NULL);
   PTC_ASSERT(vars);
   for (int32_t p = 0; p < t->m->nparams; p++) to_runtime(&t->params[p], ptrt_vars_data(vars, p));
@@ -668,7 +668,7 @@ static void case_dtype_refused(void) {
   PTC_ASSERT(ptc_build(t.f, &ret) >= 0 && ptc_verify_module(t.m) == 0);
   ptc_ctx *ctx = ptc_ctx_create();
   ptc_ctx_set_diag_capture(ctx, true);
-  ptrt_env env = {ctx, NULL, ptrt_comm_single()};
+  ptrt_env env = {ctx, NULL, ptrt_comm_single(), NULL};
   ptrt_program *p = ptrt_program_create(&env, t.f, NULL, NULL);
   CHECK(p == NULL);
   CHECK_MSG(strstr(ptc_ctx_diag_text(ctx), "m.ptg:5:1: error: exp: operand 0 is f64"), "%s",

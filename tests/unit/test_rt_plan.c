@@ -118,7 +118,7 @@ static void test_roundtrip(void) {
   CHECK(ptc_memplan_compute(p->mod, &mp) == 0 && mp.ngroups == 1 &&
         mp.groups[0].arena == ptc_plan_transient_peak(p->entry));
   ptrt_vars *v = ptrt_vars_create(ctx, p->mod, NULL);
-  ptrt_env env = {ctx, NULL, ptrt_comm_single()};
+  ptrt_env env = {ctx, NULL, ptrt_comm_single(), NULL};
   ptrt_program_opts po = {.in_place = true};
   ptrt_program *prog = ptrt_program_create(&env, p->entry, v, &po);
   CHECK(prog && ptrt_program_planned_peak(prog) == ptc_plan_transient_peak(p->entry));
@@ -316,7 +316,7 @@ static void test_pipeline(void) {
   memset(&st, 0, sizeof st);
   ptrt_comm stage1 = {.name = "fake", .rank = 1, .size = 2, .mesh = p->mod->mesh,
                       .coord = {1}, .state = &st};
-  ptrt_env env = {ctx, NULL, &stage1};
+  ptrt_env env = {ctx, NULL, &stage1, NULL};
   ptc_func *step = ptrt_plan_func(p, "step.1", NULL);
   ptrt_program *prog = ptrt_program_create(&env, step, v, NULL);
   CHECK(prog && ptrt_program_result_bytes(prog, 0) == 4);

@@ -188,7 +188,7 @@ static void *rank_main(void *arg) {
   const ptrt_comm *c = &mb.comm;
   ptc_ctx *ctx = ptc_ctx_create();
   ptc_ctx_set_diag_capture(ctx, true);
-  ptrt_env env = {ctx, NULL, c};
+  ptrt_env env = {ctx, NULL, c, NULL};
   const ptc_module *lm = j->f->mod, *gm = j->gf->mod;
   ptrt_vars *vars = ptrt_vars_create(ctx, lm, c);
   PTC_ASSERT(vars);
@@ -433,7 +433,7 @@ static void test_refusals(void) {
   ptc_func *f = ptc_module_find_func(lm, "f");
 
   /* one rank for four devices: refused when the program is made */
-  ptrt_env env = {ctx, NULL, ptrt_comm_single()};
+  ptrt_env env = {ctx, NULL, ptrt_comm_single(), NULL};
   ptrt_program *p = ptrt_program_create(&env, f, NULL, NULL);
   CHECK(p == NULL);
   CHECK_MSG(strstr(ptc_ctx_diag_text(ctx), "@f runs on mesh<dp=4> (4 devices), but the single "
@@ -484,7 +484,7 @@ static void test_note(void) {
   memset(&st, 0, sizeof st);
   ptrt_comm c = {.name = "fake", .size = 1, .all_gather = note_gather, .state = &st};
   c.mesh = m->mesh;
-  ptrt_env env = {ctx, NULL, &c};
+  ptrt_env env = {ctx, NULL, &c, NULL};
   ptrt_program *p = ptrt_program_create(&env, ptc_module_find_func(m, "f"), NULL, NULL);
   PTC_ASSERT(p);
   CHECK(ptrt_program_run(p, true) == 0);
