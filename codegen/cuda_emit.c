@@ -59,6 +59,8 @@ typedef struct ce {
   bool rowwise;
   ptc_type x;
   int64_t L, rows;
+  int64_t period; /* ELEMENTWISE: accumulated outputs summed in registers (acc_period), or 0 */
+  int64_t cols;   /* ROWWISE: the same per column, columns per thread (acc_cols), or 0 */
   int32_t *in_slot, *out_slot;
   bool *need;
   cmap *map[2];
@@ -492,6 +494,7 @@ typedef struct accout {
   double scale;
   int32_t expr_op, expr_res; /* row op result, or -1: a reduction's operand */
   bool whole;                /* the output is one value: reduce per block */
+  bool reg;                  /* indexed by e mod period: summed in a register (acc_period) */
   nm local;
 } accout;
 
@@ -525,9 +528,11 @@ static void column_outputs(ce *c, const int32_t *store, int32_t nstore, accout *
     accout *a = &acc[o];
     nm e;
     acc_expr(c, a, p, &e);
-    if (a->whole) {
-      if (a->max) line(c, "%s = ptc_max(%s, %s);", a->local.s, e.s, a->local.s);
-      else line(c, "%s += %s;", a->local.s, e.s);
+    if (a->whole || a->reg) {
+      char t[48];
+      snprintf(t, sizeof t, c->rowwise && a->reg ? "%s[kk]" : "%s", a->local.s);
+      if (a->max) line(c, "%s = ptc_max(%s, %s);", t, e.s, t);
+      else line(c, "%s += %s;", t, e.s);
       continue;
     }
     char idx[64];
@@ -537,6 +542,64 @@ static void column_outputs(ce *c, const int32_t *store, int32_t nstore, accout *
     if (a->max) line(c, "ptc_atomic_max(out%d + %s, %s);", a->slot, idx, e.s);
     else line(c, "atomicAdd(out%d + %s, %s);", a->slot, idx, e.s);
   }
+}
+
+/* ELEMENTWISE kernels: when every accumulated output that is not a single
+ * value is indexed by the element's trailing coordinates alone (its index
+ * is e mod P: a bias gradient summed over the rows), a grid of a multiple of
+ * P threads keeps each thread on one index for the whole grid-stride loop,
+ * so it sums in a register and adds to memory once, instead of once per
+ * element.  P, or 0 when that does not hold. */
+static int64_t acc_period(const ce *c) {
+  const ptc_group_sig *sig = c->sig;
+  int64_t P = 0;
+  for (int32_t o = 0; o < sig->nout; o++) {
+    int32_t v = sig->out[o];
+    if (sig->combine[o] == PTC_GROUP_STORE || map_zero(c, v)) continue;
+    const cmap *m = &c->map[FULL][v];
+    int64_t s = 1;
+    int32_t d = c->x.rank - 1;
+    for (; d >= 0 && (c->x.dims[d] == 1 || m->st[d] == s); d--)
+      if (c->x.dims[d] != 1) s *= c->x.dims[d];
+    for (; d >= 0; d--)
+      if (m->st[d] && c->x.dims[d] != 1) return 0;
+    if (P && P != s) return 0;
+    P = s;
+  }
+  return P;
+}
+
+/* ROWWISE kernels: when every accumulated output that is not a single value
+ * is indexed by the column alone (a gain's gradient summed over the rows),
+ * each thread keeps its columns' sums in registers across the rows of its
+ * block and adds them once.  Columns per thread (ceil(L / block), at most
+ * 8), or 0. */
+static int64_t acc_cols(const ce *c, int64_t block) {
+  const ptc_group_sig *sig = c->sig;
+  int32_t r = c->x.rank, n = 0;
+  for (int32_t o = 0; o < sig->nout; o++) {
+    int32_t v = sig->out[o];
+    const ptc_op *op = &c->f->ops[c->f->values[v].def];
+    if (sig->combine[o] == PTC_GROUP_STORE || map_zero(c, v) || lv(c, v) != PTC_GROUP_ACC ||
+        op->code == PTC_OP_CROSS_ENTROPY)
+      continue;
+    const cmap *m = &c->map[FULL][v];
+    if (m->st[r - 1] != 1) return 0;
+    for (int32_t d = 0; d < r - 1; d++)
+      if (m->st[d] && c->x.dims[d] != 1) return 0;
+    n++;
+  }
+  int64_t K = (c->L + block - 1) / block;
+  return n && K <= 8 && c->rows >= 4096 ? K : 0;
+}
+
+static int64_t gcd64(int64_t a, int64_t b) {
+  while (b) {
+    int64_t t = a % b;
+    a = b;
+    b = t;
+  }
+  return a;
 }
 
 /* ---- maps ------------------------------------------------------------------------ */
@@ -713,9 +776,18 @@ static int emit_group(ptc_func *f, const ptc_group_sig *sig, const char *name, p
     if (block > PTC_CUDA_BLOCK) block = PTC_CUDA_BLOCK;
     if (block < 32) block = 32;
     k->grid[0] = c->rows < PTC_CUDA_MAX_GRID ? c->rows : PTC_CUDA_MAX_GRID;
+    c->cols = acc_cols(c, block);
+    if (c->cols) k->grid[0] = 1024; /* rows per block, so the registers sum many */
   } else {
     int64_t g = (sig->work + block - 1) / block;
     k->grid[0] = g < PTC_CUDA_MAX_GRID ? g : PTC_CUDA_MAX_GRID;
+    int64_t P = acc_period(c), g0 = P ? P / gcd64(P, block) : 0;
+    if (P && sig->work >= 4 * P && g0 <= 4096) { /* a multiple of P threads, at most ~2048 blocks */
+      g = g < 2048 ? g : 2048;
+      g = g / g0 * g0;
+      k->grid[0] = g > g0 ? g : g0;
+      c->period = P;
+    }
   }
   if (k->grid[0] < 1) k->grid[0] = 1;
   k->block[0] = block;
@@ -770,7 +842,13 @@ static int emit_group(ptc_func *f, const ptc_group_sig *sig, const char *name, p
       ptc_om_reduce(f, op, &mx, &a->scale);
     }
     a->whole = map_zero(c, v);
-    if (a->whole) {
+    a->reg = !a->whole && (c->period > 0 || c->cols > 0);
+    if (a->reg && c->rowwise) {
+      fresh(c, &a->local);
+      line(c, "float %s[%lld]; // this thread's columns of out%d", a->local.s, (long long)c->cols, o);
+      line(c, "for (int kk = 0; kk < %lld; kk++) %s[kk] = %s;", (long long)c->cols, a->local.s,
+           a->max ? "-PTC_INF" : "0.0f");
+    } else if (a->whole || a->reg) {
       fresh(c, &a->local);
       line(c, "float %s = %s; // this thread's part of out%d", a->local.s,
            a->max ? "-PTC_INF" : "0.0f", o);
@@ -786,7 +864,16 @@ static int emit_group(ptc_func *f, const ptc_group_sig *sig, const char *name, p
     memset(c->rowv, 0, nv * sizeof *c->rowv);
     for (int32_t i = sig->first; i < sig->end; i++) row_scope_op(c, i);
     if (nstore || nacc) {
-      open_col_loop(c, c->L);
+      if (c->cols) { /* column kk of this thread: registers indexed by constants */
+        line(c, "#pragma unroll");
+        line(c, "for (int kk = 0; kk < %lld; kk++) {", (long long)c->cols);
+        c->ind++;
+        line(c, "const long long j = threadIdx.x + kk * %lldLL;", (long long)block);
+        line(c, "if (j < %lldLL) {", (long long)c->L);
+        c->ind++;
+      } else {
+        open_col_loop(c, c->L);
+      }
       nm *cache = fresh_cache(c);
       cpos p = {"j", cache};
       char eidx[48];
@@ -794,6 +881,7 @@ static int emit_group(ptc_func *f, const ptc_group_sig *sig, const char *name, p
       column_outputs(c, store, nstore, acc, nacc, eidx, &p);
       free(cache);
       close_loop(c);
+      if (c->cols) close_loop(c);
     }
     for (int32_t o = 0; o < sig->nout; o++) {
       int32_t v = sig->out[o];
@@ -811,6 +899,21 @@ static int emit_group(ptc_func *f, const ptc_group_sig *sig, const char *name, p
     column_outputs(c, store, nstore, acc, nacc, "e", &p);
     free(cache);
     close_loop(c);
+  }
+  for (int32_t o = 0; o < nacc && c->rowwise; o++) {
+    accout *a = &acc[o];
+    if (!a->reg) continue;
+    line(c, "for (int kk = 0; kk < %lld; kk++)", (long long)c->cols);
+    line(c, "  if (threadIdx.x + kk * %lldLL < %lldLL) %s(out%d + threadIdx.x + kk * %lldLL, %s[kk]);",
+         (long long)block, (long long)c->L, a->max ? "ptc_atomic_max" : "atomicAdd", a->slot,
+         (long long)block, a->local.s);
+  }
+  for (int32_t o = 0; o < nacc && !c->rowwise; o++) {
+    accout *a = &acc[o];
+    if (!a->reg) continue;
+    /* the index every element of this thread had: its first element's */
+    line(c, "%s(out%d + (blockIdx.x * (long long)blockDim.x + threadIdx.x) %% %lldLL, %s);",
+         a->max ? "ptc_atomic_max" : "atomicAdd", a->slot, (long long)c->period, a->local.s);
   }
   for (int32_t o = 0; o < nacc; o++) {
     accout *a = &acc[o];

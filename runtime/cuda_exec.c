@@ -1004,7 +1004,7 @@ static int run_attn_mm(ptrt_cuda_prog *p, int32_t i, void *const *in, void *cons
       if ((s = gemm_run(c, &a->dp, gb + h * E * es, vb + (h / r) * E * es, dpb + h * T * S * 4, 0)))
         return lt_fail(p, i, s);
     CUdeviceptr pp = DP(pb), dpp = DP(dpb), ds = DP(sb); /* dS over S's scratch */
-    void *dargs[] = {&pp, &dpp, &ds, &rows, &Si, &scale};
+    void *dargs[] = {&pp, &dpp, &ds, &rows, &Tq, &Si, &causal, &scale};
     if (attn_rows(p, i, c->fixed.attn_ds[d], rows, dargs) != 0) return -1;
     for (int64_t h = 0; h < nh; h++) {
       float beta = shared && h % r ? 1.0f : 0.0f; /* heads of one kv head add up */
