@@ -184,6 +184,12 @@ void ptrt__cuda_release(ptrt_cuda *c) {
   if (c->lt_handle) c->lt.Destroy(c->lt_handle);
   if (c->lt_ws) c->drv.MemFree(c->lt_ws);
   if (c->scratch) c->drv.MemFree(c->scratch);
+  if (c->tune_buf) c->drv.MemFree(c->tune_buf);
+  free(c->tuned_keys);
+  free(c->tuned_pick);
+  c->tuned_keys = NULL;
+  c->tuned_pick = NULL;
+  c->tune_buf = 0;
   if (c->stream) c->drv.StreamDestroy(c->stream);
   if (c->lt.lib) dlclose(c->lt.lib);
   c->lt_handle = NULL;
@@ -356,6 +362,77 @@ static cublasLtMatrixLayout_t layout(ptrt_cuda *c, int dt, int64_t rows, int64_t
   return l;
 }
 
+static int gemm_run(ptrt_cuda *c, const gemm *g, const void *A, const void *B, void *C, float beta) {
+  float alpha = 1;
+  return c->lt.Matmul(c->lt_handle, g->desc, &alpha, B, g->la, A, g->lb, &beta, C, g->ld, C, g->ld,
+                      &g->algo.algo, HP(c->lt_ws), c->lt_ws_bytes, c->stream);
+}
+
+/* cuBLASLt's candidates for one product, timed on scratch buffers of its
+ * sizes (filled with a constant, not zeros); the fastest is kept, and the
+ * choice is remembered for the same shapes.  PTRUN_CUDA_TUNE=0 takes
+ * cuBLASLt's first candidate instead. */
+enum { TUNE_CANDIDATES = 8 };
+
+typedef struct tune_key {
+  int64_t v[16];
+} tune_key;
+
+static int tune(ptrt_cuda *c, gemm *g, const cublasLtMatmulHeuristicResult_t *res, int got,
+                const tune_key *key, int64_t bytes_a, int64_t bytes_b, int64_t bytes_c) {
+  for (int32_t i = 0; i < c->ntuned; i++)
+    if (memcmp(&c->tuned_keys[i], key, sizeof *key) == 0) {
+      int pick = c->tuned_pick[i];
+      if (pick < got) return pick;
+    }
+  int64_t need = bytes_a + bytes_b + bytes_c + 3 * 256;
+  if (need > c->tune_bytes) {
+    if (c->tune_buf) {
+      c->drv.StreamSynchronize(c->stream);
+      c->drv.MemFree(c->tune_buf);
+      c->tune_buf = 0;
+    }
+    if (c->drv.MemAlloc(&c->tune_buf, (size_t)need) != 0) {
+      c->tune_buf = 0;
+      c->tune_bytes = 0;
+      return 0;
+    }
+    c->tune_bytes = need;
+    c->drv.MemsetD16Async(c->tune_buf, 0x3c00, (size_t)need / 2, c->stream); /* 1.0 in f16, ~0.5 bf16-ish */
+  }
+  CUdeviceptr A = c->tune_buf, B = A + (CUdeviceptr)((bytes_a + 255) / 256 * 256),
+              C = B + (CUdeviceptr)((bytes_b + 255) / 256 * 256);
+  CUevent e0 = NULL, e1 = NULL;
+  if (c->drv.EventCreate(&e0, 0) != 0 || c->drv.EventCreate(&e1, 0) != 0) return 0;
+  int best = 0;
+  float best_ms = 0;
+  for (int k = 0; k < got; k++) {
+    g->algo = res[k];
+    if (gemm_run(c, g, HP(A), HP(B), HP(C), 0) != 0) continue; /* warm-up; refused: skip */
+    c->drv.EventRecord(e0, c->stream);
+    for (int r = 0; r < 3; r++) gemm_run(c, g, HP(A), HP(B), HP(C), 0);
+    c->drv.EventRecord(e1, c->stream);
+    float ms = 0;
+    if (c->drv.EventSynchronize(e1) != 0 || c->drv.EventElapsedTime(&ms, e0, e1) != 0) continue;
+    if (k == 0 || ms < best_ms) {
+      best = k;
+      best_ms = ms;
+    }
+  }
+  c->drv.EventDestroy(e0);
+  c->drv.EventDestroy(e1);
+  if (c->ntuned == c->cap_tuned) {
+    c->cap_tuned = c->cap_tuned ? 2 * c->cap_tuned : 32;
+    c->tuned_keys = ptc_xrealloc(c->tuned_keys, (size_t)c->cap_tuned * sizeof *c->tuned_keys);
+    c->tuned_pick = ptc_xrealloc(c->tuned_pick, (size_t)c->cap_tuned * sizeof *c->tuned_pick);
+  }
+  c->tuned_keys[c->ntuned] = *key;
+  c->tuned_pick[c->ntuned++] = best;
+  return best;
+}
+
+static int64_t lt_size(int t) { return t == PT_CUDA_R_32F ? 4 : 2; }
+
 /* 0: planned; 1: cuBLASLt has no algorithm for it */
 static int gemm_make(ptrt_cuda *c, gemm *g, int64_t M, int64_t N, int64_t K, bool ta, bool tb,
                      int tab, int tc, int64_t lda, int64_t ldb, int64_t ldc, int32_t batch,
@@ -372,12 +449,15 @@ static int gemm_make(ptrt_cuda *c, gemm *g, int64_t M, int64_t N, int64_t K, boo
   g->lb = ta ? layout(c, tab, M, K, lda, batch, sa) : layout(c, tab, K, M, lda, batch, sa);
   g->ld = layout(c, tc, N, M, ldc, batch, sc);
   cublasLtMatmulPreference_t pref = NULL;
+  cublasLtMatmulHeuristicResult_t res[TUNE_CANDIDATES];
+  const char *tn = getenv("PTRUN_CUDA_TUNE");
+  int want = tn && strcmp(tn, "0") == 0 ? 1 : TUNE_CANDIDATES;
   int got = 0;
   if (g->la && g->lb && g->ld && c->lt.MatmulPreferenceCreate(&pref) == 0) {
     uint64_t ws = c->lt_ws_bytes;
     c->lt.MatmulPreferenceSetAttribute(pref, PT_LT_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws);
-    if (c->lt.MatmulAlgoGetHeuristic(c->lt_handle, g->desc, g->la, g->lb, g->ld, g->ld, pref, 1,
-                                     &g->algo, &got) != 0)
+    if (c->lt.MatmulAlgoGetHeuristic(c->lt_handle, g->desc, g->la, g->lb, g->ld, g->ld, pref, want,
+                                     res, &got) != 0)
       got = 0;
     c->lt.MatmulPreferenceDestroy(pref);
   }
@@ -385,13 +465,17 @@ static int gemm_make(ptrt_cuda *c, gemm *g, int64_t M, int64_t N, int64_t K, boo
     gemm_fini(c, g);
     return 1;
   }
+  int pick = 0;
+  if (got > 1) {
+    tune_key key = {{M, N, K, ta, tb, tab, tc, lda, ldb, ldc, batch, sa, sb, sc, 0, 0}};
+    int64_t nb = batch > 1 ? batch - 1 : 0;
+    int64_t bytes_a = ((ta ? K : M) * lda + nb * sa) * lt_size(tab);
+    int64_t bytes_b = ((tb ? N : K) * ldb + nb * sb) * lt_size(tab);
+    int64_t bytes_c = (M * ldc + nb * sc) * lt_size(tc);
+    pick = tune(c, g, res, got, &key, bytes_a, bytes_b, bytes_c);
+  }
+  g->algo = res[pick];
   return 0;
-}
-
-static int gemm_run(ptrt_cuda *c, const gemm *g, const void *A, const void *B, void *C, float beta) {
-  float alpha = 1;
-  return c->lt.Matmul(c->lt_handle, g->desc, &alpha, B, g->la, A, g->lb, &beta, C, g->ld, C, g->ld,
-                      &g->algo.algo, HP(c->lt_ws), c->lt_ws_bytes, c->stream);
 }
 
 typedef struct mm_plan {
@@ -729,6 +813,12 @@ ptrt_cuda_prog *ptrt_cuda_prog_create(ptrt_cuda *c, const ptrt_env *env, ptc_fun
   }
   p->status = DP(st);
   c->drv.MemsetD32Async(p->status, 0, no, c->stream);
+  if (c->tune_buf) { /* the timing buffers are not needed while the step runs */
+    c->drv.StreamSynchronize(c->stream);
+    c->drv.MemFree(c->tune_buf);
+    c->tune_buf = 0;
+    c->tune_bytes = 0;
+  }
   if (p->scratch_need > c->scratch_bytes) {
     if (c->scratch) {
       c->drv.StreamSynchronize(c->stream);

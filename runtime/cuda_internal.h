@@ -175,6 +175,12 @@ struct ptrt_cuda {
   CUdeviceptr scratch;   /* f32 accumulators of 16-bit results */
   int64_t scratch_bytes;
   int64_t allocated;     /* bytes of device memory this runtime holds */
+  /* matrix products timed when planned (cuda_exec.c, tune) */
+  CUdeviceptr tune_buf;
+  int64_t tune_bytes;
+  struct tune_key *tuned_keys;
+  int *tuned_pick;
+  int32_t ntuned, cap_tuned;
 };
 
 const char *ptrt__cu_err(const ptrt_cu_driver *d, CUresult r);

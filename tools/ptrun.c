@@ -1285,10 +1285,12 @@ static void print_header(run *r) {
     if (gp) ptrt_cuda_prog_counts(gp, &on, &staged);
     char mem[32];
     ptc_bytes_text(mem, sizeof mem, (double)ptrt_cuda_allocated(r->gpu));
-    printf("ptrun: %s on %s (%s held on the device)%s; %d ops on the GPU, %d staged through "
-           "the host (CPU kernels, MPI collectives)\n", ptrt_cuda_target(r->gpu),
-           ptrt_cuda_device(r->gpu), mem, r->devices > 1 ? " on rank 0" : "", (int)on,
-           (int)staged);
+    char ops[128] = "";
+    if (gp) /* a pipeline stage has several programs: not counted here */
+      snprintf(ops, sizeof ops, "; %d ops on the GPU, %d staged through the host (CPU "
+               "kernels, MPI collectives)", (int)on, (int)staged);
+    printf("ptrun: %s on %s (%s held on the device)%s%s\n", ptrt_cuda_target(r->gpu),
+           ptrt_cuda_device(r->gpu), mem, r->devices > 1 ? " on rank 0" : "", ops);
   }
   printf("ptrun: %d thread%s%s, %.3g GFLOP per step, peak %.1f GFLOP/s%s (%s)\n", c->threads,
          c->threads == 1 ? "" : "s", r->devices > 1 ? " per rank" : "", r->flops / 1e9,
