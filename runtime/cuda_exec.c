@@ -1141,25 +1141,19 @@ int ptrt_cuda_prog_op(ptrt_cuda_prog *p, int32_t i, void *const *in, void *const
     return run_attn_mm(p, i, in, out);
   case M_FILL:
     return fill(p, i, out[0], ot->dtype, ptc_type_numel(ot), ptc_op_attr_float(op, "value", 0));
-  case M_SLICE: {
+  case M_SLICE:   /* a window of each input row */
+  case M_PAD: {    /* each input row into a window of zeros */
     const ptc_type *it = &f->values[op->in[0]].type;
-    int64_t axis = ptc_op_attr_int(op, "axis", 0), start = ptc_op_attr_int(op, "start", 0);
+    bool pad = p->how[i] == M_PAD;
+    int64_t axis = ptc_op_attr_int(op, "axis", 0), at = ptc_op_attr_int(op, pad ? "before" : "start", 0);
     int64_t outer, len, inner;
     split_axis(it, axis, &outer, &len, &inner);
-    int64_t olen = ot->dims[axis];
-    return copy2d(p, i, out[0], olen * inner * es, (const char *)in[0] + start * inner * es,
-                  len * inner * es, olen * inner * es, outer);
-  }
-  case M_PAD: {
-    const ptc_type *it = &f->values[op->in[0]].type;
-    int64_t axis = ptc_op_attr_int(op, "axis", 0), before = ptc_op_attr_int(op, "before", 0);
-    int64_t outer, len, inner;
-    split_axis(it, axis, &outer, &len, &inner);
-    int64_t olen = ot->dims[axis];
-    if (c->drv.MemsetD8Async(DP(out[0]), 0, (size_t)ptc_type_bytes(ot), c->stream) != 0)
-      return fill(p, i, out[0], ot->dtype, ptc_type_numel(ot), 0);
-    return copy2d(p, i, (char *)out[0] + before * inner * es, olen * inner * es, in[0],
-                  len * inner * es, len * inner * es, outer);
+    int64_t olen = ot->dims[axis], row = inner * es;
+    if (!pad)
+      return copy2d(p, i, out[0], olen * row, (const char *)in[0] + at * row, len * row,
+                    olen * row, outer);
+    if (fill(p, i, out[0], ot->dtype, ptc_type_numel(ot), 0) != 0) return -1;
+    return copy2d(p, i, (char *)out[0] + at * row, olen * row, in[0], len * row, len * row, outer);
   }
   case M_CONCAT: {
     int64_t axis = ptc_op_attr_int(op, "axis", 0);
