@@ -8,7 +8,7 @@
  * kernel for every fused group of every function, each present in the
  * cubin).  Only then does it dlopen the CUDA driver (libcuda.so.1): where
  * there is none it stops with a message that says so; where there is one,
- * it takes the first device, checks its compute capability against the
+ * it takes the GPU of the node-local rank, checks its compute capability against the
  * plan's architecture (the cubin runs on the same major version, else the
  * driver compiles the PTX), makes a context and loads the module and every
  * kernel function.  cuda_exec.c runs a plan's functions on it: device
