@@ -136,9 +136,11 @@ static void print_help(FILE *f) {
   fprintf(f, "usage: ptrun PLAN --data FILE[,FILE...] --steps N [options]\n"
              "\n"
              "Trains the model of PLAN (a directory written by 'ptc MODEL.ptg -o PLAN')\n"
-             "on CPU, printing one line per step.  A plan without a training step\n"
-             "(@forward only) is evaluated on the same batches.  A plan for a mesh of\n"
-             "N devices runs as N ranks: 'mpirun -np N ptrun PLAN ...' (or srun -n N).\n\n");
+             "on CPU, or on NVIDIA GPUs for a plan written with --target cuda:sm_NN\n"
+             "(each rank takes the GPU of its node-local rank), printing one line per\n"
+             "step.  A plan without a training step (@forward only) is evaluated on\n"
+             "the same batches.  A plan for a mesh of N devices runs as N ranks:\n"
+             "'mpirun -np N ptrun PLAN ...' (or srun -n N).\n\n");
   enum { COL = 32, WIDTH = 80 };
   for (int i = 0; i < PTC_ARRAY_LEN(options); i++) {
     char lhs[64];
