@@ -181,16 +181,10 @@ static void plan_report(ptc_buf *b, const ptc_module *m, const ptc_func *f, bool
 
 /* ---- files --------------------------------------------------------------- */
 
-static char *join(const char *dir, const char *name) {
-  size_t n = strlen(dir) + strlen(name) + 2;
-  char *s = ptc_xmalloc(n);
-  snprintf(s, n, "%s/%s", dir, name);
-  return s;
-}
 
 static int put_file(ptc_ctx *ctx, const char *dir, const char *name, const char *data,
                     size_t len) {
-  char *path = join(dir, name);
+  char *path = ptc_path_join(dir, name);
   FILE *f = fopen(path, "wb");
   bool ok = f && (len == 0 || fwrite(data, 1, len, f) == len);
   if (f) ok = (fclose(f) == 0) && ok;
@@ -206,7 +200,7 @@ static void remove_tree(const char *dir) {
     struct dirent *e;
     while ((e = readdir(d)) != NULL) {
       if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
-      char *p = join(dir, e->d_name);
+      char *p = ptc_path_join(dir, e->d_name);
       remove(p);
       free(p);
     }
@@ -225,7 +219,7 @@ static int existing(ptc_ctx *ctx, const char *dir) {
               "exists; remove it, or write the IR with --emit=ir", dir);
     return -1;
   }
-  char *man = join(dir, "manifest.json");
+  char *man = ptc_path_join(dir, "manifest.json");
   bool is_plan = stat(man, &st) == 0;
   free(man);
   if (is_plan) return 1;
@@ -262,7 +256,7 @@ static bool has_groups(const ptc_module *m) {
 static json_t *write_kernels(ptc_module *m, const char *target, const char *tmp,
                              json_t *files) {
 #if PTC_HAVE_LLVM
-  char *so = join(tmp, "kernels.so");
+  char *so = ptc_path_join(tmp, "kernels.so");
   ptc_buf info;
   ptc_buf_init(&info);
   json_t *desc = NULL;

@@ -90,6 +90,8 @@ void ptc_buf_put_double(ptc_buf *b, double v);
  * NULL with errno set.  For callers that report errors themselves; see
  * ptc_read_file for the reporting variant. */
 char *ptc_slurp(const char *path, size_t *len);
+/* "dir/name" (heap, caller frees). */
+char *ptc_path_join(const char *dir, const char *name);
 /* A byte count in binary units: "512 B", "1.5 KiB", "2.1 GiB". */
 void ptc_buf_put_bytes(ptc_buf *b, double bytes);
 /* The same into out[0..cap) (truncated to fit). */

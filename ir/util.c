@@ -195,6 +195,13 @@ void ptc_bytes_text(char *out, size_t cap, double bytes) {
   ptc_buf_fini(&b);
 }
 
+char *ptc_path_join(const char *dir, const char *name) {
+  size_t n = strlen(dir) + strlen(name) + 2;
+  char *s = ptc_xmalloc(n);
+  snprintf(s, n, "%s/%s", dir, name);
+  return s;
+}
+
 char *ptc_slurp(const char *path, size_t *len) {
   FILE *f = fopen(path, "rb");
   if (!f) return NULL;

@@ -71,12 +71,6 @@ static void werr_report(ptc_ctx *ctx, const werr *e) {
 
 /* ---- small helpers ---------------------------------------------------------- */
 
-static char *join(const char *dir, const char *name) {
-  size_t n = strlen(dir) + strlen(name) + 2;
-  char *s = ptc_xmalloc(n);
-  snprintf(s, n, "%s/%s", dir, name);
-  return s;
-}
 
 static char *xstrdup(const char *s) {
   char *d = strdup(s);
@@ -176,7 +170,7 @@ static int remove_tree(const char *path) {
   struct dirent *e;
   while ((e = readdir(d)) != NULL) {
     if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
-    char *f = join(path, e->d_name);
+    char *f = ptc_path_join(path, e->d_name);
     struct stat st;
     if (lstat(f, &st) == 0 && S_ISDIR(st.st_mode)) {
       if (remove_tree(f) != 0) rc = -1;
@@ -202,7 +196,7 @@ static int64_t step_of(const char *name) {
 }
 
 static bool has_manifest(const char *dir) {
-  char *m = join(dir, "manifest.json");
+  char *m = ptc_path_join(dir, "manifest.json");
   struct stat st;
   bool ok = stat(m, &st) == 0 && S_ISREG(st.st_mode);
   free(m);
@@ -450,7 +444,7 @@ static int write_shard(const char *tmp, int rank, const ptrt_vars *v,
   char name[32], iname[32];
   snprintf(name, sizeof name, "rank-%05d.bin", rank);
   snprintf(iname, sizeof iname, "rank-%05d.json", rank);
-  char *path = join(tmp, name), *ipath = join(tmp, iname);
+  char *path = ptc_path_join(tmp, name), *ipath = ptc_path_join(tmp, iname);
   shard_writer w = {.fd = -1, .f = fault_for(step, rank), .err = err, .path = path};
   json_t *blocks = json_array();
   int rc = -1;
@@ -555,7 +549,7 @@ static json_t *merge_indexes(ptc_ctx *ctx, const char *tmp, json_t **files_out) 
   json_t *files = json_array(), *tensors = json_array(), *by_name = json_object();
   bool bad = false;
   for (int32_t i = 0; i < n && !bad; i++) {
-    char *path = join(tmp, names[i]);
+    char *path = ptc_path_join(tmp, names[i]);
     json_error_t je;
     json_t *idx = json_load_file(path, 0, &je);
     if (!json_is_object(idx)) {
@@ -701,7 +695,7 @@ static int write_manifest(ptc_ctx *ctx, const char *tmp, const ptrt_ckpt_write *
     free(text);
     return -1;
   }
-  char *path = join(tmp, "manifest.json");
+  char *path = ptc_path_join(tmp, "manifest.json");
   int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
   size_t tl = strlen(text);
   bool ok = fd >= 0 && write(fd, text, tl) == (ssize_t)tl && write(fd, "\n", 1) == 1 &&
@@ -718,7 +712,7 @@ static void remove_indexes(const char *tmp) {
   int32_t n = 0;
   char **names = list_indexes(tmp, &n);
   for (int32_t i = 0; i < n; i++) {
-    char *p = join(tmp, names[i]);
+    char *p = ptc_path_join(tmp, names[i]);
     unlink(p);
     free(p);
     free(names[i]);
@@ -741,13 +735,13 @@ static int publish(ptc_ctx *ctx, const ptrt_ckpt_write *w, const ptrt_comm *comm
   crash_if(f, FAULT_BEFORE_RENAME);
   char name[48];
   snprintf(name, sizeof name, "step-%lld", (long long)w->step);
-  char *final = join(w->dir, name), *old = NULL;
+  char *final = ptc_path_join(w->dir, name), *old = NULL;
   struct stat st;
   if (stat(final, &st) == 0) { /* a checkpoint of an abandoned branch of the run */
     char oname[80];
     snprintf(oname, sizeof oname, ".old-step-%lld-%012llx", (long long)w->step,
              (unsigned long long)sfx);
-    old = join(w->dir, oname);
+    old = ptc_path_join(w->dir, oname);
     if (rename(final, old) != 0) {
       ptrt_file_error(ctx, final, "cannot move the earlier checkpoint of this step aside: %s",
                       strerror(errno));
@@ -776,7 +770,7 @@ static char *tmp_name(const char *dir, int64_t step, uint64_t sfx) {
   char name[80];
   snprintf(name, sizeof name, ".tmp-step-%lld-%012llx", (long long)step,
            (unsigned long long)sfx);
-  return join(dir, name);
+  return ptc_path_join(dir, name);
 }
 
 /* The first half of a save (collective): the temporary name every rank
@@ -883,7 +877,7 @@ static int list_steps(const char *dir, found *out) {
   while ((e = readdir(d)) != NULL) {
     int64_t s = step_of(e->d_name);
     if (s < 0) continue;
-    char *p = join(dir, e->d_name);
+    char *p = ptc_path_join(dir, e->d_name);
     bool ok = has_manifest(p);
     free(p);
     if (!ok) continue;
@@ -898,7 +892,7 @@ static int list_steps(const char *dir, found *out) {
 static char *step_path(const char *dir, int64_t step) {
   char name[48];
   snprintf(name, sizeof name, "step-%lld", (long long)step);
-  return join(dir, name);
+  return ptc_path_join(dir, name);
 }
 
 char *ptrt_ckpt_latest(ptc_ctx *ctx, const char *dir, int64_t *step) {
@@ -944,7 +938,7 @@ int ptrt_ckpt_prune(ptc_ctx *ctx, const char *dir, int32_t keep, int64_t below,
     if ((old || f.steps[i] < below) && f.steps[i] != spare) {
       char *p = step_path(dir, f.steps[i]);
       /* unpublish first: a crash half-way leaves no step-N without its data */
-      char *m = join(p, "manifest.json");
+      char *m = ptc_path_join(p, "manifest.json");
       if (unlink(m) == 0 && remove_tree(p) == 0) removed++;
       free(m);
       free(p);
@@ -957,7 +951,7 @@ int ptrt_ckpt_prune(ptc_ctx *ctx, const char *dir, int32_t keep, int64_t below,
   struct dirent *e;
   while ((e = readdir(d)) != NULL) {
     if (strncmp(e->d_name, ".tmp-step-", 10) && strncmp(e->d_name, ".old-step-", 10)) continue;
-    char *p = join(dir, e->d_name);
+    char *p = ptc_path_join(dir, e->d_name);
     if (remove_tree(p) == 0) removed++;
     free(p);
   }
@@ -1124,7 +1118,7 @@ static bool plain_name(const char *s) {
 }
 
 ptrt_ckpt *ptrt_ckpt_open(ptc_ctx *ctx, const char *path) {
-  char *mpath = join(path, "manifest.json");
+  char *mpath = ptc_path_join(path, "manifest.json");
   ptrt_ckpt *ck = ptc_xcalloc(1, sizeof *ck);
   ck->path = xstrdup(path);
   json_error_t je;
@@ -1209,7 +1203,7 @@ fail:
 /* Checks one shard file's size and SHA-256; reports. */
 static int verify_file(ptc_ctx *ctx, const ptrt_ckpt *ck, int32_t i) {
   const ptrt_ckpt_file *f = &ck->files[i];
-  char *path = join(ck->path, f->name);
+  char *path = ptc_path_join(ck->path, f->name);
   int rc = -1;
   int fd = open(path, O_RDONLY);
   struct stat st;
@@ -1277,7 +1271,7 @@ int ptrt_ckpt_verify(ptc_ctx *ctx, const ptrt_ckpt *ck, const ptrt_comm *comm) {
 
 static int open_shard(ptc_ctx *ctx, const ptrt_ckpt *ck, int32_t i) {
   if (ck->fds[i] >= 0) return ck->fds[i];
-  char *path = join(ck->path, ck->files[i].name);
+  char *path = ptc_path_join(ck->path, ck->files[i].name);
   int fd = open(path, O_RDONLY);
   struct stat st;
   if (fd < 0 || fstat(fd, &st) != 0 || (int64_t)st.st_size != ck->files[i].bytes) {

@@ -23,12 +23,6 @@
 
 #define RECOMPILE "recompile the model with 'ptc MODEL.ptg --target %s -o %s'"
 
-static char *join(const char *dir, const char *name) {
-  size_t n = strlen(dir) + strlen(name) + 2;
-  char *s = ptc_xmalloc(n);
-  snprintf(s, n, "%s/%s", dir, name);
-  return s;
-}
 
 /* Reports at path and copies the message to why. */
 static void fail(ptc_ctx *ctx, const char *path, char *why, size_t len, const char *fmt, ...)
@@ -45,7 +39,7 @@ static void fail(ptc_ctx *ctx, const char *path, char *why, size_t len, const ch
 }
 
 static json_t *load_manifest(const char *dir) {
-  char *mp = join(dir, "manifest.json");
+  char *mp = ptc_path_join(dir, "manifest.json");
   json_error_t jerr;
   json_t *root = json_load_file(mp, JSON_REJECT_DUPLICATES, &jerr);
   free(mp);
@@ -80,7 +74,7 @@ static int check_files(ptc_ctx *ctx, const char *dir, const char *mpath, json_t 
       fail(ctx, mpath, why, len, "entry %zu of 'files' is damaged; " RECOMPILE, i, target, dir);
       return -1;
     }
-    char *path = join(dir, name);
+    char *path = ptc_path_join(dir, name);
     size_t n = 0;
     char *data = ptc_slurp(path, &n);
     int rc = 0;
@@ -148,7 +142,7 @@ static int check_kernels(ptc_ctx *ctx, ptrt_cuda *c, const char *dir, const char
          "or PTX is not among the plan's files; " RECOMPILE, arch, c->target, c->target, dir);
     return -1;
   }
-  char *cpath = join(dir, cname);
+  char *cpath = ptc_path_join(dir, cname);
   *cubin = ptc_slurp(cpath, cubin_len);
   const unsigned char *u = (const unsigned char *)*cubin;
   int sm = *cubin && *cubin_len > 64 ? (int)((u[48] | u[49] << 8 | u[50] << 16) >> 8 & 0xff) : -1;
@@ -286,7 +280,7 @@ static int open_driver(ptc_ctx *ctx, ptrt_cuda *c, const char *dir, char *why, s
 
 ptrt_cuda *ptrt_cuda_open(ptc_ctx *ctx, const char *dir, char *why, size_t len) {
   ptrt_cuda *c = ptc_xcalloc(1, sizeof *c);
-  char *mpath = join(dir, "manifest.json");
+  char *mpath = ptc_path_join(dir, "manifest.json");
   json_t *root = load_manifest(dir);
   ptc_module *mod = NULL;
   char *cubin = NULL, *ptx = NULL;
@@ -313,7 +307,7 @@ ptrt_cuda *ptrt_cuda_open(ptc_ctx *ctx, const char *dir, char *why, size_t len) 
   snprintf(c->arch, sizeof c->arch, "%s", target + 5);
   if (check_files(ctx, dir, mpath, files, c->target, why, len) != 0) goto out;
   {
-    char *ir_path = join(dir, "step.ptir");
+    char *ir_path = ptc_path_join(dir, "step.ptir");
     size_t n = 0;
     char *ir = ptc_slurp(ir_path, &n);
     mod = ir ? ptc_parse_module(ctx, ptc_intern_cstr(ctx, ir_path), ir, n) : NULL;
@@ -336,7 +330,7 @@ ptrt_cuda *ptrt_cuda_open(ptc_ctx *ctx, const char *dir, char *why, size_t len) 
     const void *image = cubin;
     if (dmaj != maj) { /* another major version: the driver compiles the PTX */
       const char *pname = json_string_value(json_object_get(json_object_get(root, "kernels"), "ptx"));
-      char *pp = join(dir, pname);
+      char *pp = ptc_path_join(dir, pname);
       size_t pn = 0;
       ptx = ptc_slurp(pp, &pn);
       free(pp);

@@ -199,8 +199,6 @@ void ptrt__cuda_release(ptrt_cuda *c) {
 
 /* ---- memory ------------------------------------------------------------- */
 
-static void mib(char *out, size_t cap, double bytes) { ptc_bytes_text(out, cap, bytes); }
-
 void *ptrt_cuda_alloc(ptrt_cuda *c, ptc_ctx *ctx, int64_t bytes, const char *what) {
   CUdeviceptr d = 0;
   size_t n = bytes > 0 ? (size_t)bytes : 256;
@@ -209,9 +207,9 @@ void *ptrt_cuda_alloc(ptrt_cuda *c, ptc_ctx *ctx, int64_t bytes, const char *wha
     size_t fr = 0, tot = 0;
     c->drv.MemGetInfo(&fr, &tot);
     char need[32], f[32], t[32];
-    mib(need, sizeof need, (double)n);
-    mib(f, sizeof f, (double)fr);
-    mib(t, sizeof t, (double)tot);
+    ptc_bytes_text(need, sizeof need, (double)n);
+    ptc_bytes_text(f, sizeof f, (double)fr);
+    ptc_bytes_text(t, sizeof t, (double)tot);
     ptrt_error(ctx, "out of GPU memory on %s (device %d): %s needs %s, %s of %s are free; "
                "compile with --recompute auto --device-memory SIZE, a smaller batch or more "
                "devices (%s)", c->device, c->ordinal, what, need, f, t,
@@ -665,10 +663,6 @@ static int64_t ws_bytes(const ptc_func *f, const ptrt_cu_kernel *k, const int32_
   return need;
 }
 
-static bool split_dim(const ptrt_env *env, const ptc_value *v, int32_t d) {
-  return v->shard.present && ptc_shard_parts(&env->comm->mesh, v->shard.dim_axes[d]) > 1;
-}
-
 static int esize_index(int es) { return es == 1 ? 0 : es == 2 ? 1 : es == 4 ? 2 : es == 8 ? 3 : -1; }
 
 static method choose(ptrt_cuda_prog *p, int32_t i, int *err) {
@@ -736,16 +730,14 @@ static method choose(ptrt_cuda_prog *p, int32_t i, int *err) {
     const ptc_value *tab = &f->values[op->in[1]];
     ptc_dtype it = f->values[op->in[0]].type.dtype;
     int es = ptc_dtype_size(tab->type.dtype);
-    if (split_dim(p->env, tab, 0) || (it != PTC_DTYPE_I32 && it != PTC_DTYPE_I64) ||
-        (es != 4 && es != 2))
+    if ((it != PTC_DTYPE_I32 && it != PTC_DTYPE_I64) || (es != 4 && es != 2))
       return M_STAGE;
     return M_EMB;
   }
   case PTC_OP_EMBEDDING_GRAD: {
     const ptc_value *out = &f->values[op->out[0]];
     ptc_dtype it = f->values[op->in[1]].type.dtype, gt = f->values[op->in[0]].type.dtype;
-    if (split_dim(p->env, out, 0) || (it != PTC_DTYPE_I32 && it != PTC_DTYPE_I64) ||
-        gt != out->type.dtype)
+    if ((it != PTC_DTYPE_I32 && it != PTC_DTYPE_I64) || gt != out->type.dtype)
       return M_STAGE;
     if (out->type.dtype != PTC_DTYPE_F32) {
       int64_t need = (ptc_type_numel(&out->type) * 4 + 255) / 256 * 256;

@@ -32,12 +32,6 @@
 
 #define RECOMPILE "recompile the model with 'ptc MODEL.ptg -o %s'"
 
-static char *join(const char *dir, const char *name) {
-  size_t n = strlen(dir) + strlen(name) + 2;
-  char *s = ptc_xmalloc(n);
-  snprintf(s, n, "%s/%s", dir, name);
-  return s;
-}
 
 
 static bool plain_name(const char *s) {
@@ -76,7 +70,7 @@ static int check_file(ptc_ctx *ctx, const char *dir, const char *mpath, json_t *
                     name, dir);
     return -1;
   }
-  char *path = join(dir, name);
+  char *path = ptc_path_join(dir, name);
   int rc = -1;
   struct stat st;
   if (stat(path, &st) != 0) {
@@ -300,7 +294,7 @@ ptrt_plan *ptrt_plan_open(ptc_ctx *ctx, const char *dir) {
   ptrt_plan *p = ptc_xcalloc(1, sizeof *p);
   p->dir = ptc_xmalloc(strlen(dir) + 1);
   strcpy(p->dir, dir);
-  char *mpath_heap = join(dir, "manifest.json");
+  char *mpath_heap = ptc_path_join(dir, "manifest.json");
   const char *mpath = ptc_intern_cstr(ctx, mpath_heap);
   free(mpath_heap);
   json_t *root = NULL;
@@ -391,7 +385,7 @@ ptrt_plan *ptrt_plan_open(ptc_ctx *ctx, const char *dir) {
     ptrt_file_error(ctx, mpath, "lists no step.ptir, the schedule to run; " RECOMPILE, dir);
     return fail(p, root);
   }
-  char *ir_path = join(dir, "step.ptir");
+  char *ir_path = ptc_path_join(dir, "step.ptir");
   p->mod = ptc_parse_module(ctx, ir_path, ir, ir_len);
   free(ir);
   if (p->mod && ptc_verify_module(p->mod) != 0) {
@@ -431,7 +425,7 @@ ptrt_plan *ptrt_plan_open(ptc_ctx *ctx, const char *dir) {
                (p->local_forward != NULL) == (p->forward != NULL));
   }
   if (have_kernels) {
-    char *kpath_heap = join(dir, "kernels.so");
+    char *kpath_heap = ptc_path_join(dir, "kernels.so");
     const char *kpath = ptc_intern_cstr(ctx, kpath_heap);
     free(kpath_heap);
     json_t *info = json_object_get(root, "kernels");
