@@ -1209,22 +1209,7 @@ static ptc_module *half_parse(ptc_ctx *ctx, const char *text) {
 /* got (a result of dtype t) equals want (f32) rounded to t, bit for bit */
 static int half_compare(const char *what, ptc_dtype t, int r, const half_run *h,
                         const float *want) {
-  int bad = 0;
-  for (int64_t k = 0; k < h->numel[r]; k++) {
-    uint32_t got, exp;
-    bool nan_ok = false;
-    if (ptrt_is_half(h->dt[r])) {
-      got = ((const uint16_t *)h->res[r])[k];
-      exp = ptrt_half_round(h->dt[r], want[k]);
-      nan_ok = isnan(want[k]) && isnan(ptrt_half_load(h->dt[r], h->res[r], k));
-    } else {
-      got = ptrt_f32_bits(((const float *)h->res[r])[k]);
-      exp = ptrt_f32_bits(want[k]);
-    }
-    if (got != exp && !nan_ok && bad++ < 3)
-      fprintf(stderr, "%s (%s) result %d element %lld: %#x, want %#x (f32 %a)\n", what,
-              ptc_dtype_name(t), r, (long long)k, got, exp, (double)want[k]);
-  }
+  int bad = test_half_mismatches(what, t, r, h->dt[r], h->res[r], h->numel[r], want);
   CHECK_MSG(bad == 0, "%s (%s): result %d differs in %d elements", what, ptc_dtype_name(t), r,
             bad);
   return bad;

@@ -4,6 +4,8 @@
 #ifndef PTC_TEST_HALF_H
 #define PTC_TEST_HALF_H
 
+#include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +44,30 @@ static inline float test_half_value(int i, int64_t k, ptc_dtype as) {
 static inline void test_half_store(void *dst, ptc_dtype t, int64_t k, float v) {
   if (ptrt_is_half(t)) ((uint16_t *)dst)[k] = ptrt_half_round(t, v);
   else ((float *)dst)[k] = v;
+}
+
+/* How many of result r's n elements (dtype dt: f32, or 16-bit) differ from
+ * want (f32) rounded to dt, bit for bit (a NaN matches a NaN); the first
+ * three are printed, named by `what` and the module's dtype t. */
+static inline int test_half_mismatches(const char *what, ptc_dtype t, int r, ptc_dtype dt,
+                                       const void *got_buf, int64_t n, const float *want) {
+  int bad = 0;
+  for (int64_t k = 0; k < n; k++) {
+    uint32_t got, exp;
+    bool nan_ok = false;
+    if (ptrt_is_half(dt)) {
+      got = ((const uint16_t *)got_buf)[k];
+      exp = ptrt_half_round(dt, want[k]);
+      nan_ok = isnan(want[k]) && isnan(ptrt_half_load(dt, got_buf, k));
+    } else {
+      got = ptrt_f32_bits(((const float *)got_buf)[k]);
+      exp = ptrt_f32_bits(want[k]);
+    }
+    if (got != exp && !nan_ok && bad++ < 3)
+      fprintf(stderr, "%s (%s) result %d element %lld: %#x, want %#x (f32 %a)\n", what,
+              ptc_dtype_name(t), r, (long long)k, got, exp, (double)want[k]);
+  }
+  return bad;
 }
 
 #endif

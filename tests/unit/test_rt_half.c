@@ -206,23 +206,8 @@ static void check_exact(const char *what, const char *text, ptc_dtype t, int64_t
     run(mh, mf, false, &g);
     CHECK_MSG(h.rc == 0 && g.rc == 0, "%s (%s): %s%s", what, ptc_dtype_name(t), h.diag, g.diag);
     for (int r = 0; h.rc == 0 && g.rc == 0 && r < h.nres; r++) {
-      int bad = 0;
-      for (int64_t k = 0; k < h.numel[r]; k++) {
-        float ref = ((const float *)g.res[r])[k];
-        uint32_t got, want;
-        if (ptrt_is_half(h.dt[r])) {
-          got = ((const uint16_t *)h.res[r])[k];
-          want = ptrt_half_round(h.dt[r], ref);
-        } else {
-          got = ptrt_f32_bits(((const float *)h.res[r])[k]);
-          want = ptrt_f32_bits(ref);
-        }
-        if (got != want && !(isnan(ref) && ptrt_is_half(h.dt[r]) &&
-                             isnan(ptrt_half_load(h.dt[r], h.res[r], k))) &&
-            bad++ < 3)
-          fprintf(stderr, "%s (%s) result %d element %lld: %#x, want %#x (f32 %a)\n", what,
-                  ptc_dtype_name(t), r, (long long)k, got, want, (double)ref);
-      }
+      int bad = test_half_mismatches(what, t, r, h.dt[r], h.res[r], h.numel[r],
+                                     (const float *)g.res[r]);
       CHECK_MSG(bad == 0, "%s (%s): result %d differs in %d elements", what, ptc_dtype_name(t),
                 r, bad);
     }
